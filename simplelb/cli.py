@@ -1,0 +1,93 @@
+"""``python -m simplelb``: parse flags into a ``Config``, run the balancer until a signal.
+
+Every flag comes from ``config.OPTIONS``. Bad input ends in a one-line error
+and exit status 2; SIGINT and SIGTERM drain the server and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from dataclasses import fields
+
+from .config import OPTIONS, Config, ConfigError
+
+log = logging.getLogger("simplelb")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = {f.name: f.default for f in fields(Config)}
+    parser = argparse.ArgumentParser(
+        prog="simplelb",
+        description="An HTTP/1.1 load balancer: forwards each request to one of several backends.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for option in OPTIONS:
+        default = None if option.field == "backends" else defaults[option.field]
+        parser.add_argument(
+            option.flag,
+            dest=option.field,
+            required=option.field == "backends",
+            default=default,
+            metavar=option.metavar,
+            help=option.help,
+        )
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="how much to log")
+    # One line, not argparse's usage block: the error is what the user needs to see.
+    parser.error = lambda message: parser.exit(2, f"simplelb: error: {message} (see --help)\n")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # urllib3 warns when its pool discards a surplus connection; under a burst that is expected.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = Config.from_flags(vars(args))
+    except ConfigError as exc:
+        parser.exit(2, f"simplelb: error: {exc}\n")
+    setup_logging(args.log_level)
+
+    from .server import LoadBalancer  # after logging is set up
+
+    try:
+        balancer = LoadBalancer(config)
+    except OSError as exc:
+        parser.exit(2, f"simplelb: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}\n")
+
+    stop_requested = threading.Event()
+
+    def request_stop(signum, frame) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    balancer.start()
+    log.info(
+        "listening on %s, balancing %s over %s",
+        balancer.url,
+        config.algorithm,
+        ", ".join(f"{b.address}(w={b.weight})" if b.weight != 1 else b.address for b in config.backends),
+    )
+    # Event.wait with a timeout keeps the main thread responsive to signals.
+    while not stop_requested.wait(0.5):
+        pass
+    log.info("shutting down: draining in-flight requests (up to %gs)", config.grace_period_s)
+    balancer.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,60 @@
+"""Errors that know which HTTP status they should become.
+
+Every failure on the request path is raised as one of these and turned into a
+response in exactly one place (``server.ProxyRequestHandler``). A handler never
+builds an error response by hand: it raises, and the funnel answers.
+"""
+
+from __future__ import annotations
+
+
+class HTTPError(Exception):
+    """A failure that ends a request with ``status`` and a plain-text reason.
+
+    ``close`` asks the funnel to close the client connection after answering,
+    for errors that leave the connection's framing in an unknown state.
+    """
+
+    status = 500
+    close = False
+
+    def __init__(self, message: str, *, status: int | None = None, close: bool | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if close is not None:
+            self.close = close
+
+
+class BadRequest(HTTPError):
+    """The client sent something we refuse to forward (400 and its kin)."""
+
+    status = 400
+    close = True  # after a malformed request we cannot trust where the next one starts
+
+
+class NoHealthyBackend(HTTPError):
+    """No backend is available to take the request."""
+
+    status = 503
+
+
+class BadGateway(HTTPError):
+    """The backend failed or answered with something that is not HTTP."""
+
+    status = 502
+
+
+class GatewayTimeout(HTTPError):
+    """The backend did not answer within the read timeout."""
+
+    status = 504
+
+
+class ConnectFailed(Exception):
+    """Opening a connection to a backend failed: nothing was sent, so any request may go elsewhere."""
+
+
+class ResponseAborted(Exception):
+    """The response started but cannot be completed: the only honest move is to close the client connection."""

@@ -1,0 +1,74 @@
+"""Which header fields cross the proxy, and the ones it adds.
+
+Pure functions over ``[(name, value), ...]`` lists: order and duplicates are
+preserved, and nothing here touches a socket, so every rule is unit-tested.
+"""
+
+from __future__ import annotations
+
+from .http1 import Headers, comma_tokens
+
+# RFC 9110 §7.6.1: fields that describe one connection, not the message. They
+# are dropped in both directions, along with any field named in Connection.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",  # parameters of a persistent connection (RFC 2068 §19.7.1)
+        "proxy-connection",  # non-standard, sent by old clients instead of Connection
+        "te",  # which transfer codings this hop accepts
+        "trailer",  # announces trailers, which we do not forward
+        "transfer-encoding",  # framing of this hop; we re-frame each side ourselves
+        "upgrade",  # we do not switch protocols, so the offer must not reach the backend
+        "proxy-authenticate",  # addressed to a proxy, i.e. to us
+        "proxy-authorization",  # credentials for a proxy, i.e. for us; never leaked onwards
+    }
+)
+
+# Forwarding fields that we write ourselves: a client must not be able to
+# claim it arrived over another scheme or host.
+_REPLACED_FORWARDING = frozenset({"x-forwarded-proto", "x-forwarded-host"})
+
+
+def remove_hop_by_hop(headers: Headers) -> Headers:
+    """Drop hop-by-hop fields and every field the Connection header names."""
+    named = set(comma_tokens(headers, "Connection"))
+    return [(k, v) for k, v in headers if (lk := k.lower()) not in HOP_BY_HOP and lk not in named]
+
+
+def request_headers_for_backend(headers: Headers, client_ip: str, scheme: str = "http") -> Headers:
+    """The client's fields as the backend should see them.
+
+    Hop-by-hop fields go; ``X-Forwarded-For`` gets the client's address
+    appended to any earlier hops (a proxy in front of us is trusted to have
+    appended honestly, as in nginx's ``$proxy_add_x_forwarded_for``);
+    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set by us.
+    """
+    kept: Headers = []
+    prior_for: list[str] = []
+    host = ""
+    for name, value in remove_hop_by_hop(headers):
+        lname = name.lower()
+        if lname == "x-forwarded-for":
+            prior_for.append(value)
+            continue
+        if lname in _REPLACED_FORWARDING:
+            continue
+        if lname == "host" and not host:
+            host = value
+        kept.append((name, value))
+    kept.append(("X-Forwarded-For", ", ".join([*prior_for, client_ip])))
+    kept.append(("X-Forwarded-Proto", scheme))
+    if host:
+        kept.append(("X-Forwarded-Host", host))
+    return kept
+
+
+def response_headers_for_client(headers: Headers, upstream: str) -> Headers:
+    """The backend's fields as the client should see them, naming the backend that served."""
+    return [*remove_hop_by_hop(headers), ("X-Upstream", upstream)]
+
+
+def encode_head(start_line: str, headers: Headers) -> bytes:
+    """Serialise a message head; latin-1 gives back exactly the bytes that were parsed."""
+    lines = [start_line, *(f"{k}: {v}" for k, v in headers), "", ""]
+    return "\r\n".join(lines).encode("latin-1")

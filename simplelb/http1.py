@@ -1,0 +1,383 @@
+"""HTTP/1.1 on the wire: reading message heads, deciding body framing, chunked coding.
+
+Theory of operation
+-------------------
+A message is a *head* (start line and header fields, ended by an empty line)
+and an optional body whose length is decided by the head (RFC 9112 §6.3). A
+proxy that gets the framing wrong forwards two requests as one, or one as two
+(request smuggling), so every decision here is strict and made in one pure
+function:
+
+* ``request_framing`` and ``response_framing`` follow RFC 9112 §6.3 step by
+  step and answer with a ``Framing``: no body, a fixed length, chunked, or
+  (responses only) everything until the connection closes.
+* ``parse_request_head`` / ``parse_response_head`` turn raw head bytes into
+  a start line and a list of ``(name, value)`` pairs, in order, duplicates
+  kept, names and values as latin-1 text so every byte survives. Obsolete line
+  folding, whitespace before the colon and control characters are rejected
+  rather than "repaired": a repair is exactly the disagreement between two
+  parsers that smuggling exploits.
+
+All socket reading goes through ``SocketReader``, a small buffer whose unread
+bytes are visible (``pending``): a backend connection is only reused when the
+response ended exactly where its framing said, with nothing left over.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass
+
+from .errors import BadGateway, BadRequest, HTTPError
+
+# Bodies are copied in pieces of at most this size: large enough that a big
+# download costs few system calls, small enough that memory stays flat.
+COPY_CHUNK = 256 * 1024
+
+# A chunk-size line is hex digits plus optional extensions; nobody needs more.
+MAX_CHUNK_LINE = 4096
+
+# RFC 9110 §5.6.2: tchar.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_RE = re.compile(_TOKEN)
+_HEADER_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*")
+# Field values may hold visible characters, space, tab and obs-text; no other controls.
+_BAD_VALUE_CHAR_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Request targets: visible ASCII only (RFC 9112 §3.2 builds them from URI characters).
+_TARGET_RE = re.compile(rb"[\x21-\x7e]+")
+_VERSION_RE = re.compile(rb"HTTP/(\d)\.(\d)")
+_STATUS_LINE_RE = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
+_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
+
+Headers = list[tuple[str, str]]
+
+
+class SocketReader:
+    """Buffered reading from a socket, with the unread bytes visible.
+
+    ``read``/``readline`` return at most what one ``recv`` brings, so data is
+    passed on as soon as it arrives (a slow response streams, it does not wait
+    for a full buffer). EOF is ``b""``.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """How many received bytes nobody has read yet."""
+        return len(self._buf)
+
+    def _fill(self, size: int = COPY_CHUNK) -> bool:
+        data = self.sock.recv(size)
+        if not data:
+            return False
+        self._buf += data
+        return True
+
+    def read(self, limit: int = COPY_CHUNK) -> bytes:
+        if self._buf:
+            data = bytes(self._buf[:limit])
+            del self._buf[:limit]
+            return data
+        return self.sock.recv(limit)
+
+    def read_exact(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes or raise ``EOFError``."""
+        while len(self._buf) < n:
+            if not self._fill():
+                raise EOFError(f"connection closed with {n - len(self._buf)} of {n} bytes unread")
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def readline(self, limit: int) -> bytes:
+        """Read one line including its LF; raise ``ValueError`` past ``limit`` bytes, ``EOFError`` at EOF."""
+        start = 0
+        while True:
+            end = self._buf.find(b"\n", start, limit + 1)
+            if end >= 0:
+                line = bytes(self._buf[: end + 1])
+                del self._buf[: end + 1]
+                return line
+            if len(self._buf) > limit:
+                raise ValueError("line too long")
+            start = len(self._buf)
+            if not self._fill():
+                raise EOFError("connection closed in the middle of a line")
+
+    def read_head(self, max_bytes: int, deadline: float | None = None) -> bytes | None:
+        """Read a message head up to and including its empty line.
+
+        Returns ``None`` on a clean EOF before any byte (the peer simply closed
+        an idle connection). Raises ``HeadTooLarge`` past ``max_bytes``,
+        ``EOFError`` on EOF mid-head, ``TimeoutError`` once ``deadline`` (a
+        ``time.monotonic()`` value, a total budget rather than a per-read one)
+        has passed.
+        """
+        searched = 0
+        while True:
+            # RFC 9112 §2.2: empty lines before a request line are ignored.
+            while self._buf.startswith(b"\r\n") or self._buf.startswith(b"\n"):
+                del self._buf[: 2 if self._buf[0] == 13 else 1]
+            match = _HEAD_END_RE.search(self._buf, max(0, searched - 3))
+            if match:
+                end = match.end()
+                if end > max_bytes:
+                    raise HeadTooLarge(len(self._buf), self._buf.find(b"\n"))
+                head = bytes(self._buf[:end])
+                del self._buf[:end]
+                return head
+            if len(self._buf) > max_bytes:
+                raise HeadTooLarge(len(self._buf), self._buf.find(b"\n"))
+            searched = len(self._buf)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("message head not received in time")
+                self.sock.settimeout(remaining)
+            if not self._fill(65536):
+                if not self._buf:
+                    return None
+                raise EOFError("connection closed in the middle of a message head")
+
+
+class HeadTooLarge(Exception):
+    """A head grew past its limit; ``first_line_end`` is -1 when even the start line did not end."""
+
+    def __init__(self, size: int, first_line_end: int):
+        super().__init__(f"message head larger than the limit ({size} bytes read)")
+        self.first_line_end = first_line_end
+
+
+# --- heads ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    method: str
+    target: str  # exactly as on the wire
+    version: tuple[int, int]
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    version: tuple[int, int]
+    status: int
+    reason: str
+    headers: Headers
+
+
+def _split_lines(head: bytes) -> list[bytes]:
+    lines = head.split(b"\n")
+    # The head ends with an empty line, so the last two items are b"" / b"\r" and b"".
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines[:-2]]
+    return lines
+
+
+def parse_header_lines(lines: list[bytes], max_count: int, error: type[HTTPError]) -> Headers:
+    """Parse field lines strictly (RFC 9112 §5), keeping order and duplicates."""
+    if len(lines) > max_count:
+        raise error(f"too many header fields (more than {max_count})", status=431 if error is BadRequest else None)
+    headers: Headers = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            raise error("obsolete line folding in header section")
+        match = _HEADER_RE.fullmatch(line)
+        if not match:
+            raise error(f"malformed header line {line[:60]!r}")
+        value = match.group(2)
+        if _BAD_VALUE_CHAR_RE.search(value):
+            raise error(f"control character in header {match.group(1).decode('latin-1')!r}")
+        headers.append((match.group(1).decode("latin-1"), value.decode("latin-1")))
+    return headers
+
+
+def parse_request_head(head: bytes, max_headers: int = 100) -> RequestHead:
+    """Parse a request head (RFC 9112 §3); raise ``BadRequest`` (400/505) when it is not valid."""
+    lines = _split_lines(head)
+    parts = lines[0].split(b" ") if lines else []
+    if len(parts) != 3:
+        raise BadRequest("malformed request line")
+    method, target, version = parts
+    if not _TOKEN_RE.fullmatch(method):
+        raise BadRequest("malformed request method")
+    if not _TARGET_RE.fullmatch(target):
+        raise BadRequest("malformed request target")
+    match = _VERSION_RE.fullmatch(version)
+    if not match:
+        raise BadRequest("malformed HTTP version")
+    major, minor = int(match.group(1)), int(match.group(2))
+    if (major, minor) not in ((1, 0), (1, 1)):
+        raise BadRequest(f"HTTP version {major}.{minor} is not supported", status=505)
+    if any(b"\r" in line for line in lines):
+        raise BadRequest("bare CR in request head")
+    headers = parse_header_lines(lines[1:], max_headers, BadRequest)
+    return RequestHead(method.decode("ascii"), target.decode("ascii"), (major, minor), headers)
+
+
+def parse_response_head(head: bytes, max_headers: int = 100) -> ResponseHead:
+    """Parse a response head (RFC 9112 §4); raise ``BadGateway`` when it is not valid."""
+    lines = _split_lines(head)
+    match = _STATUS_LINE_RE.fullmatch(lines[0]) if lines else None
+    if not match:
+        raise BadGateway("backend sent a malformed status line")
+    status = int(match.group(2))
+    if status < 100:
+        raise BadGateway(f"backend sent an invalid status code {status}")
+    if any(b"\r" in line for line in lines):
+        raise BadGateway("backend sent a bare CR in its response head")
+    headers = parse_header_lines(lines[1:], max_headers, BadGateway)
+    reason = (match.group(3) or b"").decode("latin-1")
+    return ResponseHead((1, int(match.group(1))), status, reason, headers)
+
+
+# --- framing ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a body is delimited: ``kind`` is "none", "length", "chunked" or "close"."""
+
+    kind: str
+    length: int = 0
+
+
+NO_BODY = Framing("none")
+CHUNKED = Framing("chunked")
+UNTIL_CLOSE = Framing("close")
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    """Every value of ``name`` (case-insensitive), in order."""
+    lname = name.lower()
+    return [value for key, value in headers if key.lower() == lname]
+
+
+def comma_tokens(headers: Headers, name: str) -> list[str]:
+    """The comma-separated list elements of every ``name`` field, lower-cased."""
+    return [item.strip().lower() for value in header_values(headers, name) for item in value.split(",") if item.strip()]
+
+
+def _content_length(values: list[str], error: type[HTTPError]) -> int:
+    # RFC 9110 §8.6: a list of identical values may be taken as one; anything else is invalid.
+    items = {item.strip() for value in values for item in value.split(",")}
+    if len(items) != 1:
+        raise error("conflicting Content-Length values")
+    (item,) = items
+    if not item.isdigit() or not item.isascii() or len(item) > 18:
+        raise error(f"invalid Content-Length {item[:30]!r}")
+    return int(item)
+
+
+def request_framing(head: RequestHead) -> Framing:
+    """RFC 9112 §6.3, for a request."""
+    transfer_codings = comma_tokens(head.headers, "Transfer-Encoding")
+    lengths = header_values(head.headers, "Content-Length")
+    if header_values(head.headers, "Transfer-Encoding"):
+        if head.version < (1, 1):
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        if lengths:
+            raise BadRequest("both Transfer-Encoding and Content-Length")
+        if transfer_codings != ["chunked"]:
+            if transfer_codings.count("chunked") != 1 or transfer_codings[-1] != "chunked" and "chunked" in transfer_codings:
+                if transfer_codings and "chunked" not in transfer_codings:
+                    raise BadRequest(f"unsupported transfer coding {transfer_codings[-1]!r}", status=501)
+                raise BadRequest("chunked must be the final transfer coding, exactly once")
+            raise BadRequest(f"unsupported transfer coding {transfer_codings[0]!r}", status=501)
+        return CHUNKED
+    if lengths:
+        length = _content_length(lengths, BadRequest)
+        return Framing("length", length) if length else NO_BODY
+    return NO_BODY
+
+
+def response_framing(request_method: str, head: ResponseHead) -> Framing:
+    """RFC 9112 §6.3, for a response to ``request_method``."""
+    if request_method == "HEAD" or head.status < 200 or head.status in (204, 304):
+        return NO_BODY
+    if header_values(head.headers, "Transfer-Encoding"):
+        if header_values(head.headers, "Content-Length"):
+            raise BadGateway("backend response has both Transfer-Encoding and Content-Length")
+        codings = comma_tokens(head.headers, "Transfer-Encoding")
+        if codings == ["chunked"]:
+            return CHUNKED
+        if "chunked" in codings:
+            raise BadGateway("backend response has chunked in the wrong place")
+        # A coding we cannot undo, not ending in chunked: the body runs until close.
+        return UNTIL_CLOSE
+    lengths = header_values(head.headers, "Content-Length")
+    if lengths:
+        return Framing("length", _content_length(lengths, BadGateway))
+    return UNTIL_CLOSE
+
+
+# --- bodies -----------------------------------------------------------------
+
+
+class BodyError(Exception):
+    """A body ended early or its chunked framing was broken."""
+
+
+def iter_body(reader: SocketReader, framing: Framing):
+    """Yield the body's data (framing removed) in pieces of at most ``COPY_CHUNK``.
+
+    Raises ``BodyError`` if the body is cut short or malformed; socket errors
+    (timeouts, resets) pass through for the caller to classify.
+    """
+    if framing.kind == "length":
+        remaining = framing.length
+        while remaining:
+            data = reader.read(min(remaining, COPY_CHUNK))
+            if not data:
+                raise BodyError(f"connection closed with {remaining} of {framing.length} body bytes missing")
+            remaining -= len(data)
+            yield data
+    elif framing.kind == "chunked":
+        yield from _iter_chunked(reader)
+    elif framing.kind == "close":
+        while data := reader.read(COPY_CHUNK):
+            yield data
+
+
+def _iter_chunked(reader: SocketReader):
+    try:
+        while True:
+            line = reader.readline(MAX_CHUNK_LINE)
+            match = _CHUNK_SIZE_RE.fullmatch(line.rstrip(b"\r\n") if line.endswith(b"\r\n") else b"!")
+            if not match:
+                raise BodyError(f"malformed chunk size line {line[:40]!r}")
+            size = int(match.group(1), 16)
+            if size == 0:
+                break
+            while size:
+                data = reader.read(min(size, COPY_CHUNK))
+                if not data:
+                    raise BodyError("connection closed inside a chunk")
+                size -= len(data)
+                yield data
+            if reader.read_exact(2) != b"\r\n":
+                raise BodyError("chunk data not followed by CRLF")
+        # Trailer section: read and dropped, never merged into the headers.
+        total = 0
+        while (line := reader.readline(MAX_CHUNK_LINE)) not in (b"\r\n", b"\n"):
+            total += len(line)
+            if total > 64 * 1024:
+                raise BodyError("trailer section too large")
+    except ValueError as exc:
+        raise BodyError("chunk size line too long") from exc
+    except EOFError as exc:
+        raise BodyError(str(exc)) from exc
+
+
+def chunk(data: bytes) -> bytes:
+    """Frame ``data`` as one chunk (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,356 @@
+"""The life of one proxied request: choose a backend, forward, relay the answer.
+
+``Forwarder.forward`` takes a parsed client request and either relays a
+complete response, raises an ``HTTPError`` before any byte of a response was
+sent (the server's funnel answers it), or raises ``ResponseAborted`` once the
+response has started and cannot be finished honestly (the client connection
+is then closed, so a truncated body never looks complete).
+
+Failover rules
+--------------
+* A backend that cannot be connected to received nothing, so the request goes
+  to the next healthy backend whatever its method.
+* A pooled connection that turns out to be dead before any response byte
+  (the backend closed it while idle) is replaced by a fresh connection to the
+  same backend, but only for a request without a body whose method is
+  idempotent: otherwise we cannot know whether the backend acted on it.
+* Any other failure after the request was sent is a 502 (504 for a read
+  timeout); a POST is never sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Sequence
+
+from .algorithms import Algorithm
+from .backend import Backend
+from .errors import BadGateway, BadRequest, ConnectFailed, GatewayTimeout, NoHealthyBackend, ResponseAborted
+from .headers import encode_head, request_headers_for_backend, response_headers_for_client
+from .http1 import (
+    CHUNKED,
+    LAST_CHUNK,
+    NO_BODY,
+    BodyError,
+    Framing,
+    HeadTooLarge,
+    RequestHead,
+    ResponseHead,
+    SocketReader,
+    chunk,
+    comma_tokens,
+    header_values,
+    iter_body,
+    parse_response_head,
+    request_framing,
+    response_framing,
+)
+from .upstream import BackendPool, PooledConnection
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 §9.2.2. Only these may be re-sent on a fresh connection.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class ClientDisconnected(Exception):
+    """The client went away; there is nobody left to answer."""
+
+
+class ClientBodyError(Exception):
+    """The client's request body was malformed or cut short after forwarding began."""
+
+
+class _StaleConnection(Exception):
+    """A reused connection failed before the backend said anything."""
+
+
+@dataclass
+class ClientRequest:
+    """A request as received, plus what the forwarder needs to know about its client."""
+
+    head: RequestHead
+    target: str  # the request-target to send (origin-form, or "*")
+    headers: list[tuple[str, str]]  # the client's fields, Host already settled
+    framing: Framing
+    client_ip: str
+    keep_alive: bool  # the client wants the connection kept open
+    expect_continue: bool
+
+    @property
+    def method(self) -> str:
+        return self.head.method
+
+
+@dataclass
+class Outcome:
+    """What happened, for the access log and the connection's fate."""
+
+    status: int
+    upstream: str
+    keep_alive: bool
+
+
+class ClientConnection:
+    """The client side of the exchange: its socket and buffered reader."""
+
+    def __init__(self, sock: socket.socket, reader: SocketReader):
+        self.sock = sock
+        self.reader = reader
+        self.continue_sent = False
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from None
+
+    def body(self, framing: Framing):
+        """The request body's data; client-side failures become ``ClientBodyError``/``ClientDisconnected``."""
+        try:
+            yield from iter_body(self.reader, framing)
+        except BodyError as exc:
+            raise ClientBodyError(str(exc)) from None
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from None
+
+
+def admit(head: RequestHead, client_ip: str) -> ClientRequest:
+    """Decide whether a parsed request may be forwarded, and in what form.
+
+    Raises ``BadRequest`` (400, 405, 501) for what we refuse. The target is
+    kept byte for byte; only an absolute-form target is reduced to its path,
+    because the balancer never connects to a host a client names.
+    """
+    if head.method == "CONNECT":
+        raise BadRequest("CONNECT is not supported: this is a reverse proxy", status=405, close=False)
+    target = head.target
+    headers = list(head.headers)
+    hosts = header_values(headers, "Host")
+    if len(hosts) > 1:
+        raise BadRequest("more than one Host header")
+    if head.version >= (1, 1) and not hosts:
+        raise BadRequest("HTTP/1.1 request without a Host header")
+    if target == "*":
+        if head.method != "OPTIONS":
+            raise BadRequest("the * target is only valid with OPTIONS")
+    elif target.startswith("/"):
+        pass
+    elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
+        # RFC 9112 §3.2.2: the authority in the target replaces Host.
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        query = rest.find("?")
+        cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+        authority, path = rest[:cut], rest[cut:]
+        if not authority or "@" in authority:
+            raise BadRequest("invalid authority in absolute-form target")
+        target = path if path.startswith("/") else "/" + path
+        headers = [(k, v) for k, v in headers if k.lower() != "host"]
+        headers.insert(0, ("Host", authority))
+    else:
+        raise BadRequest("request target must be a path (origin-form)")
+    framing = request_framing(head)
+    connection = comma_tokens(headers, "Connection")
+    if head.version >= (1, 1):
+        keep_alive = "close" not in connection
+    else:
+        keep_alive = "keep-alive" in connection
+    expect = [v.strip().lower() for v in header_values(headers, "Expect")]
+    expect_continue = head.version >= (1, 1) and "100-continue" in expect and framing is not NO_BODY
+    return ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue)
+
+
+class Forwarder:
+    """Forwards requests to a set of backends with a given algorithm."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        algorithm: Algorithm,
+        pools: dict[Backend, BackendPool],
+        *,
+        read_timeout_s: float,
+        max_header_bytes: int,
+        max_header_count: int,
+        retry_after_s: int = 2,
+    ):
+        self.backends = list(backends)
+        self.algorithm = algorithm
+        self.pools = pools
+        self.read_timeout_s = read_timeout_s
+        self.max_header_bytes = max_header_bytes
+        self.max_header_count = max_header_count
+        self.retry_after_s = retry_after_s
+
+    def forward(self, request: ClientRequest, client: ClientConnection, *, closing: bool = False) -> Outcome:
+        tried: set[Backend] = set()
+        last_reason = ""
+        while True:
+            candidates = [b for b in self.backends if b.healthy and b not in tried]
+            if not candidates:
+                if not tried:
+                    raise NoHealthyBackend("no healthy backend is available")
+                raise BadGateway(f"no backend accepted the connection (last: {last_reason})")
+            backend = self.algorithm.pick(candidates)
+            tried.add(backend)
+            try:
+                return self._attempt(backend, request, client, closing)
+            except ConnectFailed as exc:
+                last_reason = f"{backend.address}: {exc}"
+                log.warning("cannot connect to backend %s (%s); trying another", backend.address, exc)
+
+    def _attempt(self, backend: Backend, request: ClientRequest, client: ClientConnection, closing: bool) -> Outcome:
+        pool = self.pools[backend]
+        with backend.track():
+            conn, reused = pool.acquire()
+            try:
+                head = self._exchange(conn, backend, request, client)
+            except _StaleConnection as exc:
+                pool.release(conn, reusable=False)
+                if not (reused and request.framing is NO_BODY and request.method in IDEMPOTENT_METHODS):
+                    raise BadGateway(f"backend {backend.address} closed the connection without answering ({exc})") from None
+                log.debug("pooled connection to %s was dead (%s); retrying on a new one", backend.address, exc)
+                conn, _ = pool.acquire(fresh=True)
+                try:
+                    head = self._exchange(conn, backend, request, client)
+                except _StaleConnection as exc2:
+                    pool.release(conn, reusable=False)
+                    raise BadGateway(f"backend {backend.address} closed the connection without answering ({exc2})") from None
+                except BaseException:
+                    pool.release(conn, reusable=False)
+                    raise
+            except BaseException:
+                pool.release(conn, reusable=False)
+                raise
+            reusable = False
+            try:
+                keep_alive, reusable = self._relay(conn, backend, request, head, client, closing)
+            finally:
+                pool.release(conn, reusable)
+            return Outcome(head.status, backend.address, keep_alive)
+
+    # --- sending the request and reading the response head ----------------
+
+    def _exchange(self, conn: PooledConnection, backend: Backend, request: ClientRequest, client: ClientConnection) -> ResponseHead:
+        """Send the request; return the final response head."""
+        headers = request_headers_for_backend(request.headers, request.client_ip)
+        if not any(name.lower() == "host" for name, _ in headers):
+            # An HTTP/1.0 client may omit Host, but our hop is HTTP/1.1 and needs one.
+            headers.insert(0, ("Host", backend.address))
+        if request.framing is CHUNKED:
+            headers.append(("Transfer-Encoding", "chunked"))  # the framing of our hop; we re-chunk
+        head_bytes = encode_head(f"{request.method} {request.target} HTTP/1.1", headers)
+        sock = conn.sock
+        try:
+            sock.sendall(head_bytes)
+        except OSError as exc:
+            raise _StaleConnection(str(exc)) from None
+        body_failure = None
+        if request.framing is not NO_BODY:
+            body_failure = self._send_body(sock, request, client)
+        try:
+            head = self._read_head(conn, request.method)
+        except _StaleConnection as exc:
+            if body_failure is not None:
+                raise BadGateway(f"backend {backend.address} stopped reading the request body ({body_failure})") from None
+            raise exc
+        return head
+
+    def _send_body(self, sock: socket.socket, request: ClientRequest, client: ClientConnection) -> str | None:
+        """Stream the client's body to the backend; return why the backend stopped taking it, if it did."""
+        if request.expect_continue and not client.continue_sent:
+            # We answer the expectation ourselves once a backend is connected, and
+            # forward the Expect field; the backend's own 100 is dropped as interim.
+            client.continue_sent = True
+            client.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        chunked = request.framing is CHUNKED
+        for data in client.body(request.framing):
+            try:
+                sock.sendall(chunk(data) if chunked else data)
+            except OSError as exc:
+                # The backend may have answered early (e.g. 413) and closed; its
+                # answer, if any, is read next. The client's remaining body is unread.
+                request.keep_alive = False
+                return str(exc)
+        if chunked:
+            try:
+                sock.sendall(LAST_CHUNK)
+            except OSError as exc:
+                return str(exc)
+        return None
+
+    def _read_head(self, conn: PooledConnection, method: str) -> ResponseHead:
+        reader = conn.reader
+        while True:
+            try:
+                raw = reader.read_head(self.max_header_bytes)
+            except TimeoutError:
+                raise GatewayTimeout(f"backend did not answer within {self.read_timeout_s:g}s") from None
+            except HeadTooLarge:
+                raise BadGateway("backend response head is too large") from None
+            except EOFError:
+                raise BadGateway("backend closed the connection in the middle of its response head") from None
+            except OSError as exc:
+                raise _StaleConnection(str(exc)) from None
+            if raw is None:
+                raise _StaleConnection("connection closed")
+            head = parse_response_head(raw, self.max_header_count)
+            if head.status >= 200:
+                return head
+            if head.status == 101:
+                raise BadGateway("backend switched protocols without being asked")
+            # Other 1xx are interim responses for this hop only (see _send_body).
+
+    # --- relaying the response --------------------------------------------
+
+    def _relay(
+        self,
+        conn: PooledConnection,
+        backend: Backend,
+        request: ClientRequest,
+        head: ResponseHead,
+        client: ClientConnection,
+        closing: bool,
+    ) -> tuple[bool, bool]:
+        """Send the response to the client; return (keep client connection, reuse backend connection)."""
+        framing = response_framing(request.method, head)
+        headers = response_headers_for_client(head.headers, backend.address)
+        keep_alive = request.keep_alive and not closing
+        rechunk = False
+        if framing.kind in ("chunked", "close"):
+            if request.head.version >= (1, 1):
+                headers.append(("Transfer-Encoding", "chunked"))
+                rechunk = True
+            else:
+                keep_alive = False  # an HTTP/1.0 client can only learn the end from the close
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        elif request.head.version < (1, 1):
+            headers.append(("Connection", "keep-alive"))
+        client.send(encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers))
+
+        body = iter_body(conn.reader, framing)
+        while True:
+            try:
+                data = next(body, None)
+            except TimeoutError:
+                raise ResponseAborted(f"backend {backend.address} went silent mid-body for {self.read_timeout_s:g}s") from None
+            except (BodyError, OSError) as exc:
+                raise ResponseAborted(f"backend {backend.address} failed mid-body: {exc}") from None
+            if data is None:
+                break
+            client.send(chunk(data) if rechunk else data)
+        if rechunk:
+            client.send(LAST_CHUNK)
+        return keep_alive, framing.kind != "close" and _backend_keeps_alive(head)
+
+
+def _backend_keeps_alive(head: ResponseHead) -> bool:
+    tokens = comma_tokens(head.headers, "Connection")
+    if head.version >= (1, 1):
+        return "close" not in tokens
+    return "keep-alive" in tokens
+

@@ -1,0 +1,307 @@
+"""The balancer as a server: listening socket, client connections, the error funnel.
+
+``LoadBalancer`` is a ``ThreadingHTTPServer`` that owns everything with a
+lifetime: the backends, their connection pools, the health checker and the
+client connections. ``start()`` runs it on a named daemon thread, ``stop()``
+drains it: stop accepting, close idle keep-alive connections, let in-flight
+requests finish within the grace period.
+
+``ProxyRequestHandler`` runs one client connection: it reads each request
+head (with our strict parser, not ``http.server``'s lenient one), hands the
+request to the ``Forwarder`` and turns any ``HTTPError`` into a response --
+the one place where error responses are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import algorithms
+from .backend import Backend
+from .config import Config
+from .errors import BadRequest, HTTPError, NoHealthyBackend, ResponseAborted
+from .headers import encode_head
+from .health import HealthChecker
+from .http1 import HeadTooLarge, SocketReader, parse_request_head
+from .proxy import ClientBodyError, ClientConnection, ClientDisconnected, Forwarder, admit
+from .upstream import BackendPool
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("simplelb.access")
+
+# Seconds a client is told to wait when no backend is healthy: about one
+# health-check round, after which a recovered backend may be back.
+RETRY_AFTER_S = 2
+
+
+class ConnectionTracker:
+    """The open client connections and which are between requests.
+
+    Shutdown needs both: idle connections are closed at once, busy ones get
+    the grace period. ``_quiet`` is signalled whenever a busy connection
+    becomes idle or closes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _idle, _busy, closing
+        self._quiet = threading.Condition(self._lock)
+        self._idle: set[socket.socket] = set()
+        self._busy: set[socket.socket] = set()
+        self.closing = False
+
+    def idle(self, sock: socket.socket) -> bool:
+        """Mark ``sock`` as waiting for a request; False means the server is closing."""
+        with self._lock:
+            self._busy.discard(sock)
+            self._quiet.notify_all()
+            if self.closing:
+                return False
+            self._idle.add(sock)
+            return True
+
+    def busy(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._idle.discard(sock)
+            self._busy.add(sock)
+
+    def remove(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._idle.discard(sock)
+            self._busy.discard(sock)
+            self._quiet.notify_all()
+
+    def close_idle(self) -> None:
+        with self._lock:
+            self.closing = True
+            idle = list(self._idle)
+        for sock in idle:
+            _shutdown(sock)
+
+    def wait_quiet(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; False if the timeout came first."""
+        with self._lock:
+            return self._quiet.wait_for(lambda: not self._busy, timeout_s)
+
+    def close_all(self) -> None:
+        with self._lock:
+            socks = self._idle | self._busy
+        for sock in socks:
+            _shutdown(sock)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class ProxyRequestHandler(BaseHTTPRequestHandler):
+    """One client connection, any number of requests on it."""
+
+    protocol_version = "HTTP/1.1"
+    server: "LoadBalancer"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = SocketReader(self.connection)
+        self.client = ClientConnection(self.connection, self.reader)
+
+    def handle(self) -> None:
+        tracker = self.server.connections
+        try:
+            while tracker.idle(self.connection) and self._wait_for_request():
+                tracker.busy(self.connection)
+                if not self._serve_one():
+                    break
+        finally:
+            tracker.remove(self.connection)
+
+    def _wait_for_request(self) -> bool:
+        """Wait up to the keep-alive timeout for the next request to start."""
+        if self.reader.pending:
+            return True
+        try:
+            readable, _, _ = select.select([self.connection], [], [], self.server.config.keepalive_timeout_s)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
+
+    def _serve_one(self) -> bool:
+        """Read, forward and log one request; return whether the connection stays open."""
+        config = self.server.config
+        started = time.monotonic()
+        request = None
+        head = None
+        try:
+            try:
+                raw = self.reader.read_head(config.max_header_bytes, started + config.client_header_timeout_s)
+            except TimeoutError:
+                raise BadRequest("request head not received in time", status=408) from None
+            except HeadTooLarge as exc:
+                if exc.first_line_end < 0:
+                    raise BadRequest("request line too long", status=414) from None
+                raise BadRequest("request header section too large", status=431) from None
+            except EOFError:
+                return False
+            if raw is None:
+                return False
+            self.connection.settimeout(config.client_io_timeout_s)
+            head = parse_request_head(raw, config.max_header_count)
+            request = admit(head, self.client_address[0])
+            outcome = self.server.forwarder.forward(request, self.client, closing=self.server.connections.closing)
+        except HTTPError as exc:
+            close = exc.close or request is None or not request.keep_alive or request.framing.kind != "none"
+            self._send_error(exc, close)
+            self._log_access(head, exc.status, "-", started)
+            return not close
+        except ClientBodyError as exc:
+            self._send_error(BadRequest(f"malformed request body: {exc}"), close=True)
+            self._log_access(head, 400, "-", started)
+            return False
+        except ResponseAborted as exc:
+            log.warning("response aborted, closing client connection: %s", exc)
+            self._log_access(head, 0, "-", started)
+            return False
+        except ClientDisconnected as exc:
+            log.debug("client %s disconnected: %s", self.client_address[0], exc)
+            return False
+        except OSError as exc:
+            log.debug("client %s connection error: %s", self.client_address[0], exc)
+            return False
+        self._log_access(head, outcome.status, outcome.upstream, started)
+        return outcome.keep_alive
+
+    def _send_error(self, exc: HTTPError, close: bool) -> None:
+        """The error funnel: every error response the balancer itself writes comes from here."""
+        body = f"{exc.status} {_phrase(exc.status)}: {exc.message}\n".encode("utf-8", "replace")
+        headers = [
+            ("Date", formatdate(usegmt=True)),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ]
+        if isinstance(exc, NoHealthyBackend):
+            headers.append(("Retry-After", str(RETRY_AFTER_S)))
+        if close:
+            headers.append(("Connection", "close"))
+        try:
+            self.client.send(encode_head(f"HTTP/1.1 {exc.status} {_phrase(exc.status)}", headers) + body)
+        except ClientDisconnected:
+            pass
+
+    def _log_access(self, head, status: int, upstream: str, started: float) -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            method, target = (head.method, head.target) if head else ("-", "-")
+            access_log.info(
+                "%s %s %s %s %s %.1fms",
+                self.client_address[0],
+                method,
+                target,
+                status or "aborted",
+                upstream,
+                (time.monotonic() - started) * 1000,
+            )
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+        log.debug(format, *args)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+class LoadBalancer(ThreadingHTTPServer):
+    """The balancer: construct with a ``Config``, then ``start()`` and ``stop()``.
+
+    Binding happens in the constructor, so a port in use fails there (with
+    ``OSError``) before any thread starts. With ``port=0`` the OS picks a port:
+    read it back from ``.port``.
+    """
+
+    daemon_threads = True  # a stuck client must never keep the process alive
+    block_on_close = False  # stop() drains connections itself, with a deadline
+    request_queue_size = 1024  # absorb connection bursts instead of refusing them
+
+    def __init__(self, config: Config, *, algorithm: algorithms.Algorithm | None = None):
+        self.config = config
+        self.backends = [Backend(spec, rise=config.rise, fall=config.fall) for spec in config.backends]
+        self.pools = {
+            b: BackendPool(
+                b.host,
+                b.port,
+                size=config.pool_size,
+                connect_timeout_s=config.connect_timeout_s,
+                read_timeout_s=config.read_timeout_s,
+            )
+            for b in self.backends
+        }
+        self.forwarder = Forwarder(
+            self.backends,
+            algorithm or algorithms.create(config.algorithm),
+            self.pools,
+            read_timeout_s=config.read_timeout_s,
+            max_header_bytes=config.max_header_bytes,
+            max_header_count=config.max_header_count,
+        )
+        self.health = HealthChecker(
+            self.backends,
+            path=config.health_path,
+            interval_s=config.health_interval_s,
+            timeout_s=config.health_timeout_s,
+        )
+        self.connections = ConnectionTracker()
+        self._serve_thread: threading.Thread | None = None
+        self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        super().__init__((config.host, config.port), ProxyRequestHandler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.server_address[0]}]" if ":" in self.server_address[0] else self.server_address[0]
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> "LoadBalancer":
+        """Start health checks and serving on a background thread; return self."""
+        self.health.start()
+        self._serve_thread = threading.Thread(target=self.serve_forever, name=f"simplelb :{self.port}", daemon=True)
+        self._serve_thread.start()
+        return self
+
+    def stop(self, grace_s: float | None = None) -> bool:
+        """Stop accepting, drain, and release everything; False if requests were cut off."""
+        grace = self.config.grace_period_s if grace_s is None else grace_s
+        if self._serve_thread is not None:
+            self.shutdown()
+            self._serve_thread.join()
+        self.server_close()
+        self.connections.close_idle()
+        drained = self.connections.wait_quiet(grace)
+        if not drained:
+            log.warning("grace period over with %d request(s) in flight; closing them", self.connections.in_flight)
+        self.connections.close_all()
+        self.health.stop()
+        for pool in self.pools.values():
+            pool.close()
+        return drained
+
+    def handle_error(self, request, client_address) -> None:
+        # Reached only for bugs: expected failures are handled in the handler.
+        log.exception("unexpected error while serving %s", client_address[0])

@@ -1,0 +1,105 @@
+"""Connections to one backend, pooled by a ``requests.Session``.
+
+Each backend gets its own ``requests.Session`` whose ``HTTPAdapter`` owns a
+urllib3 connection pool (LIFO, stale connections dropped when taken). We use
+that pool for what it is good at -- keeping warm connections -- and write the
+request head ourselves: ``requests`` (and urllib3's ``request()``) would
+re-quote the target, merge duplicate headers and add ``User-Agent``,
+``Accept-Encoding`` and friends, and the backend must receive what the
+client sent.
+
+A connection goes back to the pool only after a response that ended exactly
+where its framing said, with no unread bytes, and no ``Connection: close``
+from either side.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from .errors import ConnectFailed
+from .http1 import SocketReader
+
+
+class PooledConnection(urllib3.connection.HTTPConnection):
+    """A urllib3 connection that also carries the ``SocketReader`` of its socket.
+
+    The reader lives as long as the socket: bytes it has buffered belong to
+    this connection and must not be lost between two requests.
+    """
+
+    reader: SocketReader | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        self.reader = SocketReader(self.sock)
+
+    def close(self) -> None:
+        self.reader = None
+        super().close()
+
+
+class BackendPool:
+    """Warm connections to one backend."""
+
+    def __init__(self, host: str, port: int, *, size: int, connect_timeout_s: float, read_timeout_s: float):
+        self.read_timeout_s = read_timeout_s
+        self.session = requests.Session()
+        self.session.trust_env = False  # never route backend traffic through an environment proxy
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=size, pool_block=False, max_retries=0)
+        self.session.mount(f"http://{host}:{port}/", adapter)
+        self._pool = adapter.poolmanager.connection_from_host(host, port, scheme="http")
+        self._pool.ConnectionCls = PooledConnection
+        self._pool.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
+
+    def acquire(self, fresh: bool = False) -> tuple[PooledConnection, bool]:
+        """Take a connected connection; the flag says whether it was reused from the pool.
+
+        ``fresh`` forces a new connection. Raises ``ConnectFailed`` when a new
+        connection cannot be opened.
+        """
+        conn = self._pool._get_conn()
+        if fresh and conn.sock is not None:
+            conn.close()
+        if conn.sock is not None:
+            conn.sock.settimeout(self.read_timeout_s)
+            return conn, True
+        try:
+            conn.connect()
+        except (OSError, Urllib3Error) as exc:
+            conn.close()
+            self._pool._put_conn(None)  # give the pool its slot back
+            raise ConnectFailed(_describe(exc)) from None
+        conn.sock.settimeout(self.read_timeout_s)
+        return conn, False
+
+    def release(self, conn: PooledConnection, reusable: bool) -> None:
+        """Return ``conn`` for reuse, or close it; either way its pool slot is freed."""
+        if reusable and conn.reader is not None and conn.reader.pending == 0:
+            self._pool._put_conn(conn)
+        else:
+            conn.close()
+            self._pool._put_conn(None)
+
+    def close(self) -> None:
+        self._pool.close()
+        self.session.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for a failed connect, without urllib3's object reprs."""
+    cause = exc
+    while cause.__context__ is not None and not isinstance(cause, (ConnectionRefusedError, socket.timeout)):
+        cause = cause.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, (socket.timeout, urllib3.exceptions.ConnectTimeoutError)):
+        return "connect timed out"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(exc).split(": ")[-1] or exc.__class__.__name__

@@ -1,0 +1,424 @@
+"""End to end: a real balancer in front of real (and misbehaving) backends."""
+
+import socket
+import threading
+
+import requests
+
+from .conftest import free_port, serve_forever_ok, wait_for
+
+# --- faithful forwarding ---------------------------------------------------------
+
+
+def test_backend_receives_exactly_what_the_client_sent(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    body = b"\x00\x01binary body\xff" * 10
+    client.send(
+        b"PUT /a//b/../c?q=%%2f&x=1+2#frag HTTP/1.1\r\n"
+        b"Host: example.test\r\n"
+        b"X-Dup: one\r\n"
+        b"Accept: */*\r\n"
+        b"x-dup: two\r\n"
+        b"Connection: keep-alive, X-Hop\r\n"
+        b"X-Hop: private\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"X-Forwarded-For: 203.0.113.9\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    assert client.read_response().status == 200
+    (got,) = backend.received
+    assert got.method == "PUT"
+    assert got.target == "/a//b/../c?q=%2f&x=1+2#frag"
+    assert got.headers == [
+        ("Host", "example.test"),
+        ("X-Dup", "one"),
+        ("Accept", "*/*"),
+        ("x-dup", "two"),
+        ("Content-Length", str(len(body))),
+        ("X-Forwarded-For", "203.0.113.9, 127.0.0.1"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "example.test"),
+    ]
+    assert got.body == body
+
+
+def test_client_receives_exactly_what_the_backend_sent(scripted, balancer, raw_client):
+    gzip_bytes = bytes(range(256)) * 4  # opaque bytes: must not be decoded or altered
+
+    def script(conn):
+        conn.read_request()
+        conn.respond(
+            201,
+            gzip_bytes,
+            [
+                ("Set-Cookie", "a=1"),
+                ("Content-Encoding", "gzip"),
+                ("Set-Cookie", "b=2"),
+                ("X-Odd", "v  with  spaces"),
+                ("Keep-Alive", "timeout=99"),
+                ("Content-Length", str(len(gzip_bytes))),
+            ],
+        )
+
+    backend = scripted(script)
+    lb = balancer([backend])
+    response = raw_client(lb.port).request(b"GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n")
+    assert response.status == 201
+    assert response.headers == [
+        ("Set-Cookie", "a=1"),
+        ("Content-Encoding", "gzip"),
+        ("Set-Cookie", "b=2"),
+        ("X-Odd", "v  with  spaces"),
+        ("Content-Length", str(len(gzip_bytes))),
+        ("X-Upstream", backend.address),
+    ]
+    assert response.body == gzip_bytes
+
+
+def test_redirects_are_passed_back_not_followed(scripted, balancer):
+    def script(conn):
+        while conn.read_request() is not None:
+            conn.respond(302, b"", [("Location", "http://127.0.0.1:1/elsewhere")])
+
+    backend = scripted(script)
+    lb = balancer([backend])
+    response = requests.get(lb.url + "/", allow_redirects=False, timeout=5)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "http://127.0.0.1:1/elsewhere"
+    assert len(backend.received) == 1
+
+
+def test_no_state_passes_between_clients(scripted, balancer):
+    def script(conn):
+        while conn.read_request() is not None:
+            conn.respond(200, b"ok", [("Set-Cookie", "session=abc")])
+
+    backend = scripted(script)
+    lb = balancer([backend])
+    requests.get(lb.url + "/first", timeout=5)
+    requests.get(lb.url + "/second", timeout=5)  # a different client connection
+    assert [h for h in backend.received[1].headers if h[0].lower() == "cookie"] == []
+
+
+def test_absolute_form_target_goes_to_the_pool_as_its_path(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    response = raw_client(lb.port).request(b"GET http://other-host.test:9999/p?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status == 200
+    assert backend.received[0].target == "/p?q=1"
+    assert ("Host", "other-host.test:9999") in backend.received[0].headers
+
+
+def test_connect_is_refused_and_not_forwarded(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    response = raw_client(lb.port).request(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n")
+    assert response.status == 405
+    assert backend.received == []
+
+
+def test_malformed_request_gets_400_with_a_reason_and_is_not_forwarded(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    response = client.request(b"GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n")
+    assert response.status == 400
+    assert b"malformed header" in response.body
+    assert client.is_closed()
+    assert backend.received == []
+
+
+def test_http11_request_without_host_is_400(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    assert raw_client(lb.port).request(b"GET / HTTP/1.1\r\n\r\n").status == 400
+    assert backend.received == []
+
+
+def test_http10_request_without_host_gets_one_for_the_backend(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    response = client.request(b"GET / HTTP/1.0\r\n\r\n")
+    assert response.status == 200
+    assert response.header("Connection") == "close"
+    assert ("Host", backend.address) in backend.received[0].headers
+
+
+# --- connections and bodies ----------------------------------------------------
+
+
+def test_keep_alive_on_both_sides(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    for i in range(5):
+        response = client.request(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
+        assert response.status == 200 and response.body == b"ok"
+    assert len(backend.received) == 5
+    assert backend.connections == 1  # the pooled backend connection was reused
+
+
+def test_chunked_request_body_arrives_whole(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    response = client.request(
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n1;ext=x\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: dropped\r\n\r\n"
+    )
+    assert response.status == 200
+    got = backend.received[0]
+    assert got.body == b"hello world"
+    assert ("Transfer-Encoding", "chunked") in got.headers
+    assert not any(k == "X-Trailer" for k, _ in got.headers)
+    # The connection is still in step: a second request works.
+    assert client.request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").status == 200
+
+
+def test_expect_100_continue(scripted, balancer, raw_client):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+    interim = client.read_response()
+    assert interim.status == 100
+    client.send(b"data")
+    response = client.read_response()
+    assert response.status == 200
+    assert backend.received[0].body == b"data"
+
+
+def test_head_204_and_304_have_no_body_and_keep_the_connection_in_step(scripted, balancer, raw_client):
+    def script(conn):
+        while (got := conn.read_request()) is not None:
+            status = {"/204": 204, "/304": 304}.get(got.target, 200)
+            # Content-Length on HEAD/304 describes the representation, not this message.
+            conn.send(b"HTTP/1.1 %d X\r\nContent-Length: 50\r\n\r\n" % status if status != 204 else b"HTTP/1.1 204 X\r\n\r\n")
+            if status == 200 and got.method != "HEAD":
+                conn.send(b"x" * 50)
+
+    backend = scripted(script)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    head = client.request(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", method="HEAD")
+    assert (head.status, head.header("Content-Length"), head.body) == (200, "50", b"")
+    for path, status in ((b"/204", 204), (b"/304", 304)):
+        response = client.request(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path)
+        assert (response.status, response.body) == (status, b"")
+    full = client.request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert full.body == b"x" * 50
+
+
+def test_close_delimited_response_is_rechunked_for_http11_clients(scripted, balancer, raw_client):
+    def script(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        conn.sock.close()
+
+    backend = scripted(script)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    response = client.request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert response.header("Transfer-Encoding") == "chunked"
+    assert response.body == b"until the end" and response.complete
+
+
+def test_large_bodies_stream_both_ways(scripted, balancer):
+    size = 32 * 1024 * 1024
+
+    def script(conn):
+        got = conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        piece = b"z" * (1 << 20)
+        for _ in range(size // len(piece)):
+            conn.send(piece)
+        assert len(got.body) == size
+
+    backend = scripted(script)
+    lb = balancer([backend])
+    upload = (b"u" * (1 << 20) for _ in range(size // (1 << 20)))
+    response = requests.post(lb.url + "/big", data=upload, stream=True, timeout=30)
+    received = sum(len(chunk) for chunk in response.iter_content(1 << 20))
+    assert received == size
+    assert len(backend.received[0].body) == size
+
+
+def test_slow_response_is_streamed_as_it_arrives(scripted, balancer, raw_client):
+    def script(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        conn.backend.event("first seen").wait(10)  # finish only once the client has the first part
+        conn.send(b"4\r\nlast\r\n0\r\n\r\n")
+
+    backend = scripted(script)
+    lb = balancer([backend])
+    client = raw_client(lb.port, timeout_s=5)
+    client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.reader.read_head(65536).startswith(b"HTTP/1.1 200")
+    # If the balancer buffered, this read would time out: the backend is waiting for us.
+    assert client.reader.readline(100) == b"5\r\n"
+    assert client.reader.read_exact(7) == b"first\r\n"
+    backend.event("first seen").set()
+    assert client.reader.readline(100) == b"4\r\n"
+
+
+# --- failures --------------------------------------------------------------------
+
+
+def test_refused_connection_fails_over_to_the_next_backend(scripted, balancer):
+    good = scripted(serve_forever_ok)
+    lb = balancer([f"127.0.0.1:{free_port()}", good.address])
+    for _ in range(6):
+        response = requests.post(lb.url + "/", data=b"not idempotent", timeout=5)
+        assert response.status_code == 200
+        assert response.headers["X-Upstream"] == good.address
+    assert len(good.received) == 6
+
+
+def test_all_backends_refusing_is_502(balancer):
+    lb = balancer([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"])
+    response = requests.get(lb.url + "/", timeout=5)
+    assert response.status_code == 502
+    assert "no backend accepted the connection" in response.text
+
+
+def test_post_is_never_resent_after_the_backend_failed(scripted, balancer):
+    def read_then_reset(conn):
+        conn.read_request()
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.sock.close()  # RST, no response
+
+    first = scripted(read_then_reset)
+    second = scripted(read_then_reset)
+    lb = balancer([first, second])
+    response = requests.post(lb.url + "/pay", data=b"once", timeout=5)
+    assert response.status_code == 502
+    assert "closed the connection without answering" in response.text
+    assert len(first.received) + len(second.received) == 1
+
+
+def test_hanging_backend_is_504(scripted, balancer):
+    def hang(conn):
+        conn.read_request()
+        conn.backend.event("release").wait(10)
+
+    backend = scripted(hang)
+    lb = balancer([backend], read_timeout_s=0.3)
+    response = requests.get(lb.url + "/", timeout=10)
+    assert response.status_code == 504
+    assert "did not answer within 0.3s" in response.text
+
+
+def test_garbage_from_the_backend_is_502(scripted, balancer):
+    def garbage(conn):
+        conn.read_request()
+        conn.send(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
+
+    backend = scripted(garbage)
+    lb = balancer([backend])
+    response = requests.get(lb.url + "/", timeout=5)
+    assert response.status_code == 502
+    assert "malformed status line" in response.text
+
+
+def test_backend_dying_mid_body_closes_the_client_connection(scripted, balancer, raw_client):
+    def die(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 400)
+        conn.sock.close()
+
+    backend = scripted(die)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    response = client.request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert response.status == 200
+    assert not response.complete  # a truncated body must never look complete
+    assert len(response.body) == 400
+
+
+def test_backend_dying_mid_chunked_body_never_sends_the_last_chunk(scripted, balancer, raw_client):
+    def die(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        conn.sock.close()
+
+    backend = scripted(die)
+    lb = balancer([backend])
+    response = raw_client(lb.port).request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert response.body == b"hello" and not response.complete
+
+
+def test_no_healthy_backend_is_an_immediate_503_with_retry_after(mock_servers, balancer):
+    (mock,) = mock_servers(1)
+    lb = balancer([mock], health_interval_s=0.05, health_timeout_s=0.05, fall=1)
+    requests.post(mock.url + "/_mock/health", data="down", timeout=5)
+    wait_for(lambda: not lb.backends[0].healthy, what="backend marked down")
+    response = requests.get(lb.url + "/", timeout=5)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert "no healthy backend" in response.text
+    assert mock.requests == 0
+
+
+def test_dead_pooled_connections_do_not_surface_as_errors(scripted, balancer):
+    def one_request_per_connection(conn):
+        # Answers as if keeping the connection alive, then closes it: the pooled
+        # connection the balancer holds is dead by the next request.
+        if conn.read_request() is not None:
+            conn.respond()
+        conn.sock.close()
+
+    backend = scripted(one_request_per_connection)
+    lb = balancer([backend])
+    session = requests.Session()
+    statuses = [session.get(lb.url + f"/{i}", timeout=5).status_code for i in range(30)]
+    assert statuses == [200] * 30
+
+
+def test_client_disconnecting_mid_response_does_not_disturb_the_balancer(scripted, balancer, raw_client):
+    def big(conn):
+        while conn.read_request() is not None:
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 << 20))
+            try:
+                for _ in range(64):
+                    conn.send(b"x" * (1 << 20))
+            except OSError:
+                return
+
+    backend = scripted(big)
+    lb = balancer([backend])
+    client = raw_client(lb.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    client.reader.read_head(65536)
+    client.close()
+    wait_for(lambda: lb.backends[0].in_flight == 0, what="the aborted request to end")
+    # The balancer is fine and serves the next client.
+    ok = scripted(serve_forever_ok)
+    lb2 = balancer([ok])
+    assert requests.get(lb2.url, timeout=5).status_code == 200
+    assert lb.connections.in_flight == 0
+
+
+def test_concurrent_clients_are_all_served(mock_servers, balancer):
+    mocks = mock_servers(3)
+    lb = balancer(mocks)
+    statuses = []
+    lock = threading.Lock()
+
+    def client():
+        with requests.Session() as session:
+            for _ in range(20):
+                code = session.get(lb.url + "/", timeout=10).status_code
+                with lock:
+                    statuses.append(code)
+
+    threads = [threading.Thread(target=client) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert statuses == [200] * 200
+    assert sorted(m.requests for m in mocks) == [66, 67, 67]
