@@ -18,7 +18,7 @@ def _count(text: str) -> int:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
     return int(text)
 
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("n", type=_count, metavar="N", help="how many servers to run")
-    parser.add_argument("--base-port", type=_port, default=8081, help="port of the first server; the others follow")
+    parser.add_argument("--base-port", type=_port, default=8081,
+                        help="port of the first server; the others follow (0: any free ports)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--latency", type=_behaviour(parse_latency), default=(0.0, 0.0), metavar="MS",
                         help="delay per request in ms: fixed (50) or a range (20-80)")
@@ -63,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.n):
             seed = None if args.seed is None else args.seed + i
+            port = args.base_port + i if args.base_port else 0
             servers.append(
-                MockServer(f"mock-{i + 1}", args.host, args.base_port + i,
+                MockServer(f"mock-{i + 1}", args.host, port,
                            latency_ms=args.latency, error_rate=args.error_rate, seed=seed)
             )
     except OSError as exc:

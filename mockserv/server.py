@@ -92,7 +92,7 @@ class MockHandler(BaseHTTPRequestHandler):
     """Base for per-server handler classes; ``mock`` and ``routes`` are set per server."""
 
     protocol_version = "HTTP/1.1"
-    mock: "MockServer"
+    mock: MockServer
     routes: dict[tuple[str, str], str]
 
     def setup(self) -> None:
@@ -303,8 +303,10 @@ class MockServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "MockServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"mockserv {self.name}", daemon=True)
+    def start(self) -> MockServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name=f"mockserv {self.name}", daemon=True
+        )
         self._thread.start()
         return self
 

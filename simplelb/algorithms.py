@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from .backend import Backend
 

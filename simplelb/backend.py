@@ -19,7 +19,7 @@ from .config import BackendSpec
 class HealthChange:
     """A backend went up or down; ``reason`` is the probe result that tipped it."""
 
-    backend: "Backend"
+    backend: Backend
     healthy: bool
     reason: str
 

@@ -78,12 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     balancer.start()
-    log.info(
-        "listening on %s, balancing %s over %s",
-        balancer.url,
-        config.algorithm,
-        ", ".join(f"{b.address}(w={b.weight})" if b.weight != 1 else b.address for b in config.backends),
-    )
+    # The banner goes to stdout whatever the log level: scripts read the port from it.
+    backends = ", ".join(f"{b.address} (weight {b.weight})" if b.weight != 1 else b.address for b in config.backends)
+    print(f"simplelb: listening on {balancer.url}, {config.algorithm} over {backends}", flush=True)
     # Event.wait with a timeout keeps the main thread responsive to signals.
     while not stop_requested.wait(0.5):
         pass

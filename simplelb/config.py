@@ -10,8 +10,9 @@ with a one-line message fit to show a user.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -185,7 +186,7 @@ class Config:
             raise ConfigError("--health-timeout must not be longer than --health-interval")
 
     @classmethod
-    def from_flags(cls, values: dict[str, Any]) -> "Config":
+    def from_flags(cls, values: dict[str, Any]) -> Config:
         """Build from a mapping of field name to (possibly textual) value, ignoring ``None``."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known and v is not None})

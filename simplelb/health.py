@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .backend import Backend, HealthChange
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .algorithms import Algorithm
 from .backend import Backend

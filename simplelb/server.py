@@ -40,6 +40,9 @@ access_log = logging.getLogger("simplelb.access")
 # health-check round, after which a recovered backend may be back.
 RETRY_AFTER_S = 2
 
+# Logged (never sent) when the client left before its response was complete; nginx's code for it.
+CLIENT_CLOSED_REQUEST = 499
+
 
 class ConnectionTracker:
     """The open client connections and which are between requests.
@@ -111,7 +114,7 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
     """One client connection, any number of requests on it."""
 
     protocol_version = "HTTP/1.1"
-    server: "LoadBalancer"
+    server: LoadBalancer
 
     def setup(self) -> None:
         super().setup()
@@ -177,6 +180,8 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
             return False
         except ClientDisconnected as exc:
             log.debug("client %s disconnected: %s", self.client_address[0], exc)
+            if head is not None:
+                self._log_access(head, CLIENT_CLOSED_REQUEST, "-", started)
             return False
         except OSError as exc:
             log.debug("client %s connection error: %s", self.client_address[0], exc)
@@ -278,10 +283,13 @@ class LoadBalancer(ThreadingHTTPServer):
         host = f"[{self.server_address[0]}]" if ":" in self.server_address[0] else self.server_address[0]
         return f"http://{host}:{self.port}"
 
-    def start(self) -> "LoadBalancer":
+    def start(self) -> LoadBalancer:
         """Start health checks and serving on a background thread; return self."""
         self.health.start()
-        self._serve_thread = threading.Thread(target=self.serve_forever, name=f"simplelb :{self.port}", daemon=True)
+        # A short poll interval makes stop() prompt; the wake-ups cost nothing measurable.
+        self._serve_thread = threading.Thread(
+            target=self.serve_forever, args=(0.05,), name=f"simplelb :{self.port}", daemon=True
+        )
         self._serve_thread.start()
         return self
 

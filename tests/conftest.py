@@ -14,9 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -115,7 +115,7 @@ class ScriptedBackend:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "ScriptedBackend":
+    def start(self) -> ScriptedBackend:
         backend = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -134,7 +134,7 @@ class ScriptedBackend:
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import http.client
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from mockserv import MockServer
 from simplelb import Config, LoadBalancer

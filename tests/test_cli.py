@@ -1,0 +1,155 @@
+"""The balancer as a user runs it: ``python -m simplelb`` in a subprocess."""
+
+import re
+import signal
+import socket
+import threading
+
+import pytest
+import requests
+
+from .conftest import free_port, run_cli, serve_forever_ok, wait_for
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ([], "--backends"),
+        (["--backends", ""], "no backends"),
+        (["--backends", "host:notaport"], "'notaport' is not a port"),
+        (["--backends", "a:1", "--algorithm", "fastest"], "round-robin"),
+        (["--backends", "a:1", "--health-interval", "-2"], "--health-interval"),
+        (["--backends", "a:1", "--port", "http"], "--port"),
+        (["--backends", "a:1", "--log-level", "loud"], "--log-level"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(args, fragment):
+    result = run_cli("-m", "simplelb", *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("simplelb: error:") and fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_a_one_line_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("-m", "simplelb", "--backends", "a:1", "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"simplelb: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_help_lists_every_flag():
+    result = run_cli("-m", "simplelb", "--help")
+    for flag in ("--backends", "--host", "--port", "--algorithm", "--health-path", "--health-interval",
+                 "--health-timeout", "--rise", "--fall", "--connect-timeout", "--read-timeout", "--log-level"):
+        assert flag in result.stdout
+
+
+def start_balancer(process, *backends: str, extra=()):
+    proc = process("-m", "simplelb", "--backends", ",".join(backends), "--port", "0", "--health-interval", "30", *extra)
+    line = proc.wait_for_output("listening on")
+    return proc, re.search(r"listening on (http://[^,\s]+),", line).group(1)
+
+
+def test_sigterm_lets_the_in_flight_request_finish_and_exits_0(process, scripted):
+    def slow(conn):
+        while conn.read_request() is not None:
+            conn.backend.event("received").set()
+            conn.backend.event("release").wait(10)
+            conn.respond(200, b"finished")
+
+    backend = scripted(slow)
+    proc, url = start_balancer(process, backend.address)
+    result = {}
+    client = threading.Thread(target=lambda: result.update(r=requests.get(url + "/slow", timeout=10)))
+    client.start()
+    assert backend.event("received").wait(10)
+    proc.proc.send_signal(signal.SIGTERM)
+    proc.wait_for_output("shutting down")
+    # Draining: new connections are no longer accepted...
+    wait_for(lambda: _refused(url), what="the listener to close")
+    # ...but the request in flight is answered.
+    backend.event("release").set()
+    client.join(10)
+    assert result["r"].status_code == 200 and result["r"].text == "finished"
+    assert proc.wait() == 0
+    assert "Traceback" not in proc.stderr
+
+
+def _refused(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+    except requests.ConnectionError:
+        return True
+    return False
+
+
+def test_sigint_exits_0_without_traceback(process, scripted):
+    backend = scripted(serve_forever_ok)
+    proc, url = start_balancer(process, backend.address)
+    assert requests.get(url, timeout=5).status_code == 200
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.wait() == 0
+    assert "Traceback" not in proc.stderr
+
+
+def test_access_log_and_health_changes_are_logged(process, scripted):
+    backend = scripted(serve_forever_ok)
+    dead = f"127.0.0.1:{free_port()}"
+    proc, url = start_balancer(process, backend.address, dead, extra=("--health-interval", "0.1", "--health-timeout", "0.1", "--fall", "1"))
+    proc.wait_for_output(f"backend {dead} is DOWN (connection failed")
+    requests.get(url + "/logged?x=1", timeout=5)
+    line = proc.wait_for_output("GET /logged?x=1")
+    assert re.search(rf"GET /logged\?x=1 200 {re.escape(backend.address)} \d+\.\dms", line)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_client_disconnect_mid_response_leaves_no_traceback(process, scripted):
+    def big(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (256 << 20))
+        for _ in range(256):
+            conn.send(b"x" * (1 << 20))
+
+    backend = scripted(big)
+    proc, url = start_balancer(process, backend.address)
+    response = requests.get(url, stream=True, timeout=10)
+    next(response.iter_content(65536))
+    response.close()
+    proc.wait_for_output("GET / 499")
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert "Traceback" not in proc.stderr
+
+
+def _rss_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def test_a_300_mib_download_streams_in_bounded_memory(process, scripted):
+    size = 300 << 20
+
+    def big(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        piece = b"x" * (1 << 20)
+        for _ in range(300):
+            conn.send(piece)
+
+    backend = scripted(big)
+    proc, url = start_balancer(process, backend.address)
+    requests.get(url + "/warm-up", timeout=5).close()
+    before = _rss_kib(proc.proc.pid, "VmRSS")
+    with requests.get(url, stream=True, timeout=30) as response:
+        received = sum(len(chunk) for chunk in response.iter_content(1 << 20))
+    assert received == size
+    peak = _rss_kib(proc.proc.pid, "VmHWM")
+    assert peak - before < 48 * 1024, f"balancer grew by {(peak - before) // 1024} MiB"

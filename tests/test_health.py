@@ -1,0 +1,88 @@
+import threading
+import time
+
+import requests
+
+from simplelb.backend import Backend
+from simplelb.config import BackendSpec
+from simplelb.health import HealthChecker, probe
+
+from .conftest import free_port, wait_for
+
+
+def test_probe_passes_on_2xx_and_fails_otherwise(mock_servers):
+    (mock,) = mock_servers(1)
+    assert probe(mock.host, mock.port, "/health", 1.0) == (True, "HTTP 200")
+    requests.post(mock.url + "/_mock/health", data="down", timeout=5)
+    assert probe(mock.host, mock.port, "/health", 1.0) == (False, "HTTP 503")
+
+
+def test_probe_of_a_closed_port_fails_with_the_reason():
+    ok, reason = probe("127.0.0.1", free_port(), "/health", 1.0)
+    assert not ok and "refused" in reason
+
+
+def test_probe_of_garbage_fails(scripted):
+    backend = scripted(lambda conn: conn.send(b"hello there\r\n\r\n"))
+    ok, reason = probe("127.0.0.1", backend.port, "/health", 1.0)
+    assert not ok and "not an HTTP response" in reason
+
+
+def test_hanging_probe_times_out_without_delaying_the_others(scripted, mock_servers):
+    release = threading.Event()
+    hanging = scripted(lambda conn: release.wait(10))  # accepts, never answers
+    (mock,) = mock_servers(1)
+    backends = [Backend(BackendSpec("127.0.0.1", hanging.port), fall=1), Backend(BackendSpec("127.0.0.1", mock.port), fall=1)]
+    checker = HealthChecker(backends, path="/health", interval_s=10, timeout_s=0.3)
+    started = time.monotonic()
+    checker.run_round()
+    took = time.monotonic() - started
+    release.set()
+    assert not backends[0].healthy
+    assert backends[0].snapshot()["last_probe"] == "no answer within 0.3s"
+    assert backends[1].healthy
+    assert took < 2.0  # one probe timeout, not one per backend, and no hang
+
+
+def test_probe_that_drips_bytes_still_ends_at_the_total_timeout(scripted):
+    stop = threading.Event()
+
+    def drip(conn):
+        for byte in b"HTTP/1.1 200 OK":  # never finishes the status line
+            if stop.wait(0.05):
+                return
+            conn.send(bytes([byte]))
+
+    backend = scripted(drip)
+    started = time.monotonic()
+    ok, _ = probe("127.0.0.1", backend.port, "/health", 0.3)
+    assert not ok and time.monotonic() - started < 2.0
+    stop.set()
+
+
+def test_balancer_takes_a_failing_backend_out_and_brings_it_back(mock_servers, balancer):
+    mocks = mock_servers(2)
+    lb = balancer(mocks, health_interval_s=0.05, health_timeout_s=0.05, rise=2, fall=2)
+    requests.post(mocks[0].url + "/_mock/health", data="down", timeout=5)
+    wait_for(lambda: not lb.backends[0].healthy, what="mock-1 marked down")
+    before = mocks[0].requests
+    answered_by = {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(10)}
+    assert answered_by == {"mock-2"}
+    assert mocks[0].requests == before  # no traffic to the unhealthy backend
+
+    requests.post(mocks[0].url + "/_mock/health", data="up", timeout=5)
+    wait_for(lambda: lb.backends[0].healthy, what="mock-1 back up")
+    answered_by = {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(10)}
+    assert answered_by == {"mock-1", "mock-2"}
+
+
+def test_health_checker_stops(mock_servers):
+    (mock,) = mock_servers(1)
+    checker = HealthChecker([Backend(BackendSpec(mock.host, mock.port))], path="/health", interval_s=0.05, timeout_s=0.05)
+    checker.start()
+    wait_for(lambda: checker.rounds >= 2, what="two rounds")
+    checker.stop()
+    rounds = checker.rounds
+    assert not checker._thread.is_alive()
+    time.sleep(0.2)  # not waiting for a condition: checking that nothing more happens
+    assert checker.rounds == rounds

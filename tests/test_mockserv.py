@@ -1,0 +1,126 @@
+import json
+import signal
+
+import pytest
+import requests
+
+from mockserv import MockServer, parse_error_rate, parse_latency
+from mockserv.server import BehaviourError
+
+from .conftest import free_port, run_cli
+
+
+def test_each_server_says_who_it_is(mock_servers):
+    a, b = mock_servers(2)
+    for server in (a, b):
+        response = requests.put(server.url + "/some/path?x=1", data=b"12345", timeout=5)
+        assert response.headers["X-Backend"] == server.name
+        assert response.json() == {
+            "name": server.name, "port": server.port, "method": "PUT", "path": "/some/path?x=1", "body_bytes": 5
+        }
+
+
+def test_servers_do_not_share_handler_classes_or_routes(mock_servers):
+    a, b = mock_servers(2)
+    assert a.handler_class is not b.handler_class
+    assert a.handler_class.routes is not b.handler_class.routes
+    a.handler_class.routes[("GET", "/only-on-a")] = "health"
+    assert requests.get(a.url + "/only-on-a", timeout=5).json()["status"] == "up"
+    assert requests.get(b.url + "/only-on-a", timeout=5).json()["path"] == "/only-on-a"  # plain echo on b
+
+
+def test_health_control_affects_only_that_server(mock_servers):
+    a, b = mock_servers(2)
+    assert requests.post(a.url + "/_mock/health", data="down", timeout=5).json()["healthy"] is False
+    assert requests.get(a.url + "/health", timeout=5).status_code == 503
+    assert requests.get(b.url + "/health", timeout=5).status_code == 200
+    requests.post(a.url + "/_mock/health?state=up", timeout=5)
+    assert requests.get(a.url + "/health", timeout=5).status_code == 200
+
+
+def test_bad_control_values_are_400(mock_servers):
+    (server,) = mock_servers(1)
+    assert requests.post(server.url + "/_mock/health", data="sideways", timeout=5).status_code == 400
+    assert requests.post(server.url + "/_mock/latency?ms=fast", timeout=5).status_code == 400
+    assert requests.post(server.url + "/_mock/error-rate?p=2", timeout=5).status_code == 400
+
+
+def test_latency_and_error_rate_controls(mock_servers):
+    (server,) = mock_servers(1)
+    requests.post(server.url + "/_mock/latency?ms=20-30", timeout=5)
+    response = requests.get(server.url + "/", timeout=5)
+    assert response.elapsed.total_seconds() >= 0.02
+    requests.post(server.url + "/_mock/error-rate?p=1", timeout=5)
+    assert requests.get(server.url + "/", timeout=5).status_code == 500
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200  # health is not affected
+    state = requests.get(server.url + "/_mock/state", timeout=5).json()
+    assert state["latency_ms"] == [20, 30] and state["error_rate"] == 1
+
+
+def test_crash_stops_the_listener(mock_servers):
+    (server,) = mock_servers(1)
+    assert requests.post(server.url + "/_mock/crash", timeout=5).json()["status"] == "crashing"
+    deadline_hit = False
+    for _ in range(200):
+        try:
+            requests.get(server.url + "/", timeout=1)
+        except requests.ConnectionError:
+            break
+    else:
+        deadline_hit = True
+    assert not deadline_hit, "server still answering after crash"
+
+
+def test_parsers():
+    assert parse_latency("50") == (50, 50)
+    assert parse_latency("20-80") == (20, 80)
+    assert parse_error_rate("0.25") == 0.25
+    for bad in ("80-20", "-5", "x"):
+        with pytest.raises(BehaviourError):
+            parse_latency(bad)
+    with pytest.raises(BehaviourError):
+        parse_error_rate("1.5")
+
+
+def test_seeded_servers_are_repeatable():
+    draws = []
+    for _ in range(2):
+        server = MockServer("m", latency_ms=(0, 100), error_rate=0.5, seed=7)
+        draws.append([server.behaviour.draw() for _ in range(5)])
+        server.stop()
+    assert draws[0] == draws[1]
+
+
+def test_cli_runs_servers_and_stops_on_sigint(process):
+    port = free_port()
+    proc = process("-m", "mockserv", "2", "--base-port", str(port))
+    proc.wait_for_output("backends:")
+    first = requests.get(f"http://127.0.0.1:{port}/", timeout=5).json()
+    assert first["name"] == "mock-1"
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.wait() == 0
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(["0"], "N must be"), (["two"], "N must be"), (["2", "--latency", "abc"], "latency"), (["2", "--error-rate", "3"], "error rate")],
+)
+def test_cli_bad_input_is_one_line(args, fragment):
+    result = run_cli("-m", "mockserv", *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr
+
+
+def test_cli_port_in_use_is_one_line(mock_servers):
+    (server,) = mock_servers(1)
+    result = run_cli("-m", "mockserv", "1", "--base-port", str(server.port))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"mockserv: error: cannot listen on 127.0.0.1:{server.port}: Address already in use"
+
+
+def test_json_is_valid_for_head_requests_too(mock_servers):
+    (server,) = mock_servers(1)
+    response = requests.head(server.url + "/x", timeout=5)
+    assert response.status_code == 200 and response.content == b""
+    assert json.loads(requests.get(server.url + "/x", timeout=5).text)["method"] == "GET"

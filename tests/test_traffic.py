@@ -1,0 +1,107 @@
+import json
+
+import pytest
+
+from traffic.report import format_report, percentile, summarize
+from traffic.runner import Result, Target, TargetError, parse_target, run_load
+
+from .conftest import free_port, run_cli
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))
+    assert [percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) == 0.0
+
+
+def test_summary_counts_backends_statuses_and_errors():
+    results = [
+        Result(0.0, 0.010, 200, "a", None),
+        Result(0.0, 0.020, 200, "b", None),
+        Result(0.0, 0.030, 500, "a", None),
+        Result(0.0, 0.040, None, None, "timeout"),
+    ]
+    summary = summarize(results, 2.0, url="http://x/", concurrency=2)
+    assert summary["backends"] == {"a": {"requests": 2, "share": 0.6667}, "b": {"requests": 1, "share": 0.3333}}
+    assert summary["status_codes"] == {"200": 2, "500": 1}
+    assert summary["errors"] == {"timeout": 1}
+    assert summary["throughput_rps"] == 2.0
+    assert summary["latency_ms"]["min"] == 10.0 and summary["latency_ms"]["max"] == 40.0
+    text = format_report(summary)
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "timeout x 1" in text and "500 x 1" in text
+
+
+def test_parse_target():
+    assert parse_target("http://127.0.0.1:8080") == Target("127.0.0.1", 8080, "/")
+    assert parse_target("http://localhost:81/base?q=1") == Target("localhost", 81, "/base?q=1")
+    assert parse_target("http://h:1/base", "/other").path == "/other"
+    for bad in ("ftp://h:1", "127.0.0.1:8080", "http://h:notaport"):
+        with pytest.raises(TargetError):
+            parse_target(bad)
+
+
+def test_run_load_through_the_balancer_attributes_every_response(mock_servers, balancer):
+    mocks = mock_servers(3)
+    lb = balancer(mocks)
+    results, elapsed = run_load(Target("127.0.0.1", lb.port, "/"), 90, concurrency=5)
+    summary = summarize(results, elapsed)
+    assert summary["requests"] == 90
+    assert {name: row["requests"] for name, row in summary["backends"].items()} == {"mock-1": 30, "mock-2": 30, "mock-3": 30}
+    assert summary["status_codes"] == {"200": 90}
+
+
+def test_run_load_classifies_errors():
+    results, _ = run_load(Target("127.0.0.1", free_port(), "/"), 3, concurrency=1)
+    assert [r.error for r in results] == ["connection refused"] * 3
+
+
+def test_cli_json_report(mock_servers, balancer):
+    mocks = mock_servers(2)
+    lb = balancer(mocks)
+    result = run_cli("-m", "traffic", "--n", "40", "--concurrency", "4", "--url", lb.url, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["requests"] == 40
+    assert report["backends"]["mock-1"]["requests"] == 20
+    assert result.stderr == ""  # no progress bar when not on a terminal
+
+
+def test_cli_text_report_uses_upstream_when_there_is_no_x_backend(scripted, balancer):
+    from .conftest import serve_forever_ok
+
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend])
+    result = run_cli("-m", "traffic", "--n", "10", "--url", lb.url, "--method", "post", "--path", "/p")
+    assert result.returncode == 0
+    assert backend.address in result.stdout
+    assert "200 x 10" in result.stdout
+    assert {r.method for r in backend.received} == {"POST"}
+
+
+def test_cli_unreachable_target_is_one_line():
+    port = free_port()
+    result = run_cli("-m", "traffic", "--n", "5", "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stderr == f"traffic: error: cannot connect to http://127.0.0.1:{port}: connection refused\n"
+
+
+@pytest.mark.parametrize("args", [["--n", "0"], ["--concurrency", "x"], ["--url", "nope"], ["--timeout", "-1"]])
+def test_cli_bad_flags_are_one_line(args):
+    result = run_cli("-m", "traffic", *args)
+    assert result.returncode in (1, 2)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("traffic: error:")
+
+
+def test_demo_shows_the_traffic_move_and_come_back():
+    result = run_cli("-m", "traffic", "--demo", "--n", "90", "--json", timeout_s=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    phase1, phase2, phase3 = report["phases"]
+    assert set(phase1["backends"]) == {"mock-1", "mock-2", "mock-3"}
+    assert set(phase2["backends"]) == {"mock-1", "mock-3"}
+    assert set(phase3["backends"]) == {"mock-1", "mock-2", "mock-3"}
+    assert report["overall"]["requests"] == 90
+    assert report["overall"]["status_codes"] == {"200": 90}
+    assert "took mock-2 out" in result.stderr
