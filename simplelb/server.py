@@ -272,7 +272,12 @@ class LoadBalancer(ThreadingHTTPServer):
         self.connections = ConnectionTracker()
         self._serve_thread: threading.Thread | None = None
         self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        super().__init__((config.host, config.port), ProxyRequestHandler)
+        try:
+            super().__init__((config.host, config.port), ProxyRequestHandler)
+        except OSError:
+            for pool in self.pools.values():
+                pool.close()
+            raise
 
     @property
     def port(self) -> int:
