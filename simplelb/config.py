@@ -123,6 +123,35 @@ def _listen_host(value: Any) -> str:
     return value
 
 
+def _hash_key(value: Any) -> str:
+    from .affinity import validate_key_spec
+
+    try:
+        return validate_key_spec(str(value))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _balance_factor(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--hash-balance-factor must be a number, not {value!r}") from None
+    if not 1.0 <= factor <= 100.0:
+        raise ConfigError(f"--hash-balance-factor must be from 1.0 to 100 (e.g. 1.25), not {value!r}")
+    return factor
+
+
+def _cookie_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", value):
+        raise ConfigError(f"--sticky-cookie must be a cookie name (letters, digits, -_.), not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its command-line flag, its ``Config`` field and how to convert text to a value."""
@@ -139,6 +168,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--host", "host", _listen_host, "address to listen on", "ADDR"),
     Option("--port", "port", _int_range("--port", 0, 65535), "port to listen on (0 picks a free one)"),
     Option("--algorithm", "algorithm", _algorithm, "how to choose a backend for each request", "NAME"),
+    Option("--hash-key", "hash_key", _hash_key, "what the hash algorithm hashes: ip, path, header:NAME or cookie:NAME", "KEY"),
+    Option("--hash-balance-factor", "hash_balance_factor", _balance_factor,
+           "with hash: no backend takes more than F x the average in-flight load (bounded-load hashing)", "F"),
+    Option("--sticky-cookie", "sticky_cookie", _cookie_name,
+           "pin each client to a backend with this cookie (any algorithm)", "NAME"),
     Option("--health-path", "health_path", _health_path, "path probed on each backend with GET", "PATH"),
     Option("--health-interval", "health_interval_s", _positive_float("--health-interval"), "seconds between health probes", "S"),
     Option("--health-timeout", "health_timeout_s", _positive_float("--health-timeout"), "seconds before a probe counts as failed", "S"),
@@ -160,6 +194,9 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     algorithm: str = "round-robin"
+    hash_key: str = "ip"
+    hash_balance_factor: float | None = None  # None: plain consistent hashing
+    sticky_cookie: str | None = None  # None: no sticky sessions
     health_path: str = "/health"
     health_interval_s: float = 2.0
     health_timeout_s: float = 1.0

@@ -25,6 +25,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .affinity import KeyFunction, StickyCookies
 from .algorithms import Algorithm
 from .backend import Backend
 from .errors import BadGateway, BadRequest, ConnectFailed, GatewayTimeout, NoHealthyBackend, ResponseAborted
@@ -175,17 +176,23 @@ class Forwarder:
         read_timeout_s: float,
         max_header_bytes: int,
         max_header_count: int,
-        retry_after_s: int = 2,
+        key_function: KeyFunction | None = None,
+        sticky: StickyCookies | None = None,
     ):
         self.backends = list(backends)
+        self.key_function = key_function  # set when the algorithm hashes an affinity key
+        self.sticky = sticky
         self.algorithm = algorithm
         self.pools = pools
         self.read_timeout_s = read_timeout_s
         self.max_header_bytes = max_header_bytes
         self.max_header_count = max_header_count
-        self.retry_after_s = retry_after_s
 
     def forward(self, request: ClientRequest, client: ClientConnection, *, closing: bool = False) -> Outcome:
+        key = None
+        if self.key_function is not None:
+            key = self.key_function(request.headers, request.target, request.client_ip)
+        pinned = self.sticky.lookup(request.headers) if self.sticky is not None else None
         tried: set[Backend] = set()
         last_reason = ""
         while True:
@@ -194,17 +201,30 @@ class Forwarder:
                 if not tried:
                     raise NoHealthyBackend("no healthy backend is available")
                 raise BadGateway(f"no backend accepted the connection (last: {last_reason})")
-            backend = self.algorithm.pick(candidates)
+            if pinned is not None and pinned in candidates:
+                backend = pinned
+            else:
+                backend = self.algorithm.pick(candidates, key)
             tried.add(backend)
+            extra_headers = []
+            if self.sticky is not None and backend is not pinned:
+                extra_headers.append(self.sticky.set_cookie(backend))
             try:
-                return self._attempt(backend, request, client, closing)
+                return self._attempt(backend, request, client, closing, extra_headers)
             except ConnectFailed as exc:
                 last_reason = f"{backend.address}: {exc}"
                 log.warning("cannot connect to backend %s (%s); trying another", backend.address, exc)
 
-    def _attempt(self, backend: Backend, request: ClientRequest, client: ClientConnection, closing: bool) -> Outcome:
+    def _attempt(
+        self,
+        backend: Backend,
+        request: ClientRequest,
+        client: ClientConnection,
+        closing: bool,
+        extra_headers: list[tuple[str, str]],
+    ) -> Outcome:
         pool = self.pools[backend]
-        with backend.track():
+        with backend.track() as attempt:
             conn, reused = pool.acquire()
             try:
                 head = self._exchange(conn, backend, request, client)
@@ -225,9 +245,10 @@ class Forwarder:
             except BaseException:
                 pool.release(conn, reusable=False)
                 raise
+            attempt.responded()
             reusable = False
             try:
-                keep_alive, reusable = self._relay(conn, backend, request, head, client, closing)
+                keep_alive, reusable = self._relay(conn, backend, request, head, client, closing, extra_headers)
             finally:
                 pool.release(conn, reusable)
             return Outcome(head.status, backend.address, keep_alive)
@@ -314,10 +335,12 @@ class Forwarder:
         head: ResponseHead,
         client: ClientConnection,
         closing: bool,
+        extra_headers: list[tuple[str, str]],
     ) -> tuple[bool, bool]:
         """Send the response to the client; return (keep client connection, reuse backend connection)."""
         framing = response_framing(request.method, head)
         headers = response_headers_for_client(head.headers, backend.address)
+        headers += extra_headers
         keep_alive = request.keep_alive and not closing
         rechunk = False
         if framing.kind in ("chunked", "close"):

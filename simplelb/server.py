@@ -24,6 +24,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import algorithms
+from .affinity import StickyCookies, key_function
 from .backend import Backend
 from .config import Config
 from .errors import BadRequest, HTTPError, NoHealthyBackend, ResponseAborted
@@ -255,13 +256,18 @@ class LoadBalancer(ThreadingHTTPServer):
             )
             for b in self.backends
         }
+        self.algorithm = algorithm or algorithms.create(
+            config.algorithm, hash_balance_factor=config.hash_balance_factor
+        )
         self.forwarder = Forwarder(
             self.backends,
-            algorithm or algorithms.create(config.algorithm),
+            self.algorithm,
             self.pools,
             read_timeout_s=config.read_timeout_s,
             max_header_bytes=config.max_header_bytes,
             max_header_count=config.max_header_count,
+            key_function=key_function(config.hash_key) if getattr(self.algorithm, "uses_key", False) else None,
+            sticky=StickyCookies(config.sticky_cookie, self.backends) if config.sticky_cookie else None,
         )
         self.health = HealthChecker(
             self.backends,
