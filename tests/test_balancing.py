@@ -47,7 +47,7 @@ def test_hash_on_a_header_keeps_each_user_on_one_backend(mock_servers, balancer)
     lb = balancer(mocks, algorithm="hash", hash_key="header:X-User")
     placement = {}
     with requests.Session() as session:
-        for round_ in range(3):
+        for _ in range(3):
             for user in range(12):
                 backend = session.get(lb.url, headers={"X-User": f"u{user}"}, timeout=5).headers["X-Backend"]
                 assert placement.setdefault(user, backend) == backend

@@ -105,3 +105,39 @@ def test_demo_shows_the_traffic_move_and_come_back():
     assert report["overall"]["requests"] == 90
     assert report["overall"]["status_codes"] == {"200": 90}
     assert "took mock-2 out" in result.stderr
+
+
+def test_compare_runs_each_algorithm_and_shows_the_slow_backend_avoided():
+    result = run_cli(
+        "-m", "traffic", "--compare", "round-robin,peak-ewma", "--slow-backend", "30",
+        "--n", "90", "--concurrency", "3", "--json", timeout_s=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["slow_backend"] == "mock-3"
+    rows = report["algorithms"]
+    assert set(rows) == {"round-robin", "peak-ewma"}
+    assert rows["round-robin"]["backends"]["mock-3"]["requests"] == 30
+    assert rows["peak-ewma"]["backends"].get("mock-3", {"requests": 0})["requests"] < 30
+    assert all(row["status_codes"] == {"200": 90} for row in rows.values())
+
+
+def test_compare_table_fits_80_columns():
+    from traffic.compare import format_comparison
+
+    summary = summarize([Result(0, 0.001, 200, "mock-1", None)], 1.0)
+    text = format_comparison({"slow_backend": "mock-3", "slow_backend_ms": 50, "backends": ["mock-1", "mock-2", "mock-3"],
+                              "algorithms": {"least-connections": summary}})
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "100.0%" in text
+
+
+def test_compare_rejects_unknown_algorithms_in_one_line():
+    result = run_cli("-m", "traffic", "--compare", "round-robin,fastest")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "fastest" in result.stderr and "peak-ewma" in result.stderr
+
+
+def test_slow_backend_needs_compare():
+    result = run_cli("-m", "traffic", "--slow-backend", "10")
+    assert result.returncode == 2 and "--slow-backend goes with --compare" in result.stderr

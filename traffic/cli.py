@@ -34,6 +34,18 @@ def _method(text: str) -> str:
     return text.upper()
 
 
+def _algorithms(text: str) -> list[str]:
+    from simplelb.algorithms import ALGORITHMS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALGORITHMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown algorithm {', '.join(unknown) or text!r}; choose from: {', '.join(ALGORITHMS)}"
+        )
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="traffic",
@@ -49,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--demo", action="store_true",
                         help="start 3 mock backends and a balancer here, take one down and back, and report")
+    parser.add_argument("--compare", type=_algorithms, metavar="ALG1,ALG2,...",
+                        help="run the same traffic against a balancer with each algorithm and compare them")
+    parser.add_argument("--slow-backend", type=_positive_float, metavar="MS",
+                        help="with --compare: make one of the mock backends answer in MS milliseconds")
     # One line, not argparse's usage block: the error is what the user needs to see.
     parser.error = lambda message: parser.exit(2, f"traffic: error: {message} (see --help)\n")
     return parser
@@ -84,6 +100,15 @@ class Progress:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.slow_backend is not None and not args.compare:
+        parser.error("--slow-backend goes with --compare")
+    if args.compare:
+        from .compare import format_comparison, run_compare
+
+        say = (lambda text: print(text, file=sys.stderr)) if args.json else print
+        comparison = run_compare(args.compare, args.n, args.concurrency, slow_backend_ms=args.slow_backend, say=say)
+        print(json.dumps(comparison, indent=2) if args.json else "\n" + format_comparison(comparison))
+        return 0
     if args.demo:
         from .demo import run_demo  # imports the balancer and mock servers only when needed
 
