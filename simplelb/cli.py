@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for option in OPTIONS:
+        if option.switch:
+            parser.add_argument(option.flag, dest=option.field, action="store_true", help=option.help)
+            continue
         default = None if option.field == "backends" else defaults[option.field]
         parser.add_argument(
             option.flag,

@@ -152,15 +152,81 @@ def _cookie_name(value: Any) -> str | None:
     return value
 
 
+def _fraction(name: str) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a fraction from 0 to 1, not {value!r}") from None
+        if not 0.0 <= number <= 1.0:
+            raise ConfigError(f"{name} must be a fraction from 0 to 1, not {value!r}")
+        return number
+
+    return convert
+
+
+def _non_negative_float(name: str) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+        if not 0 <= number < float("inf"):
+            raise ConfigError(f"{name} must be zero or more, not {value!r}")
+        return number
+
+    return convert
+
+
+_SIZE_RE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
+
+
+def parse_size(value: Any, name: str = "size") -> int:
+    """``65536``, ``64K``, ``10M``, ``1G`` (binary multiples) -> bytes."""
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _SIZE_RE.fullmatch(str(value).strip())
+    if not match:
+        raise ConfigError(f"{name} must be a size like 65536, 64K or 10M, not {value!r}")
+    unit = (match.group(2) or "B")[0].upper()
+    return int(match.group(1)) * {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit]
+
+
+def _size(name: str) -> Callable[[Any], int]:
+    return lambda value: parse_size(value, name)
+
+
+def _switch(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"expected true or false, not {value!r}")
+
+
+def _eject_return(value: Any) -> str:
+    if value not in ("timer", "health"):
+        raise ConfigError(f"--eject-return must be timer or health, not {value!r}")
+    return value
+
+
+def _backups(value: Any) -> tuple[BackendSpec, ...]:
+    if value in (None, "", ()):
+        return ()
+    return parse_backends(value)
+
+
 @dataclass(frozen=True)
 class Option:
-    """One setting: its command-line flag, its ``Config`` field and how to convert text to a value."""
+    """One setting: its command-line flag, its ``Config`` field and how to convert text to a value.
+
+    A ``switch`` is a flag without a value (present: True).
+    """
 
     flag: str
     field: str
     convert: Callable[[Any], Any]
     help: str
     metavar: str | None = None
+    switch: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -183,6 +249,29 @@ OPTIONS: tuple[Option, ...] = (
     Option("--client-header-timeout", "client_header_timeout_s", _positive_float("--client-header-timeout"), "seconds a client has to send a whole request head", "S"),
     Option("--keepalive-timeout", "keepalive_timeout_s", _positive_float("--keepalive-timeout"), "seconds an idle client connection is kept open", "S"),
     Option("--grace-period", "grace_period_s", _positive_float("--grace-period"), "seconds in-flight requests get to finish on shutdown", "S"),
+    Option("--retries", "retries", _int_range("--retries", 0, 10), "how many times a failed request may be retried on another backend", "N"),
+    Option("--retry-budget", "retry_budget", _fraction("--retry-budget"),
+           "retries allowed as a fraction of the requests of the last 10 s", "FRACTION"),
+    Option("--retry-body-limit", "retry_body_limit_bytes", _size("--retry-body-limit"),
+           "request bodies up to this size are kept so an idempotent request can be retried", "SIZE"),
+    Option("--eject-after", "eject_after", _int_range("--eject-after", 0, 1000),
+           "consecutive failures of real traffic that eject a backend (0: never)", "N"),
+    Option("--eject-on-5xx", "eject_on_5xx", _switch, "count 5xx answers as failures for ejection", switch=True),
+    Option("--eject-time", "eject_time_s", _positive_float("--eject-time"),
+           "seconds of the first ejection; each repeated one doubles, up to 300 s", "S"),
+    Option("--max-eject-percent", "max_eject_percent", _int_range("--max-eject-percent", 0, 100),
+           "never eject more than this percentage of the backends", "P"),
+    Option("--eject-return", "eject_return", _eject_return,
+           "an ejected backend returns when its time is up (timer) or when health probes pass (health)", "HOW"),
+    Option("--max-conns", "max_conns", _int_range("--max-conns", 0, 100_000),
+           "requests in flight per backend (0: no limit); beyond it requests queue", "N"),
+    Option("--queue-timeout", "queue_timeout_s", _positive_float("--queue-timeout"),
+           "seconds a request may wait for a backend under --max-conns before 503", "S"),
+    Option("--max-queue", "max_queue", _int_range("--max-queue", 0, 1_000_000),
+           "requests allowed to wait at once under --max-conns; more get 503 at once", "N"),
+    Option("--slow-start", "slow_start_s", _non_negative_float("--slow-start"),
+           "seconds over which a returning backend's share ramps up to full (0: at once)", "S"),
+    Option("--backup", "backups", _backups, "backends used only when every primary is unavailable", "LIST"),
 )
 
 
@@ -207,6 +296,19 @@ class Config:
     client_header_timeout_s: float = 10.0  # total, not per read: a slow drip cannot hold a thread
     keepalive_timeout_s: float = 60.0  # below common client-side idle limits, above most think times
     grace_period_s: float = 10.0
+    retries: int = 1
+    retry_budget: float = 0.2  # as Linkerd: retries add at most 20% to the load
+    retry_body_limit_bytes: int = 64 * 1024
+    eject_after: int = 5  # as Envoy's consecutive_5xx default
+    eject_on_5xx: bool = False
+    eject_time_s: float = 10.0
+    max_eject_percent: int = 50  # a bad deploy must not eject the whole pool
+    eject_return: str = "timer"
+    max_conns: int = 0
+    queue_timeout_s: float = 5.0
+    max_queue: int = 1024
+    slow_start_s: float = 0.0
+    backups: tuple[BackendSpec, ...] = ()
     # Idle connections kept per backend. Connections beyond it are still opened
     # under load, just not kept afterwards.
     pool_size: int = 128
@@ -221,6 +323,10 @@ class Config:
             object.__setattr__(self, option.field, option.convert(getattr(self, option.field)))
         if self.health_timeout_s > self.health_interval_s:
             raise ConfigError("--health-timeout must not be longer than --health-interval")
+        primaries = {(b.host, b.port) for b in self.backends}
+        for backup in self.backups:
+            if (backup.host, backup.port) in primaries:
+                raise ConfigError(f"backend {backup.address} is both a primary and a backup")
 
     @classmethod
     def from_flags(cls, values: dict[str, Any]) -> Config:

@@ -58,3 +58,15 @@ class ConnectFailed(Exception):
 
 class ResponseAborted(Exception):
     """The response started but cannot be completed: the only honest move is to close the client connection."""
+
+
+class ClientSideError(Exception):
+    """Something the client did (left, sent a broken body): never held against a backend."""
+
+
+class ClientDisconnected(ClientSideError):
+    """The client went away; there is nobody left to answer."""
+
+
+class ClientBodyError(ClientSideError):
+    """The client's request body was malformed or cut short after forwarding began."""

@@ -8,14 +8,21 @@ is then closed, so a truncated body never looks complete).
 
 Failover rules
 --------------
-* A backend that cannot be connected to received nothing, so the request goes
-  to the next healthy backend whatever its method.
+* Each attempt that fails before any response byte reached the client raises
+  ``AttemptFailed``; ``retry.RetryPolicy`` decides whether another backend
+  (one not tried yet) gets the request: always when nothing was sent (the
+  connection could not be opened), otherwise only for idempotent requests
+  whose body, if any, was small enough to keep -- and only within
+  ``--retries`` and the retry budget. A POST that reached a backend is never
+  sent again.
 * A pooled connection that turns out to be dead before any response byte
   (the backend closed it while idle) is replaced by a fresh connection to the
-  same backend, but only for a request without a body whose method is
-  idempotent: otherwise we cannot know whether the backend acted on it.
-* Any other failure after the request was sent is a 502 (504 for a read
-  timeout); a POST is never sent twice.
+  same backend for replayable idempotent requests. This is not a retry and not
+  the backend's failure: it is how keep-alive works.
+* Otherwise a failure is a 502 (504 for a read timeout). Once the response
+  has started, nothing is retried.
+* Backups are chosen only when no primary is available; when every available
+  backend is at ``--max-conns``, the request waits in the ``CapacityQueue``.
 """
 
 from __future__ import annotations
@@ -27,8 +34,18 @@ from dataclasses import dataclass
 
 from .affinity import KeyFunction, StickyCookies
 from .algorithms import Algorithm
-from .backend import Backend
-from .errors import BadGateway, BadRequest, ConnectFailed, GatewayTimeout, NoHealthyBackend, ResponseAborted
+from .backend import Backend, BackendFull
+from .errors import (
+    BadGateway,
+    BadRequest,
+    ClientBodyError,
+    ClientDisconnected,
+    ConnectFailed,
+    GatewayTimeout,
+    HTTPError,
+    NoHealthyBackend,
+    ResponseAborted,
+)
 from .headers import encode_head, request_headers_for_backend, response_headers_for_client
 from .http1 import (
     CHUNKED,
@@ -48,20 +65,12 @@ from .http1 import (
     request_framing,
     response_framing,
 )
+from .limits import CapacityQueue
+from .retry import IDEMPOTENT_METHODS, RetryPolicy
 from .upstream import BackendPool, PooledConnection
 
 log = logging.getLogger(__name__)
 
-# RFC 9110 §9.2.2. Only these may be re-sent on a fresh connection.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-class ClientDisconnected(Exception):
-    """The client went away; there is nobody left to answer."""
-
-
-class ClientBodyError(Exception):
-    """The client's request body was malformed or cut short after forwarding began."""
 
 
 class _StaleConnection(Exception):
@@ -79,10 +88,16 @@ class ClientRequest:
     client_ip: str
     keep_alive: bool  # the client wants the connection kept open
     expect_continue: bool
+    body: bytes | None = None  # the whole body, when it was small enough to keep for a retry
 
     @property
     def method(self) -> str:
         return self.head.method
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the request could be sent again in full."""
+        return self.framing is NO_BODY or self.body is not None
 
 
 @dataclass
@@ -107,6 +122,16 @@ class ClientConnection:
             self.sock.sendall(data)
         except OSError as exc:
             raise ClientDisconnected(str(exc)) from None
+
+    def answer_expectation(self, request: ClientRequest) -> None:
+        """Send ``100 Continue`` once, just before the body is first read.
+
+        We answer the expectation ourselves and forward the Expect field; a
+        backend's own 100 is dropped as an interim response of its hop.
+        """
+        if request.expect_continue and not self.continue_sent:
+            self.continue_sent = True
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def body(self, framing: Framing):
         """The request body's data; client-side failures become ``ClientBodyError``/``ClientDisconnected``."""
@@ -164,6 +189,19 @@ def admit(head: RequestHead, client_ip: str) -> ClientRequest:
     return ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue)
 
 
+class AttemptFailed(Exception):
+    """One attempt failed before any response byte reached the client.
+
+    ``error`` is what the client gets if there is no retry; ``sent`` says
+    whether any of the request reached the backend.
+    """
+
+    def __init__(self, error: HTTPError, *, sent: bool):
+        super().__init__(error.message)
+        self.error = error
+        self.sent = sent
+
+
 class Forwarder:
     """Forwards requests to a set of backends with a given algorithm."""
 
@@ -176,44 +214,87 @@ class Forwarder:
         read_timeout_s: float,
         max_header_bytes: int,
         max_header_count: int,
+        retry: RetryPolicy,
+        retry_body_limit_bytes: int = 64 * 1024,
+        backups: Sequence[Backend] = (),
+        queue: CapacityQueue | None = None,
         key_function: KeyFunction | None = None,
         sticky: StickyCookies | None = None,
     ):
         self.backends = list(backends)
-        self.key_function = key_function  # set when the algorithm hashes an affinity key
-        self.sticky = sticky
+        self.backups = list(backups)  # used only when no primary is available
         self.algorithm = algorithm
         self.pools = pools
         self.read_timeout_s = read_timeout_s
         self.max_header_bytes = max_header_bytes
         self.max_header_count = max_header_count
+        self.retry = retry
+        self.retry_body_limit_bytes = retry_body_limit_bytes
+        self.queue = queue  # set when backends have a connection limit
+        self.key_function = key_function  # set when the algorithm hashes an affinity key
+        self.sticky = sticky
 
     def forward(self, request: ClientRequest, client: ClientConnection, *, closing: bool = False) -> Outcome:
+        self.retry.budget.record_request()
+        self._keep_small_body(request, client)
         key = None
         if self.key_function is not None:
             key = self.key_function(request.headers, request.target, request.client_ip)
         pinned = self.sticky.lookup(request.headers) if self.sticky is not None else None
         tried: set[Backend] = set()
-        last_reason = ""
+        retries = 0
+        last_failure: AttemptFailed | None = None
+        queue_deadline = None
         while True:
-            candidates = [b for b in self.backends if b.healthy and b not in tried]
-            if not candidates:
-                if not tried:
-                    raise NoHealthyBackend("no healthy backend is available")
-                raise BadGateway(f"no backend accepted the connection (last: {last_reason})")
-            if pinned is not None and pinned in candidates:
-                backend = pinned
-            else:
-                backend = self.algorithm.pick(candidates, key)
-            tried.add(backend)
+            backend, queue_deadline = self._choose(key, pinned, tried, queue_deadline)
+            if backend is None:
+                if last_failure is not None:
+                    raise last_failure.error
+                raise NoHealthyBackend("no healthy backend is available")
             extra_headers = []
             if self.sticky is not None and backend is not pinned:
                 extra_headers.append(self.sticky.set_cookie(backend))
             try:
                 return self._attempt(backend, request, client, closing, extra_headers)
-            except ConnectFailed as exc:
-                last_reason = f"{backend.address}: {exc}"
-                log.warning("cannot connect to backend %s (%s); trying another", backend.address, exc)
+            except BackendFull:
+                continue  # another request took its last slot first; choose again
+            except AttemptFailed as failure:
+                tried.add(backend)
+                last_failure = failure
+                if not self.retry.may_retry(
+                    method=request.method, sent=failure.sent, replayable=request.replayable, retries_so_far=retries
+                ):
+                    raise failure.error from None
+                retries += 1
+                backend.count_retry()
+                log.info("retrying %s %s on another backend: %s", request.method, request.target, failure)
+
+    def _keep_small_body(self, request: ClientRequest, client: ClientConnection) -> None:
+        """Read a small body of an idempotent request up front, so the request can be retried."""
+        framing = request.framing
+        if framing.kind != "length" or framing.length > self.retry_body_limit_bytes:
+            return
+        if request.method not in IDEMPOTENT_METHODS:
+            return
+        client.answer_expectation(request)
+        request.body = b"".join(client.body(framing))
+
+    def _choose(
+        self, key: str | None, pinned: Backend | None, tried: set[Backend], queue_deadline: float | None
+    ) -> tuple[Backend | None, float | None]:
+        """The backend for the next attempt (None: none left), waiting in the queue if all are full."""
+        while True:
+            candidates = [b for b in self.backends if b not in tried and b.available()]
+            if not candidates:
+                candidates = [b for b in self.backups if b not in tried and b.available()]
+                if not candidates:
+                    return None, queue_deadline
+            free = [b for b in candidates if b.has_capacity()]
+            if free:
+                if pinned is not None and pinned in free:
+                    return pinned, queue_deadline
+                return self.algorithm.pick(free, key), queue_deadline
+            queue_deadline = self.queue.wait(queue_deadline)
 
     def _attempt(
         self,
@@ -225,27 +306,42 @@ class Forwarder:
     ) -> Outcome:
         pool = self.pools[backend]
         with backend.track() as attempt:
-            conn, reused = pool.acquire()
             try:
-                head = self._exchange(conn, backend, request, client)
-            except _StaleConnection as exc:
-                pool.release(conn, reusable=False)
-                if not (reused and request.framing is NO_BODY and request.method in IDEMPOTENT_METHODS):
-                    raise BadGateway(f"backend {backend.address} closed the connection without answering ({exc})") from None
-                log.debug("pooled connection to %s was dead (%s); retrying on a new one", backend.address, exc)
-                conn, _ = pool.acquire(fresh=True)
+                conn, reused = pool.acquire()
+            except ConnectFailed as exc:
+                raise AttemptFailed(BadGateway(f"could not connect to backend {backend.address} ({exc})"), sent=False) from None
+            try:
                 try:
                     head = self._exchange(conn, backend, request, client)
-                except _StaleConnection as exc2:
+                except _StaleConnection as exc:
                     pool.release(conn, reusable=False)
-                    raise BadGateway(f"backend {backend.address} closed the connection without answering ({exc2})") from None
-                except BaseException:
-                    pool.release(conn, reusable=False)
-                    raise
+                    if not (reused and request.method in IDEMPOTENT_METHODS and request.replayable):
+                        raise AttemptFailed(
+                            BadGateway(f"backend {backend.address} closed the connection without answering ({exc})"),
+                            sent=True,
+                        ) from None
+                    # The backend closed an idle pooled connection: not its failure, not a retry.
+                    log.debug("pooled connection to %s was dead (%s); retrying on a new one", backend.address, exc)
+                    try:
+                        conn, _ = pool.acquire(fresh=True)
+                    except ConnectFailed as exc2:
+                        raise AttemptFailed(
+                            BadGateway(f"could not connect to backend {backend.address} ({exc2})"), sent=False
+                        ) from None
+                    try:
+                        head = self._exchange(conn, backend, request, client)
+                    except _StaleConnection as exc2:
+                        raise AttemptFailed(
+                            BadGateway(f"backend {backend.address} closed the connection without answering ({exc2})"),
+                            sent=True,
+                        ) from None
+            except (GatewayTimeout, BadGateway) as exc:
+                pool.release(conn, reusable=False)
+                raise AttemptFailed(exc, sent=True) from None
             except BaseException:
                 pool.release(conn, reusable=False)
                 raise
-            attempt.responded()
+            attempt.responded(head.status)
             reusable = False
             try:
                 keep_alive, reusable = self._relay(conn, backend, request, head, client, closing, extra_headers)
@@ -281,14 +377,14 @@ class Forwarder:
         return head
 
     def _send_body(self, sock: socket.socket, request: ClientRequest, client: ClientConnection) -> str | None:
-        """Stream the client's body to the backend; return why the backend stopped taking it, if it did."""
-        if request.expect_continue and not client.continue_sent:
-            # We answer the expectation ourselves once a backend is connected, and
-            # forward the Expect field; the backend's own 100 is dropped as interim.
-            client.continue_sent = True
-            client.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        """Send the request body to the backend; return why the backend stopped taking it, if it did."""
+        if request.body is not None:
+            pieces = (request.body,)
+        else:
+            client.answer_expectation(request)
+            pieces = client.body(request.framing)
         chunked = request.framing is CHUNKED
-        for data in client.body(request.framing):
+        for data in pieces:
             try:
                 sock.sendall(chunk(data) if chunked else data)
             except OSError as exc:

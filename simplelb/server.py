@@ -27,11 +27,14 @@ from . import algorithms
 from .affinity import StickyCookies, key_function
 from .backend import Backend
 from .config import Config
-from .errors import BadRequest, HTTPError, NoHealthyBackend, ResponseAborted
+from .errors import BadRequest, ClientBodyError, ClientDisconnected, HTTPError, ResponseAborted
 from .headers import encode_head
 from .health import HealthChecker
 from .http1 import HeadTooLarge, SocketReader, parse_request_head
-from .proxy import ClientBodyError, ClientConnection, ClientDisconnected, Forwarder, admit
+from .limits import CapacityQueue
+from .outlier import OutlierDetector
+from .proxy import ClientConnection, Forwarder, admit
+from .retry import RetryBudget, RetryPolicy
 from .upstream import BackendPool
 
 log = logging.getLogger(__name__)
@@ -198,7 +201,7 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]
-        if isinstance(exc, NoHealthyBackend):
+        if exc.status == 503:  # no backend, or all at their limit: both pass
             headers.append(("Retry-After", str(RETRY_AFTER_S)))
         if close:
             headers.append(("Connection", "close"))
@@ -245,7 +248,34 @@ class LoadBalancer(ThreadingHTTPServer):
 
     def __init__(self, config: Config, *, algorithm: algorithms.Algorithm | None = None):
         self.config = config
-        self.backends = [Backend(spec, rise=config.rise, fall=config.fall) for spec in config.backends]
+
+        def backend(spec, backup: bool = False) -> Backend:
+            return Backend(
+                spec,
+                rise=config.rise,
+                fall=config.fall,
+                max_conns=config.max_conns,
+                slow_start_s=config.slow_start_s,
+                count_5xx_as_failure=config.eject_on_5xx,
+                backup=backup,
+            )
+
+        self.primaries = [backend(spec) for spec in config.backends]
+        self.backups = [backend(spec, backup=True) for spec in config.backups]
+        self.backends = self.primaries + self.backups
+        self.outliers = OutlierDetector(
+            self.backends,
+            eject_after=config.eject_after,
+            eject_time_s=config.eject_time_s,
+            max_percent=config.max_eject_percent,
+            until_probes_pass=config.eject_return == "health",
+        )
+        self.outliers.attach()
+        queue = None
+        if config.max_conns:
+            queue = CapacityQueue(config.queue_timeout_s, config.max_queue)
+            for b in self.backends:
+                b.on_release = queue.released
         self.pools = {
             b: BackendPool(
                 b.host,
@@ -260,12 +290,16 @@ class LoadBalancer(ThreadingHTTPServer):
             config.algorithm, hash_balance_factor=config.hash_balance_factor
         )
         self.forwarder = Forwarder(
-            self.backends,
+            self.primaries,
             self.algorithm,
             self.pools,
             read_timeout_s=config.read_timeout_s,
             max_header_bytes=config.max_header_bytes,
             max_header_count=config.max_header_count,
+            retry=RetryPolicy(config.retries, RetryBudget(config.retry_budget)),
+            retry_body_limit_bytes=config.retry_body_limit_bytes,
+            backups=self.backups,
+            queue=queue,
             key_function=key_function(config.hash_key) if getattr(self.algorithm, "uses_key", False) else None,
             sticky=StickyCookies(config.sticky_cookie, self.backends) if config.sticky_cookie else None,
         )
