@@ -27,6 +27,7 @@ import random
 import socket
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -236,16 +237,20 @@ class MockHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, payload: dict, close: bool = False) -> None:
         body = (json.dumps(payload) + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Backend", self.mock.name)
+        headers = [
+            ("Server", self.version_string()),
+            ("Date", self.date_time_string()),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("X-Backend", self.mock.name),
+        ]
         if close:
-            self.send_header("Connection", "close")
+            headers.append(("Connection", "close"))
             self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        # One write for head and body: a crash never leaves a response half sent.
+        self.wfile.write(head.encode("latin-1") + b"\r\n" + (b"" if self.command == "HEAD" else body))
+        self.log_request(status)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
         log.debug("%s: " + format, self.mock.name, *args)
