@@ -249,6 +249,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("--client-header-timeout", "client_header_timeout_s", _positive_float("--client-header-timeout"), "seconds a client has to send a whole request head", "S"),
     Option("--keepalive-timeout", "keepalive_timeout_s", _positive_float("--keepalive-timeout"), "seconds an idle client connection is kept open", "S"),
     Option("--grace-period", "grace_period_s", _positive_float("--grace-period"), "seconds in-flight requests get to finish on shutdown", "S"),
+    Option("--max-url", "max_url_bytes", _size("--max-url"), "longest request line (414 beyond)", "SIZE"),
+    Option("--max-header-bytes", "max_header_bytes", _size("--max-header-bytes"),
+           "largest request head (431 beyond; more than 100 fields is 431 too)", "SIZE"),
+    Option("--max-body", "max_body_bytes", _size("--max-body"), "largest request body (413 beyond; 0: no limit)", "SIZE"),
+    Option("--max-clients", "max_clients", _int_range("--max-clients", 1, 100_000),
+           "client connections at once; at the cap the longest-idle one is closed to admit a new one", "N"),
+    Option("--client-body-timeout", "client_body_timeout_s", _positive_float("--client-body-timeout"),
+           "seconds a client may pause while sending a request body", "S"),
+    Option("--send-timeout", "send_timeout_s", _positive_float("--send-timeout"),
+           "seconds a client may stop reading a response before it is cut off", "S"),
     Option("--retries", "retries", _int_range("--retries", 0, 10), "how many times a failed request may be retried on another backend", "N"),
     Option("--retry-budget", "retry_budget", _fraction("--retry-budget"),
            "retries allowed as a fraction of the requests of the last 10 s", "FRACTION"),
@@ -312,17 +322,21 @@ class Config:
     # Idle connections kept per backend. Connections beyond it are still opened
     # under load, just not kept afterwards.
     pool_size: int = 128
-    # Upper bound on a message head (request line or status line plus fields).
-    max_header_bytes: int = 64 * 1024
+    max_url_bytes: int = 8 * 1024  # as nginx's large_client_header_buffers: longer targets are 414
+    max_header_bytes: int = 64 * 1024  # the whole head, request line included; beyond it 431
     max_header_count: int = 100
-    # Per-read/-write timeout for request and response bodies on the client side.
-    client_io_timeout_s: float = 60.0
+    max_body_bytes: int = 0  # 0: unlimited
+    max_clients: int = 1024  # client connections at once; idle ones are closed first to admit more
+    client_body_timeout_s: float = 60.0  # per read of a request body, as nginx's client_body_timeout
+    send_timeout_s: float = 60.0  # per write to a client that stopped reading, as nginx's send_timeout
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
             object.__setattr__(self, option.field, option.convert(getattr(self, option.field)))
         if self.health_timeout_s > self.health_interval_s:
             raise ConfigError("--health-timeout must not be longer than --health-interval")
+        if self.max_url_bytes < 64 or self.max_header_bytes < self.max_url_bytes:
+            raise ConfigError("--max-url must be at least 64 bytes and no larger than --max-header-bytes")
         primaries = {(b.host, b.port) for b in self.backends}
         for backup in self.backups:
             if (backup.host, backup.port) in primaries:

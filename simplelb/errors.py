@@ -69,4 +69,12 @@ class ClientDisconnected(ClientSideError):
 
 
 class ClientBodyError(ClientSideError):
-    """The client's request body was malformed or cut short after forwarding began."""
+    """The client's request body was malformed after forwarding began; answered with ``status``."""
+
+    status = 400
+
+
+class BodyTooLarge(ClientBodyError):
+    """A chunked request body grew past ``--max-body`` while it was being forwarded."""
+
+    status = 413

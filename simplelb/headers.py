@@ -24,6 +24,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# Fields a Connection header may not remove: the body's length and the
+# target host are end to end, and dropping Content-Length while still sending
+# the body would let the body be read as a second request.
+_NEVER_CONNECTION_SCOPED = frozenset({"content-length", "host"})
+
 # Forwarding fields that we write ourselves: a client must not be able to
 # claim it arrived over another scheme or host.
 _REPLACED_FORWARDING = frozenset({"x-forwarded-proto", "x-forwarded-host"})
@@ -31,7 +36,7 @@ _REPLACED_FORWARDING = frozenset({"x-forwarded-proto", "x-forwarded-host"})
 
 def remove_hop_by_hop(headers: Headers) -> Headers:
     """Drop hop-by-hop fields and every field the Connection header names."""
-    named = set(comma_tokens(headers, "Connection"))
+    named = set(comma_tokens(headers, "Connection")) - _NEVER_CONNECTION_SCOPED
     return [(k, v) for k, v in headers if (lk := k.lower()) not in HOP_BY_HOP and lk not in named]
 
 
@@ -72,3 +77,24 @@ def encode_head(start_line: str, headers: Headers) -> bytes:
     """Serialise a message head; latin-1 gives back exactly the bytes that were parsed."""
     lines = [start_line, *(f"{k}: {v}" for k, v in headers), "", ""]
     return "\r\n".join(lines).encode("latin-1")
+
+
+def with_content_length(headers: Headers, length: int) -> Headers:
+    """Exactly one Content-Length, with ``length``, where the first one stood.
+
+    A request may arrive with ``Content-Length: 5, 5`` or the field twice
+    (valid when the values agree); the next hop gets one plain value, so no
+    two parsers downstream can disagree about it.
+    """
+    out: Headers = []
+    placed = False
+    for name, value in headers:
+        if name.lower() == "content-length":
+            if not placed:
+                out.append((name, str(length)))
+                placed = True
+            continue
+        out.append((name, value))
+    if not placed:
+        out.append(("Content-Length", str(length)))
+    return out

@@ -110,11 +110,12 @@ class SocketReader:
             if not self._fill():
                 raise EOFError("connection closed in the middle of a line")
 
-    def read_head(self, max_bytes: int, deadline: float | None = None) -> bytes | None:
+    def read_head(self, max_bytes: int, deadline: float | None = None, max_first_line: int | None = None) -> bytes | None:
         """Read a message head up to and including its empty line.
 
         Returns ``None`` on a clean EOF before any byte (the peer simply closed
-        an idle connection). Raises ``HeadTooLarge`` past ``max_bytes``,
+        an idle connection). Raises ``HeadTooLarge`` past ``max_bytes`` or
+        when the start line runs past ``max_first_line``,
         ``EOFError`` on EOF mid-head, ``TimeoutError`` once ``deadline`` (a
         ``time.monotonic()`` value, a total budget rather than a per-read one)
         has passed.
@@ -125,15 +126,18 @@ class SocketReader:
             while self._buf.startswith(b"\r\n") or self._buf.startswith(b"\n"):
                 del self._buf[: 2 if self._buf[0] == 13 else 1]
             match = _HEAD_END_RE.search(self._buf, max(0, searched - 3))
+            end = match.end() if match else len(self._buf)
+            first_line_end = self._buf.find(b"\n", 0, end)
+            if max_first_line is not None and (
+                first_line_end > max_first_line or first_line_end < 0 and end > max_first_line
+            ):
+                raise HeadTooLarge(end, start_line=True)
+            if end > max_bytes:
+                raise HeadTooLarge(end, start_line=first_line_end < 0)
             if match:
-                end = match.end()
-                if end > max_bytes:
-                    raise HeadTooLarge(len(self._buf), self._buf.find(b"\n"))
                 head = bytes(self._buf[:end])
                 del self._buf[:end]
                 return head
-            if len(self._buf) > max_bytes:
-                raise HeadTooLarge(len(self._buf), self._buf.find(b"\n"))
             searched = len(self._buf)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
@@ -147,11 +151,11 @@ class SocketReader:
 
 
 class HeadTooLarge(Exception):
-    """A head grew past its limit; ``first_line_end`` is -1 when even the start line did not end."""
+    """A head grew past its limit; ``start_line`` says the start line alone was too long."""
 
-    def __init__(self, size: int, first_line_end: int):
+    def __init__(self, size: int, *, start_line: bool):
         super().__init__(f"message head larger than the limit ({size} bytes read)")
-        self.first_line_end = first_line_end
+        self.start_line = start_line
 
 
 # --- heads ------------------------------------------------------------------

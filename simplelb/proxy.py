@@ -28,6 +28,7 @@ Failover rules
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .backend import Backend, BackendFull
 from .errors import (
     BadGateway,
     BadRequest,
+    BodyTooLarge,
     ClientBodyError,
     ClientDisconnected,
     ConnectFailed,
@@ -46,7 +48,7 @@ from .errors import (
     NoHealthyBackend,
     ResponseAborted,
 )
-from .headers import encode_head, request_headers_for_backend, response_headers_for_client
+from .headers import encode_head, request_headers_for_backend, response_headers_for_client, with_content_length
 from .http1 import (
     CHUNKED,
     LAST_CHUNK,
@@ -110,14 +112,36 @@ class Outcome:
 
 
 class ClientConnection:
-    """The client side of the exchange: its socket and buffered reader."""
+    """The client side of the exchange: its socket and buffered reader.
 
-    def __init__(self, sock: socket.socket, reader: SocketReader):
+    One socket timeout serves both directions, so it is switched as the
+    exchange moves between reading the body and sending the response.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        reader: SocketReader,
+        *,
+        body_timeout_s: float = 60.0,
+        send_timeout_s: float = 60.0,
+        max_body_bytes: int = 0,
+    ):
         self.sock = sock
         self.reader = reader
+        self.body_timeout_s = body_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.max_body_bytes = max_body_bytes
         self.continue_sent = False
+        self._timeout: float | None = None
+
+    def _use_timeout(self, timeout_s: float) -> None:
+        if self._timeout != timeout_s:
+            self.sock.settimeout(timeout_s)
+            self._timeout = timeout_s
 
     def send(self, data: bytes) -> None:
+        self._use_timeout(self.send_timeout_s)
         try:
             self.sock.sendall(data)
         except OSError as exc:
@@ -134,16 +158,30 @@ class ClientConnection:
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def body(self, framing: Framing):
-        """The request body's data; client-side failures become ``ClientBodyError``/``ClientDisconnected``."""
+        """The request body's data; client-side failures become ``ClientBodyError``/``ClientDisconnected``.
+
+        A length-framed body over ``max_body_bytes`` was refused by ``admit``
+        already; a chunked one is counted here as it arrives.
+        """
+        self._use_timeout(self.body_timeout_s)
+        received = 0
         try:
-            yield from iter_body(self.reader, framing)
+            for data in iter_body(self.reader, framing):
+                received += len(data)
+                if self.max_body_bytes and received > self.max_body_bytes:
+                    raise BodyTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+                yield data
         except BodyError as exc:
-            raise ClientBodyError(str(exc)) from None
+            raise ClientBodyError(f"malformed request body: {exc}") from None
         except OSError as exc:
             raise ClientDisconnected(str(exc)) from None
 
 
-def admit(head: RequestHead, client_ip: str) -> ClientRequest:
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: a Host value is a host and an optional port, nothing else.
+_HOST_RE = re.compile(r"([A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(:[0-9]*)?")
+
+
+def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0) -> ClientRequest:
     """Decide whether a parsed request may be forwarded, and in what form.
 
     Raises ``BadRequest`` (400, 405, 501) for what we refuse. The target is
@@ -159,6 +197,8 @@ def admit(head: RequestHead, client_ip: str) -> ClientRequest:
         raise BadRequest("more than one Host header")
     if head.version >= (1, 1) and not hosts:
         raise BadRequest("HTTP/1.1 request without a Host header")
+    if hosts and not _HOST_RE.fullmatch(hosts[0]):
+        raise BadRequest("invalid Host header")
     if target == "*":
         if head.method != "OPTIONS":
             raise BadRequest("the * target is only valid with OPTIONS")
@@ -179,6 +219,9 @@ def admit(head: RequestHead, client_ip: str) -> ClientRequest:
     else:
         raise BadRequest("request target must be a path (origin-form)")
     framing = request_framing(head)
+    if max_body_bytes and framing.kind == "length" and framing.length > max_body_bytes:
+        # Refused before any backend is contacted, and without a 100 Continue.
+        raise BadRequest(f"request body of {framing.length} bytes is larger than {max_body_bytes}", status=413)
     connection = comma_tokens(headers, "Connection")
     if head.version >= (1, 1):
         keep_alive = "close" not in connection
@@ -359,6 +402,8 @@ class Forwarder:
             headers.insert(0, ("Host", backend.address))
         if request.framing is CHUNKED:
             headers.append(("Transfer-Encoding", "chunked"))  # the framing of our hop; we re-chunk
+        elif request.framing.kind == "length":
+            headers = with_content_length(headers, request.framing.length)
         head_bytes = encode_head(f"{request.method} {request.target} HTTP/1.1", headers)
         sock = conn.sock
         try:
@@ -436,6 +481,8 @@ class Forwarder:
         """Send the response to the client; return (keep client connection, reuse backend connection)."""
         framing = response_framing(request.method, head)
         headers = response_headers_for_client(head.headers, backend.address)
+        if framing.kind == "length":
+            headers = with_content_length(headers, framing.length)
         headers += extra_headers
         keep_alive = request.keep_alive and not closing
         rechunk = False

@@ -27,6 +27,7 @@ from . import algorithms
 from .affinity import StickyCookies, key_function
 from .backend import Backend
 from .config import Config
+from .connections import ConnectionTracker
 from .errors import BadRequest, ClientBodyError, ClientDisconnected, HTTPError, ResponseAborted
 from .headers import encode_head
 from .health import HealthChecker
@@ -48,72 +49,6 @@ RETRY_AFTER_S = 2
 CLIENT_CLOSED_REQUEST = 499
 
 
-class ConnectionTracker:
-    """The open client connections and which are between requests.
-
-    Shutdown needs both: idle connections are closed at once, busy ones get
-    the grace period. ``_quiet`` is signalled whenever a busy connection
-    becomes idle or closes.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # guards _idle, _busy, closing
-        self._quiet = threading.Condition(self._lock)
-        self._idle: set[socket.socket] = set()
-        self._busy: set[socket.socket] = set()
-        self.closing = False
-
-    def idle(self, sock: socket.socket) -> bool:
-        """Mark ``sock`` as waiting for a request; False means the server is closing."""
-        with self._lock:
-            self._busy.discard(sock)
-            self._quiet.notify_all()
-            if self.closing:
-                return False
-            self._idle.add(sock)
-            return True
-
-    def busy(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._idle.discard(sock)
-            self._busy.add(sock)
-
-    def remove(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._idle.discard(sock)
-            self._busy.discard(sock)
-            self._quiet.notify_all()
-
-    def close_idle(self) -> None:
-        with self._lock:
-            self.closing = True
-            idle = list(self._idle)
-        for sock in idle:
-            _shutdown(sock)
-
-    def wait_quiet(self, timeout_s: float) -> bool:
-        """Wait until no request is in flight; False if the timeout came first."""
-        with self._lock:
-            return self._quiet.wait_for(lambda: not self._busy, timeout_s)
-
-    def close_all(self) -> None:
-        with self._lock:
-            socks = self._idle | self._busy
-        for sock in socks:
-            _shutdown(sock)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._busy)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
 class ProxyRequestHandler(BaseHTTPRequestHandler):
     """One client connection, any number of requests on it."""
 
@@ -124,13 +59,18 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = SocketReader(self.connection)
-        self.client = ClientConnection(self.connection, self.reader)
+        config = self.server.config
+        self.client = ClientConnection(
+            self.connection, self.reader,
+            body_timeout_s=config.client_body_timeout_s, send_timeout_s=config.send_timeout_s,
+            max_body_bytes=config.max_body_bytes,
+        )
 
     def handle(self) -> None:
         tracker = self.server.connections
         try:
             while tracker.idle(self.connection) and self._wait_for_request():
-                tracker.busy(self.connection)
+                tracker.reading(self.connection)
                 if not self._serve_one():
                     break
         finally:
@@ -154,20 +94,22 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
         head = None
         try:
             try:
-                raw = self.reader.read_head(config.max_header_bytes, started + config.client_header_timeout_s)
+                raw = self.reader.read_head(
+                    config.max_header_bytes, started + config.client_header_timeout_s, config.max_url_bytes
+                )
             except TimeoutError:
                 raise BadRequest("request head not received in time", status=408) from None
             except HeadTooLarge as exc:
-                if exc.first_line_end < 0:
+                if exc.start_line:
                     raise BadRequest("request line too long", status=414) from None
                 raise BadRequest("request header section too large", status=431) from None
             except EOFError:
                 return False
             if raw is None:
                 return False
-            self.connection.settimeout(config.client_io_timeout_s)
+            self.server.connections.busy(self.connection)
             head = parse_request_head(raw, config.max_header_count)
-            request = admit(head, self.client_address[0])
+            request = admit(head, self.client_address[0], max_body_bytes=config.max_body_bytes)
             outcome = self.server.forwarder.forward(request, self.client, closing=self.server.connections.closing)
         except HTTPError as exc:
             close = exc.close or request is None or not request.keep_alive or request.framing.kind != "none"
@@ -175,8 +117,8 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
             self._log_access(head, exc.status, "-", started)
             return not close
         except ClientBodyError as exc:
-            self._send_error(BadRequest(f"malformed request body: {exc}"), close=True)
-            self._log_access(head, 400, "-", started)
+            self._send_error(BadRequest(str(exc), status=exc.status), close=True)
+            self._log_access(head, exc.status, "-", started)
             return False
         except ResponseAborted as exc:
             log.warning("response aborted, closing client connection: %s", exc)
@@ -309,7 +251,7 @@ class LoadBalancer(ThreadingHTTPServer):
             interval_s=config.health_interval_s,
             timeout_s=config.health_timeout_s,
         )
-        self.connections = ConnectionTracker()
+        self.connections = ConnectionTracker(config.max_clients)
         self._serve_thread: threading.Thread | None = None
         self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         try:
@@ -354,6 +296,21 @@ class LoadBalancer(ThreadingHTTPServer):
         for pool in self.pools.values():
             pool.close()
         return drained
+
+    def process_request(self, request, client_address) -> None:
+        if not self.connections.open(request):
+            # Every connection is busy forwarding: refuse rather than grow without bound.
+            try:
+                request.settimeout(1)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 29\r\n"
+                    b"Retry-After: %d\r\nConnection: close\r\n\r\ntoo many client connections\r\n" % RETRY_AFTER_S
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
 
     def handle_error(self, request, client_address) -> None:
         # Reached only for bugs: expected failures are handled in the handler.

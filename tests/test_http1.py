@@ -200,10 +200,17 @@ def test_read_head_eof_cases():
 def test_read_head_limit_tells_request_line_from_headers():
     with pytest.raises(HeadTooLarge) as info:
         reader_with(b"GET /" + b"a" * 2000).read_head(1024)
-    assert info.value.first_line_end == -1
+    assert info.value.start_line
     with pytest.raises(HeadTooLarge) as info:
         reader_with(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 400).read_head(1024)
-    assert info.value.first_line_end > 0
+    assert not info.value.start_line
+    with pytest.raises(HeadTooLarge) as info:
+        reader_with(b"GET /" + b"a" * 200 + b" HTTP/1.1\r\n\r\n").read_head(1024, max_first_line=100)
+    assert info.value.start_line
+    with pytest.raises(HeadTooLarge) as info:  # too long, and not even ended yet
+        reader_with(b"GET /" + b"a" * 200).read_head(1024, max_first_line=100)
+    assert info.value.start_line
+    assert reader_with(b"GET /" + b"a" * 50 + b" HTTP/1.1\r\n\r\n").read_head(1024, max_first_line=100)
 
 
 def test_read_head_deadline_is_total_not_per_read():
