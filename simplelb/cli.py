@@ -65,13 +65,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"simplelb: error: {exc}\n")
     setup_logging(args.log_level)
 
-    from .server import LoadBalancer  # after logging is set up
+    if config.workers > 1:
+        from .workers import Supervisor
 
+        try:
+            return Supervisor(config).run()
+        except OSError as exc:
+            parser.exit(2, f"simplelb: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}\n")
     try:
-        balancer = LoadBalancer(config)
+        return serve(config, banner=True)
     except OSError as exc:
         parser.exit(2, f"simplelb: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}\n")
 
+
+def describe_backends(config: Config) -> str:
+    return ", ".join(f"{b.address} (weight {b.weight})" if b.weight != 1 else b.address for b in config.backends)
+
+
+def serve(config: Config, *, banner: bool) -> int:
+    """Run one balancer in this process until SIGINT or SIGTERM, then drain it."""
+    from .server import LoadBalancer  # after logging is set up
+
+    balancer = LoadBalancer(config)
     stop_requested = threading.Event()
 
     def request_stop(signum, frame) -> None:
@@ -81,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     balancer.start()
-    # The banner goes to stdout whatever the log level: scripts read the port from it.
-    backends = ", ".join(f"{b.address} (weight {b.weight})" if b.weight != 1 else b.address for b in config.backends)
-    print(f"simplelb: listening on {balancer.url}, {config.algorithm} over {backends}", flush=True)
+    if banner:
+        # The banner goes to stdout whatever the log level: scripts read the port from it.
+        print(f"simplelb: listening on {balancer.url}, {config.algorithm} over {describe_backends(config)}", flush=True)
     # Event.wait with a timeout keeps the main thread responsive to signals.
     while not stop_requested.wait(0.5):
         pass

@@ -259,6 +259,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a client may pause while sending a request body", "S"),
     Option("--send-timeout", "send_timeout_s", _positive_float("--send-timeout"),
            "seconds a client may stop reading a response before it is cut off", "S"),
+    Option("--workers", "workers", _int_range("--workers", 1, 64),
+           "processes sharing the listening port (SO_REUSEPORT), each with its own health checks", "N"),
     Option("--retries", "retries", _int_range("--retries", 0, 10), "how many times a failed request may be retried on another backend", "N"),
     Option("--retry-budget", "retry_budget", _fraction("--retry-budget"),
            "retries allowed as a fraction of the requests of the last 10 s", "FRACTION"),
@@ -319,6 +321,15 @@ class Config:
     max_queue: int = 1024
     slow_start_s: float = 0.0
     backups: tuple[BackendSpec, ...] = ()
+    workers: int = 1
+    # Requests doing CPU work at once per process (see gate.py): a few keep
+    # the interpreter busy; more only make them wait for each other in a
+    # random order instead of in line.
+    active_requests: int = 4
+    # Set by the worker supervisor, not by users: bind with SO_REUSEPORT, and
+    # share one sticky-cookie secret so every worker understands every cookie.
+    reuse_port: bool = False
+    sticky_secret: bytes | None = None
     # Idle connections kept per backend. Connections beyond it are still opened
     # under load, just not kept afterwards.
     pool_size: int = 128

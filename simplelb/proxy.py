@@ -48,6 +48,7 @@ from .errors import (
     NoHealthyBackend,
     ResponseAborted,
 )
+from .gate import NO_TURN, Turn
 from .headers import encode_head, request_headers_for_backend, response_headers_for_client, with_content_length
 from .http1 import (
     CHUNKED,
@@ -277,9 +278,13 @@ class Forwarder:
         self.key_function = key_function  # set when the algorithm hashes an affinity key
         self.sticky = sticky
 
-    def forward(self, request: ClientRequest, client: ClientConnection, *, closing: bool = False) -> Outcome:
+    def forward(
+        self, request: ClientRequest, client: ClientConnection, *, closing: bool = False, turn: Turn = NO_TURN
+    ) -> Outcome:
+        """Forward ``request``. ``turn`` is held for CPU work and paused around every blocking wait."""
         self.retry.budget.record_request()
-        self._keep_small_body(request, client)
+        with turn.paused():
+            self._keep_small_body(request, client)
         key = None
         if self.key_function is not None:
             key = self.key_function(request.headers, request.target, request.client_ip)
@@ -289,7 +294,7 @@ class Forwarder:
         last_failure: AttemptFailed | None = None
         queue_deadline = None
         while True:
-            backend, queue_deadline = self._choose(key, pinned, tried, queue_deadline)
+            backend, queue_deadline = self._choose(key, pinned, tried, queue_deadline, turn)
             if backend is None:
                 if last_failure is not None:
                     raise last_failure.error
@@ -298,7 +303,7 @@ class Forwarder:
             if self.sticky is not None and backend is not pinned:
                 extra_headers.append(self.sticky.set_cookie(backend))
             try:
-                return self._attempt(backend, request, client, closing, extra_headers)
+                return self._attempt(backend, request, client, closing, extra_headers, turn)
             except BackendFull:
                 continue  # another request took its last slot first; choose again
             except AttemptFailed as failure:
@@ -323,7 +328,7 @@ class Forwarder:
         request.body = b"".join(client.body(framing))
 
     def _choose(
-        self, key: str | None, pinned: Backend | None, tried: set[Backend], queue_deadline: float | None
+        self, key: str | None, pinned: Backend | None, tried: set[Backend], queue_deadline: float | None, turn: Turn
     ) -> tuple[Backend | None, float | None]:
         """The backend for the next attempt (None: none left), waiting in the queue if all are full."""
         while True:
@@ -337,7 +342,8 @@ class Forwarder:
                 if pinned is not None and pinned in free:
                     return pinned, queue_deadline
                 return self.algorithm.pick(free, key), queue_deadline
-            queue_deadline = self.queue.wait(queue_deadline)
+            with turn.paused():  # (only under --max-conns)
+                queue_deadline = self.queue.wait(queue_deadline)
 
     def _attempt(
         self,
@@ -346,16 +352,18 @@ class Forwarder:
         client: ClientConnection,
         closing: bool,
         extra_headers: list[tuple[str, str]],
+        turn: Turn,
     ) -> Outcome:
         pool = self.pools[backend]
         with backend.track() as attempt:
             try:
-                conn, reused = pool.acquire()
+                with turn.paused():
+                    conn, reused = pool.acquire()
             except ConnectFailed as exc:
                 raise AttemptFailed(BadGateway(f"could not connect to backend {backend.address} ({exc})"), sent=False) from None
             try:
                 try:
-                    head = self._exchange(conn, backend, request, client)
+                    head = self._exchange(conn, backend, request, client, turn)
                 except _StaleConnection as exc:
                     pool.release(conn, reusable=False)
                     if not (reused and request.method in IDEMPOTENT_METHODS and request.replayable):
@@ -366,13 +374,14 @@ class Forwarder:
                     # The backend closed an idle pooled connection: not its failure, not a retry.
                     log.debug("pooled connection to %s was dead (%s); retrying on a new one", backend.address, exc)
                     try:
-                        conn, _ = pool.acquire(fresh=True)
+                        with turn.paused():
+                            conn, _ = pool.acquire(fresh=True)
                     except ConnectFailed as exc2:
                         raise AttemptFailed(
                             BadGateway(f"could not connect to backend {backend.address} ({exc2})"), sent=False
                         ) from None
                     try:
-                        head = self._exchange(conn, backend, request, client)
+                        head = self._exchange(conn, backend, request, client, turn)
                     except _StaleConnection as exc2:
                         raise AttemptFailed(
                             BadGateway(f"backend {backend.address} closed the connection without answering ({exc2})"),
@@ -387,14 +396,16 @@ class Forwarder:
             attempt.responded(head.status)
             reusable = False
             try:
-                keep_alive, reusable = self._relay(conn, backend, request, head, client, closing, extra_headers)
+                keep_alive, reusable = self._relay(conn, backend, request, head, client, closing, extra_headers, turn)
             finally:
                 pool.release(conn, reusable)
             return Outcome(head.status, backend.address, keep_alive)
 
     # --- sending the request and reading the response head ----------------
 
-    def _exchange(self, conn: PooledConnection, backend: Backend, request: ClientRequest, client: ClientConnection) -> ResponseHead:
+    def _exchange(
+        self, conn: PooledConnection, backend: Backend, request: ClientRequest, client: ClientConnection, turn: Turn
+    ) -> ResponseHead:
         """Send the request; return the final response head."""
         headers = request_headers_for_backend(request.headers, request.client_ip)
         if not any(name.lower() == "host" for name, _ in headers):
@@ -411,15 +422,15 @@ class Forwarder:
         except OSError as exc:
             raise _StaleConnection(str(exc)) from None
         body_failure = None
-        if request.framing is not NO_BODY:
-            body_failure = self._send_body(sock, request, client)
-        try:
-            head = self._read_head(conn, request.method)
-        except _StaleConnection as exc:
-            if body_failure is not None:
-                raise BadGateway(f"backend {backend.address} stopped reading the request body ({body_failure})") from None
-            raise exc
-        return head
+        with turn.paused():  # sending a body and waiting for the answer: no CPU to speak of
+            if request.framing is not NO_BODY:
+                body_failure = self._send_body(sock, request, client)
+            try:
+                return self._read_head(conn, request.method)
+            except _StaleConnection as exc:
+                if body_failure is not None:
+                    raise BadGateway(f"backend {backend.address} stopped reading the request body ({body_failure})") from None
+                raise exc
 
     def _send_body(self, sock: socket.socket, request: ClientRequest, client: ClientConnection) -> str | None:
         """Send the request body to the backend; return why the backend stopped taking it, if it did."""
@@ -477,6 +488,7 @@ class Forwarder:
         client: ClientConnection,
         closing: bool,
         extra_headers: list[tuple[str, str]],
+        turn: Turn,
     ) -> tuple[bool, bool]:
         """Send the response to the client; return (keep client connection, reuse backend connection)."""
         framing = response_framing(request.method, head)
@@ -496,7 +508,9 @@ class Forwarder:
             headers.append(("Connection", "close"))
         elif request.head.version < (1, 1):
             headers.append(("Connection", "keep-alive"))
-        client.send(encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers))
+        head_bytes = encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers)
+        turn.release()  # what is left is waiting on sockets
+        client.send(head_bytes)
 
         body = iter_body(conn.reader, framing)
         while True:

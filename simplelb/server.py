@@ -29,6 +29,7 @@ from .backend import Backend
 from .config import Config
 from .connections import ConnectionTracker
 from .errors import BadRequest, ClientBodyError, ClientDisconnected, HTTPError, ResponseAborted
+from .gate import FairGate
 from .headers import encode_head
 from .health import HealthChecker
 from .http1 import HeadTooLarge, SocketReader, parse_request_head
@@ -108,9 +109,15 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
             if raw is None:
                 return False
             self.server.connections.busy(self.connection)
-            head = parse_request_head(raw, config.max_header_count)
-            request = admit(head, self.client_address[0], max_body_bytes=config.max_body_bytes)
-            outcome = self.server.forwarder.forward(request, self.client, closing=self.server.connections.closing)
+            turn = self.server.gate.turn()
+            try:
+                head = parse_request_head(raw, config.max_header_count)
+                request = admit(head, self.client_address[0], max_body_bytes=config.max_body_bytes)
+                outcome = self.server.forwarder.forward(
+                    request, self.client, closing=self.server.connections.closing, turn=turn
+                )
+            finally:
+                turn.release()
         except HTTPError as exc:
             close = exc.close or request is None or not request.keep_alive or request.framing.kind != "none"
             self._send_error(exc, close)
@@ -243,7 +250,9 @@ class LoadBalancer(ThreadingHTTPServer):
             backups=self.backups,
             queue=queue,
             key_function=key_function(config.hash_key) if getattr(self.algorithm, "uses_key", False) else None,
-            sticky=StickyCookies(config.sticky_cookie, self.backends) if config.sticky_cookie else None,
+            sticky=StickyCookies(config.sticky_cookie, self.backends, config.sticky_secret)
+            if config.sticky_cookie
+            else None,
         )
         self.health = HealthChecker(
             self.backends,
@@ -252,6 +261,7 @@ class LoadBalancer(ThreadingHTTPServer):
             timeout_s=config.health_timeout_s,
         )
         self.connections = ConnectionTracker(config.max_clients)
+        self.gate = FairGate(config.active_requests)
         self._serve_thread: threading.Thread | None = None
         self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         try:
@@ -260,6 +270,12 @@ class LoadBalancer(ThreadingHTTPServer):
             for pool in self.pools.values():
                 pool.close()
             raise
+
+    def server_bind(self) -> None:
+        if self.config.reuse_port:
+            # Several worker processes listen on one port; the kernel spreads connections.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     @property
     def port(self) -> int:
