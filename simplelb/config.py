@@ -322,10 +322,11 @@ class Config:
     slow_start_s: float = 0.0
     backups: tuple[BackendSpec, ...] = ()
     workers: int = 1
-    # Requests doing CPU work at once per process (see gate.py): a few keep
-    # the interpreter busy; more only make them wait for each other in a
-    # random order instead of in line.
-    active_requests: int = 4
+    # Requests doing CPU work at once per process (see gate.py). One thread
+    # holds the GIL at a time anyway, so one is enough to keep it busy, and
+    # measured best: more only make requests wait for each other in a random
+    # order instead of in line (bench/README.md).
+    active_requests: int = 1
     # Set by the worker supervisor, not by users: bind with SO_REUSEPORT, and
     # share one sticky-cookie secret so every worker understands every cookie.
     reuse_port: bool = False

@@ -66,11 +66,19 @@ class SocketReader:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self._buf = bytearray()
+        # Set when read_head changed the socket's timeout for its deadline, so
+        # the owner knows to set its own again (settimeout is a system call:
+        # it is only made when the value really changes).
+        self.timeout_changed = False
 
     @property
     def pending(self) -> int:
         """How many received bytes nobody has read yet."""
         return len(self._buf)
+
+    def fill(self, size: int = 65536) -> bool:
+        """One ``recv`` into the buffer; False at EOF. Socket errors and timeouts pass through."""
+        return self._fill(size)
 
     def _fill(self, size: int = COPY_CHUNK) -> bool:
         data = self.sock.recv(size)
@@ -144,6 +152,7 @@ class SocketReader:
                 if remaining <= 0:
                     raise TimeoutError("message head not received in time")
                 self.sock.settimeout(remaining)
+                self.timeout_changed = True
             if not self._fill(65536):
                 if not self._buf:
                     return None

@@ -136,13 +136,25 @@ class ClientConnection:
         self.continue_sent = False
         self._timeout: float | None = None
 
-    def _use_timeout(self, timeout_s: float) -> None:
-        if self._timeout != timeout_s:
+    def use_timeout(self, timeout_s: float) -> None:
+        """Set the socket timeout, making the system call only when the value changes."""
+        if self._timeout != timeout_s or self.reader.timeout_changed:
             self.sock.settimeout(timeout_s)
             self._timeout = timeout_s
+            self.reader.timeout_changed = False
+
+    def wait_for_request(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the next request's first bytes; False if none came."""
+        if self.reader.pending:
+            return True
+        self.use_timeout(timeout_s)
+        try:
+            return self.reader.fill()
+        except OSError:  # timeout, reset, or shut down by the server
+            return False
 
     def send(self, data: bytes) -> None:
-        self._use_timeout(self.send_timeout_s)
+        self.use_timeout(self.send_timeout_s)
         try:
             self.sock.sendall(data)
         except OSError as exc:
@@ -164,7 +176,7 @@ class ClientConnection:
         A length-framed body over ``max_body_bytes`` was refused by ``admit``
         already; a chunked one is counted here as it arrives.
         """
-        self._use_timeout(self.body_timeout_s)
+        self.use_timeout(self.body_timeout_s)
         received = 0
         try:
             for data in iter_body(self.reader, framing):
@@ -283,8 +295,10 @@ class Forwarder:
     ) -> Outcome:
         """Forward ``request``. ``turn`` is held for CPU work and paused around every blocking wait."""
         self.retry.budget.record_request()
-        with turn.paused():
-            self._keep_small_body(request, client)
+        if self._should_keep_body(request):
+            with turn.paused():
+                client.answer_expectation(request)
+                request.body = b"".join(client.body(request.framing))
         key = None
         if self.key_function is not None:
             key = self.key_function(request.headers, request.target, request.client_ip)
@@ -317,15 +331,14 @@ class Forwarder:
                 backend.count_retry()
                 log.info("retrying %s %s on another backend: %s", request.method, request.target, failure)
 
-    def _keep_small_body(self, request: ClientRequest, client: ClientConnection) -> None:
-        """Read a small body of an idempotent request up front, so the request can be retried."""
+    def _should_keep_body(self, request: ClientRequest) -> bool:
+        """Whether to read the body up front so the request can be retried: small, and idempotent."""
         framing = request.framing
-        if framing.kind != "length" or framing.length > self.retry_body_limit_bytes:
-            return
-        if request.method not in IDEMPOTENT_METHODS:
-            return
-        client.answer_expectation(request)
-        request.body = b"".join(client.body(framing))
+        return (
+            framing.kind == "length"
+            and framing.length <= self.retry_body_limit_bytes
+            and request.method in IDEMPOTENT_METHODS
+        )
 
     def _choose(
         self, key: str | None, pinned: Backend | None, tried: set[Backend], queue_deadline: float | None, turn: Turn
@@ -357,8 +370,10 @@ class Forwarder:
         pool = self.pools[backend]
         with backend.track() as attempt:
             try:
-                with turn.paused():
-                    conn, reused = pool.acquire()
+                conn, reused = pool.take()
+                if not reused:
+                    with turn.paused():
+                        pool.connect(conn)
             except ConnectFailed as exc:
                 raise AttemptFailed(BadGateway(f"could not connect to backend {backend.address} ({exc})"), sent=False) from None
             try:
@@ -374,8 +389,9 @@ class Forwarder:
                     # The backend closed an idle pooled connection: not its failure, not a retry.
                     log.debug("pooled connection to %s was dead (%s); retrying on a new one", backend.address, exc)
                     try:
+                        conn = pool.take_fresh()
                         with turn.paused():
-                            conn, _ = pool.acquire(fresh=True)
+                            pool.connect(conn)
                     except ConnectFailed as exc2:
                         raise AttemptFailed(
                             BadGateway(f"could not connect to backend {backend.address} ({exc2})"), sent=False

@@ -15,7 +15,6 @@ the one place where error responses are written.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import threading
 import time
@@ -70,22 +69,14 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         tracker = self.server.connections
         try:
-            while tracker.idle(self.connection) and self._wait_for_request():
+            while tracker.idle(self.connection) and self.client.wait_for_request(
+                self.server.config.keepalive_timeout_s
+            ):
                 tracker.reading(self.connection)
                 if not self._serve_one():
                     break
         finally:
             tracker.remove(self.connection)
-
-    def _wait_for_request(self) -> bool:
-        """Wait up to the keep-alive timeout for the next request to start."""
-        if self.reader.pending:
-            return True
-        try:
-            readable, _, _ = select.select([self.connection], [], [], self.server.config.keepalive_timeout_s)
-        except (OSError, ValueError):
-            return False
-        return bool(readable)
 
     def _serve_one(self) -> bool:
         """Read, forward and log one request; return whether the connection stays open."""

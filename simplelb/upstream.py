@@ -57,18 +57,24 @@ class BackendPool:
         self._pool.ConnectionCls = PooledConnection
         self._pool.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
 
-    def acquire(self, fresh: bool = False) -> tuple[PooledConnection, bool]:
-        """Take a connected connection; the flag says whether it was reused from the pool.
+    def take(self) -> tuple[PooledConnection, bool]:
+        """Take a connection from the pool; the flag says whether it is already connected.
 
-        ``fresh`` forces a new connection. Raises ``ConnectFailed`` when a new
-        connection cannot be opened.
+        The pool drops connections the backend has closed while they were idle.
+        A connection that is not connected must go through ``connect()``.
         """
         conn = self._pool._get_conn()
-        if fresh and conn.sock is not None:
-            conn.close()
+        return conn, conn.sock is not None
+
+    def take_fresh(self) -> PooledConnection:
+        """A connection that is not connected yet (a pooled one is closed first)."""
+        conn = self._pool._get_conn()
         if conn.sock is not None:
-            conn.sock.settimeout(self.read_timeout_s)
-            return conn, True
+            conn.close()
+        return conn
+
+    def connect(self, conn: PooledConnection) -> None:
+        """Open ``conn``; on failure its pool slot is given back and ``ConnectFailed`` raised."""
         try:
             conn.connect()
         except (OSError, Urllib3Error) as exc:
@@ -76,7 +82,6 @@ class BackendPool:
             self._pool._put_conn(None)  # give the pool its slot back
             raise ConnectFailed(_describe(exc)) from None
         conn.sock.settimeout(self.read_timeout_s)
-        return conn, False
 
     def release(self, conn: PooledConnection, reusable: bool) -> None:
         """Return ``conn`` for reuse, or close it; either way its pool slot is freed."""
