@@ -104,6 +104,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="simplelb-bench-"))
+        self.tmp.chmod(0o755)  # nginx workers run as another user and must read the files
         self.procs: list[subprocess.Popen] = []
         self.targets: dict[str, tuple[int, int | None]] = {}  # name -> (port, pid whose tree is the proxy)
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -133,7 +134,7 @@ class Bench:
         ports = [free_port(), free_port()]
         if shutil.which("nginx"):
             www = self.tmp / "www"
-            www.mkdir()
+            www.mkdir(mode=0o755)
             for name, size in (("10m", 10 << 20), ("300m", 300 << 20)):
                 with open(www / name, "wb") as out:
                     out.truncate(size)
@@ -274,12 +275,15 @@ class Bench:
                 for _ in range(self.args.rounds):
                     rss_before = memory_kib(pids, "VmRSS")
                     if direction == "download":
-                        cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}", f"http://127.0.0.1:{port}/{size_name}"]
+                        cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{speed_download}",
+                               f"http://127.0.0.1:{port}/{size_name}"]
                     else:
-                        cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{speed_upload}", "-T", str(path),
+                        cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{speed_upload}", "-T", str(path),
                                f"http://127.0.0.1:{port}/sink"]
-                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-                    speeds.append(float(out or 0) / 1e6)
+                    status, _, speed = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout.partition(" ")
+                    if status != "200":
+                        raise SystemExit(f"bench: {label} {direction} through simplelb answered {status}")
+                    speeds.append(float(speed) / 1e6)
                     growth.append((memory_kib(pids, "VmHWM") - rss_before) / 1024)
                 rows.append({"body": label, "direction": direction, "mb_per_s": round(statistics.median(speeds)),
                              "rss_growth_mib": round(max(growth), 1)})
