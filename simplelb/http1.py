@@ -187,10 +187,17 @@ class ResponseHead:
 
 
 def _split_lines(head: bytes) -> list[bytes]:
+    """The start line and field lines, without line ends (CRLF, or a bare LF)."""
+    if b"\r\n" in head and head.count(b"\n") == head.count(b"\r\n"):
+        return head.split(b"\r\n")[:-2]  # the usual case, all in C
     lines = head.split(b"\n")
     # The head ends with an empty line, so the last two items are b"" / b"\r" and b"".
-    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines[:-2]]
-    return lines
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines[:-2]]
+
+
+def _has_bare_cr(head: bytes) -> bool:
+    """A CR that does not end a line: never valid in a head (RFC 9112 §2.2)."""
+    return head.count(b"\r") != head.count(b"\r\n")
 
 
 def parse_header_lines(lines: list[bytes], max_count: int, error: type[HTTPError]) -> Headers:
@@ -228,7 +235,7 @@ def parse_request_head(head: bytes, max_headers: int = 100) -> RequestHead:
     major, minor = int(match.group(1)), int(match.group(2))
     if (major, minor) not in ((1, 0), (1, 1)):
         raise BadRequest(f"HTTP version {major}.{minor} is not supported", status=505)
-    if any(b"\r" in line for line in lines):
+    if _has_bare_cr(head):
         raise BadRequest("bare CR in request head")
     headers = parse_header_lines(lines[1:], max_headers, BadRequest)
     return RequestHead(method.decode("ascii"), target.decode("ascii"), (major, minor), headers)
@@ -243,7 +250,7 @@ def parse_response_head(head: bytes, max_headers: int = 100) -> ResponseHead:
     status = int(match.group(2))
     if status < 100:
         raise BadGateway(f"backend sent an invalid status code {status}")
-    if any(b"\r" in line for line in lines):
+    if _has_bare_cr(head):
         raise BadGateway("backend sent a bare CR in its response head")
     headers = parse_header_lines(lines[1:], max_headers, BadGateway)
     reason = (match.group(3) or b"").decode("latin-1")

@@ -1,5 +1,6 @@
 """The balancer as a user runs it: ``python -m simplelb`` in a subprocess."""
 
+import os
 import re
 import signal
 import socket
@@ -153,3 +154,35 @@ def test_a_300_mib_download_streams_in_bounded_memory(process, scripted):
     assert received == size
     peak = _rss_kib(proc.proc.pid, "VmHWM")
     assert peak - before < 48 * 1024, f"balancer grew by {(peak - before) // 1024} MiB"
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.add(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def test_workers_share_the_port_restart_when_killed_and_stop_together(process, scripted):
+    backend = scripted(serve_forever_ok)
+    proc, url = start_balancer(process, backend.address, extra=("--workers", "2"))
+    parent = proc.proc.pid
+    wait_for(lambda: len(_children(parent)) == 2, what="two workers")
+    assert all(requests.get(url, timeout=5).status_code == 200 for _ in range(20))
+    victim = min(_children(parent))
+    os.kill(victim, signal.SIGKILL)
+    proc.wait_for_output(f"(pid {victim}) died (killed by SIGKILL); starting a new one")
+    wait_for(lambda: len(_children(parent)) == 2 and victim not in _children(parent), what="a replacement worker")
+    assert all(requests.get(url, timeout=5).status_code == 200 for _ in range(20))
+    workers = _children(parent)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert "Traceback" not in proc.stderr
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
