@@ -294,9 +294,10 @@ class MockServer:
             f"MockHandler_{name}", (MockHandler,), {"mock": self, "routes": dict(ROUTES)}
         )
         self._lock = threading.Lock()  # guards _connections and requests
+        self._lifecycle = threading.Lock()  # guards _httpd and _thread: start and stop, one at a time
         self._connections: set[socket.socket] = set()
         self.requests = 0  # non-control requests served
-        self._httpd = _Server((host, port), self.handler_class)
+        self._httpd: _Server | None = _Server((host, port), self.handler_class)
         self.port = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
 
@@ -309,19 +310,28 @@ class MockServer:
         return f"{self.host}:{self.port}"
 
     def start(self) -> MockServer:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), name=f"mockserv {self.name}", daemon=True
-        )
-        self._thread.start()
+        """Serve on a background thread; after ``stop()`` or a crash, listen again on the same port."""
+        with self._lifecycle:
+            if self._thread is not None:
+                return self
+            if self._httpd is None:
+                self._httpd = _Server((self.host, self.port), self.handler_class)
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, args=(0.05,), name=f"mockserv {self.name}", daemon=True
+            )
+            self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop the listener and close open connections."""
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._httpd.server_close()
+        with self._lifecycle:
+            if self._thread is not None:
+                self._httpd.shutdown()
+                self._thread.join()
+                self._thread = None
+            if self._httpd is not None:
+                self._httpd.server_close()
+                self._httpd = None
         with self._lock:
             connections = list(self._connections)
         for sock in connections:
@@ -331,6 +341,10 @@ class MockServer:
                 pass
 
     crash = stop  # from outside, a crash and a stop look the same: the port goes dead
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def state(self) -> dict:
         return {"name": self.name, "port": self.port, **self.behaviour.snapshot()}

@@ -61,6 +61,8 @@ class OutlierDetector:
                 return
             ejected = sum(b.ejected for b in self._backends)
             if ejected >= self._max_ejected:
+                if streak != self._eject_after:
+                    return  # said once per streak, not at every failure after it
                 log.warning(
                     "backend %s failed %d times in a row (%s) but is not ejected: %d of %d backends are out already",
                     backend.address, streak, reason, ejected, len(self._backends),

@@ -2,17 +2,10 @@ import json
 
 import pytest
 
-from traffic.report import format_report, percentile, summarize
+from traffic.report import format_report, summarize
 from traffic.runner import Result, Target, TargetError, parse_target, run_load
 
 from .conftest import free_port, run_cli
-
-
-def test_percentile_is_nearest_rank():
-    values = list(range(1, 101))
-    assert [percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]
-    assert percentile([7.0], 99) == 7.0
-    assert percentile([], 50) == 0.0
 
 
 def test_summary_counts_backends_statuses_and_errors():

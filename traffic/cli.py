@@ -9,7 +9,7 @@ import sys
 import threading
 
 from .report import format_report, summarize
-from .runner import Result, TargetError, check_reachable, parse_target, run_load
+from .runner import Result, TargetError, check_reachable, parse_target, run_load, run_open_loop
 
 
 def _positive_int(text: str) -> int:
@@ -25,6 +25,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be greater than zero, not {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, not {text!r}")
     return value
 
 
@@ -52,13 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send HTTP traffic through a load balancer and report how it was distributed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--n", type=_positive_int, default=1000, help="number of requests")
+    parser.add_argument("--n", type=_positive_int, default=None, help="number of requests (default 1000)")
+    parser.add_argument("--duration", type=_positive_float, default=None, metavar="S",
+                        help="send for S seconds instead of a number of requests")
+    parser.add_argument("--rate", type=_positive_float, default=None, metavar="R",
+                        help="open loop: R requests per second on schedule, answered or not (else closed loop)")
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the balancer's address")
     parser.add_argument("--concurrency", type=_positive_int, default=10, help="requests in flight at once")
     parser.add_argument("--method", type=_method, default="GET", help="HTTP method")
     parser.add_argument("--path", default=None, help="request path (default: the URL's path, or /)")
     parser.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for each response")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
+    parser.add_argument("--scenario", metavar="FILE",
+                        help="run a TOML scenario (or a bundled one: rolling-restart, slow-backend, flapping, burst)")
+    parser.add_argument("--max-error-rate", type=_fraction, default=None, metavar="F",
+                        help="exit with status 3 when more than this fraction of requests failed")
     parser.add_argument("--demo", action="store_true",
                         help="start 3 mock backends and a balancer here, take one down and back, and report")
     parser.add_argument("--compare", type=_algorithms, metavar="ALG1,ALG2,...",
@@ -73,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 class Progress:
     """A progress line on a terminal (stderr), redrawn in place; silent when not a TTY."""
 
-    def __init__(self, total: int, stream=sys.stderr):
+    def __init__(self, total: int | None, stream=sys.stderr):
         self.total = total
         self.stream = stream
         self.enabled = stream.isatty()
@@ -87,8 +106,11 @@ class Progress:
             self.errors += result.error is not None or (result.status or 0) >= 500
             done, errors = self.done, self.errors
         if self.enabled and (done % 25 == 0 or done == self.total):
-            filled = round(30 * done / self.total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}  errors {errors}")
+            if self.total:
+                filled = min(30, round(30 * done / self.total))
+                self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}  errors {errors}")
+            else:
+                self.stream.write(f"\rsent {done}  errors {errors}")
             self.stream.flush()
 
     def finish(self) -> None:
@@ -97,16 +119,58 @@ class Progress:
             self.stream.flush()
 
 
+def _error_rate(summary: dict) -> float:
+    failed = sum(summary["errors"].values()) + sum(
+        count for code, count in summary["status_codes"].items() if code.startswith("5")
+    )
+    return failed / summary["requests"] if summary["requests"] else 0.0
+
+
+def _finish(args, summary: dict, results, events, backends, title: str, say) -> int:
+    """Timeline, HTML, the report itself, and the exit status that gates CI."""
+    from .histogram import LogHistogram
+    from .timeline import build_timeline, format_timeline
+
+    timeline = build_timeline(results)
+    if args.html:
+        from .html import write_html
+
+        histogram = LogHistogram()
+        for result in results:
+            histogram.record(result.latency_s)
+        write_html(args.html, title, summary, timeline, backends, events, histogram)
+    if args.json:
+        print(json.dumps({**summary, "timeline": timeline, "events": events}, indent=2))
+    else:
+        if len(timeline) > 1:
+            say("\nTimeline (per second; backend shares of the answered requests)")
+            say(format_timeline(timeline, backends, events))
+            say("")
+        print(format_report(summary))
+    if args.html:
+        print(f"HTML report: {args.html}", file=sys.stderr)
+    if args.max_error_rate is not None and _error_rate(summary) > args.max_error_rate:
+        print(f"traffic: error rate {_error_rate(summary):.2%} is above --max-error-rate {args.max_error_rate:.2%}",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.slow_backend is not None and not args.compare:
         parser.error("--slow-backend goes with --compare")
+    if args.n is not None and args.duration is not None:
+        parser.error("give --n or --duration, not both")
+    modes = [flag for flag, on in (("--demo", args.demo), ("--compare", args.compare), ("--scenario", args.scenario)) if on]
+    if len(modes) > 1:
+        parser.error(f"{modes[0]} and {modes[1]} do not go together")
+    say = (lambda text: print(text, file=sys.stderr)) if args.json else print
     if args.compare:
         from .compare import format_comparison, run_compare
 
-        say = (lambda text: print(text, file=sys.stderr)) if args.json else print
-        comparison = run_compare(args.compare, args.n, args.concurrency, slow_backend_ms=args.slow_backend, say=say)
+        comparison = run_compare(args.compare, args.n or 1000, args.concurrency, slow_backend_ms=args.slow_backend, say=say)
         print(json.dumps(comparison, indent=2) if args.json else "\n" + format_comparison(comparison))
         return 0
     if args.demo:
@@ -114,27 +178,60 @@ def main(argv: list[str] | None = None) -> int:
 
         # The balancer's health changes are part of the story the demo tells.
         logging.basicConfig(level=logging.WARNING, format="   %(name)s: %(message)s")
-        say = (lambda text: print(text, file=sys.stderr)) if args.json else print
         try:
-            result = run_demo(args.n, args.concurrency, say=say)
+            result = run_demo(args.n or 900, args.concurrency, say=say)
         except TimeoutError as exc:
             parser.exit(1, f"traffic: error: demo failed: {exc}\n")
         except OSError as exc:
             parser.exit(1, f"traffic: error: demo could not start: {exc}\n")
         if args.json:
-            print(json.dumps(result, indent=2))
+            print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
+        if args.html:
+            from .histogram import LogHistogram
+            from .html import write_html
+            from .timeline import build_timeline
+
+            histogram = LogHistogram()
+            for r in result["results"]:
+                histogram.record(r.latency_s)
+            write_html(args.html, "simplelb demo", result["overall"], build_timeline(result["results"]),
+                       result["backends"], result["events"], histogram)
+            print(f"HTML report: {args.html}", file=sys.stderr)
         return 0
+    if args.scenario:
+        from .scenario import ScenarioError, bundled, load_scenario, run_scenario
+
+        path = args.scenario
+        if not path.endswith(".toml") and bundled(path).exists():
+            path = str(bundled(path))
+        try:
+            scenario = load_scenario(path)
+        except ScenarioError as exc:
+            parser.exit(2, f"traffic: error: {exc}\n")
+        logging.basicConfig(level=logging.WARNING, format="   %(name)s: %(message)s")
+        say(f"scenario {scenario.name}: {scenario.description}")
+        run = run_scenario(scenario, say=say, timeout_s=args.timeout)
+        summary = summarize(run["results"], run["elapsed_s"], url=run["url"], concurrency=0)
+        return _finish(args, summary, run["results"], run["events"], run["backends"], f"scenario {scenario.name}", say)
     try:
         target = parse_target(args.url, args.path)
         check_reachable(target, args.timeout)
     except TargetError as exc:
         parser.exit(1, f"traffic: error: {exc}\n")
-    progress = Progress(args.n)
-    results, elapsed = run_load(
-        target, args.n, concurrency=args.concurrency, method=args.method, timeout_s=args.timeout,
-        on_result=progress.update,
-    )
+    n = args.n if args.n is not None or args.duration is not None else 1000
+    progress = Progress(n if n else (int(args.rate * args.duration) if args.rate else None))
+    if args.rate:
+        results, elapsed = run_open_loop(
+            target, args.rate, n=n, duration_s=args.duration, method=args.method, timeout_s=args.timeout,
+            on_result=progress.update,
+        )
+    else:
+        results, elapsed = run_load(
+            target, n, concurrency=args.concurrency, method=args.method, timeout_s=args.timeout,
+            duration_s=args.duration, on_result=progress.update,
+        )
     progress.finish()
-    summary = summarize(results, elapsed, url=target.url, concurrency=args.concurrency)
-    print(json.dumps(summary, indent=2) if args.json else format_report(summary))
-    return 0
+    summary = summarize(results, elapsed, url=target.url, concurrency=0 if args.rate else args.concurrency,
+                        rate=args.rate)
+    backends = sorted(summary["backends"])
+    return _finish(args, summary, results, [], backends, f"traffic to {target.url}", say)

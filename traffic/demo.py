@@ -56,13 +56,18 @@ def run_demo(n: int = 900, concurrency: int = 10, say: Callable[[str], None] = p
     phase_sizes = iter([n // 3 + (i < n % 3) for i in range(3)])
     phases: list[dict] = []
     all_results: list[Result] = []
+    events: list[tuple[float, str]] = []
     total_s = 0.0
+    clock_start = time.perf_counter()
+
+    def event(label: str) -> None:
+        events.append((round(time.perf_counter() - clock_start, 3), label))
 
     def phase(title: str) -> None:
         nonlocal total_s
         per_phase = max(1, next(phase_sizes))
         say(f"-> {title}: sending {per_phase} requests")
-        results, elapsed = run_load(target, per_phase, concurrency=concurrency)
+        results, elapsed = run_load(target, per_phase, concurrency=concurrency, start_at=clock_start)
         summary = summarize(results, elapsed, url=balancer.url + "/", concurrency=concurrency)
         phases.append({"phase": title, **summary})
         all_results.extend(results)
@@ -75,12 +80,16 @@ def run_demo(n: int = 900, concurrency: int = 10, say: Callable[[str], None] = p
         phase("phase 1, all backends up")
         say(f"\n-> marking {victim.name} down (POST {victim.url}/_mock/health 'down')")
         _control(victim, "/_mock/health", "down")
+        event(f"{victim.name} marked down")
         took = _wait(lambda: not victim_backend.healthy, HEALTH_WAIT_S)
+        event(f"{victim.name} taken out")
         say(f"   the health checker took {victim.name} out after {took:.2f}s")
         phase(f"phase 2, {victim.name} down")
         say(f"\n-> bringing {victim.name} back (POST {victim.url}/_mock/health 'up')")
         _control(victim, "/_mock/health", "up")
+        event(f"{victim.name} marked up")
         took = _wait(lambda: victim_backend.healthy, HEALTH_WAIT_S)
+        event(f"{victim.name} back")
         say(f"   the health checker brought {victim.name} back after {took:.2f}s")
         phase(f"phase 3, {victim.name} back")
     finally:
@@ -89,4 +98,5 @@ def run_demo(n: int = 900, concurrency: int = 10, say: Callable[[str], None] = p
             mock.stop()
     overall = summarize(all_results, total_s, url=balancer.url + "/", concurrency=concurrency)
     say("\nOverall\n" + format_report(overall))
-    return {"phases": phases, "overall": overall}
+    return {"phases": phases, "overall": overall, "events": events, "backends": [m.name for m in mocks],
+            "results": all_results}

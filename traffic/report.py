@@ -6,29 +6,38 @@ renders the same dict as text that fits an 80-column terminal.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 
+from .histogram import LogHistogram
 from .runner import Result
 
 PERCENTILES = (50, 90, 99)
 BAR_WIDTH = 30
+# The generator is behind when it sends below this share of the asked rate, or this late at p99.
+BEHIND_RATE_SHARE = 0.95
+BEHIND_LAG_MS = 20.0
 
 
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
+def latency_histogram(results: Sequence[Result]) -> LogHistogram:
+    histogram = LogHistogram()
+    for result in results:
+        histogram.record(result.latency_s)
+    return histogram
 
 
-def summarize(results: Sequence[Result], elapsed_s: float, *, url: str = "", concurrency: int = 0) -> dict:
-    latencies = sorted(r.latency_s * 1000 for r in results)
+def summarize(
+    results: Sequence[Result],
+    elapsed_s: float,
+    *,
+    url: str = "",
+    concurrency: int = 0,
+    rate: float | None = None,
+) -> dict:
+    histogram = latency_histogram(results)
     by_backend = Counter(r.backend or "(unknown)" for r in results if r.status is not None)
     answered = sum(by_backend.values())
-    return {
+    summary = {
         "url": url,
         "concurrency": concurrency,
         "requests": len(results),
@@ -41,11 +50,25 @@ def summarize(results: Sequence[Result], elapsed_s: float, *, url: str = "", con
         "status_codes": {str(code): count for code, count in sorted(Counter(r.status for r in results if r.status).items())},
         "errors": dict(Counter(r.error for r in results if r.error).most_common()),
         "latency_ms": {
-            "min": round(latencies[0], 3) if latencies else 0.0,
-            **{f"p{p}": round(percentile(latencies, p), 3) for p in PERCENTILES},
-            "max": round(latencies[-1], 3) if latencies else 0.0,
+            "min": round(histogram.min_us / 1000, 3) if results else 0.0,
+            **{f"p{p}": round(histogram.percentile_ms(p), 3) for p in PERCENTILES},
+            "max": round(histogram.max_us / 1000, 3) if results else 0.0,
         },
     }
+    if rate is not None:
+        # Open loop: did the generator keep the schedule it was given?
+        lag = LogHistogram()
+        for result in results:
+            lag.record(result.lag_s)
+        sent_rate = len(results) / elapsed_s if elapsed_s > 0 else 0.0
+        lag_p99 = round(lag.percentile_ms(99), 3)
+        summary["generator"] = {
+            "requested_rps": rate,
+            "sent_rps": round(sent_rate, 1),
+            "send_lag_p99_ms": lag_p99,
+            "fell_behind": sent_rate < BEHIND_RATE_SHARE * rate or lag_p99 > BEHIND_LAG_MS,
+        }
+    return summary
 
 
 def distribution_lines(backends: dict) -> list[str]:
@@ -71,4 +94,12 @@ def format_report(summary: dict) -> str:
         "Errors: " + (", ".join(f"{kind} x {count}" for kind, count in summary["errors"].items()) or "none"),
         "Latency (ms): " + "  ".join(f"{k} {v:.2f}" for k, v in summary["latency_ms"].items()),
     ]
+    generator = summary.get("generator")
+    if generator:
+        lines.append(
+            f"Open loop: asked {generator['requested_rps']:g} req/s, sent {generator['sent_rps']:g} req/s,"
+            f" send lag p99 {generator['send_lag_p99_ms']:.1f} ms"
+        )
+        if generator["fell_behind"]:
+            lines.append("WARNING: the generator fell behind the requested rate; the load was lower than asked.")
     return "\n".join(lines)

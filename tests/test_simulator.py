@@ -1,0 +1,234 @@
+"""The traffic simulator: histogram, open loop, timeline, scenarios, HTML report, terminal manners."""
+
+import json
+import math
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import threading
+import time
+import zlib
+
+import pytest
+
+from traffic.histogram import LogHistogram
+from traffic.html import render
+from traffic.report import summarize
+from traffic.runner import Target, run_open_loop
+from traffic.scenario import ScenarioError, bundled, load_scenario, parse_scenario, run_scenario
+from traffic.timeline import build_timeline, format_timeline
+
+from .conftest import run_cli, serve_forever_ok
+
+
+def exact(values, p):
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def test_histogram_percentiles_are_within_one_percent():
+    rng = random.Random(42)
+    values = [rng.lognormvariate(-6, 1.2) for _ in range(100_000)]  # seconds: ~2.5 ms median, long tail
+    histogram = LogHistogram()
+    for value in values:
+        histogram.record(value)
+    for p in (1, 50, 90, 99, 99.9):
+        want = exact(values, p) * 1000
+        assert abs(histogram.percentile_ms(p) - want) / want < 0.01, p
+    assert histogram.count == 100_000
+    assert histogram.max_us / 1000 == pytest.approx(max(values) * 1000)
+
+
+def test_histogram_merge_equals_recording_everything():
+    a, b, both = LogHistogram(), LogHistogram(), LogHistogram()
+    for i in range(1, 500):
+        (a if i % 2 else b).record(i / 1e4)
+        both.record(i / 1e4)
+    a.merge(b)
+    assert [a.percentile_ms(p) for p in (50, 99)] == [both.percentile_ms(p) for p in (50, 99)]
+
+
+def test_open_loop_keeps_its_schedule_and_counts_the_stall(scripted):
+    stall = {"until": 0.0}
+
+    def stalling(conn):
+        while conn.read_request() is not None:
+            wait = stall["until"] - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # the server freezes; everything that arrives waits for it
+            conn.respond()
+
+    backend = scripted(stalling)
+    target = Target("127.0.0.1", backend.port, "/")
+    timer = threading.Timer(0.3, lambda: stall.update(until=time.monotonic() + 0.5))
+    timer.start()
+    results, elapsed = run_open_loop(target, 50, duration_s=1.2)
+    timer.join()
+    assert len(results) == 60
+    # Sent on schedule although answers stopped coming for half a second...
+    assert max(r.lag_s for r in results) < 0.1
+    # ...and the stall shows as latency for every request scheduled during it, not just one.
+    stalled = [r for r in results if r.latency_s > 0.2]
+    assert len(stalled) >= 15
+    summary = summarize(results, elapsed, rate=50)
+    assert summary["latency_ms"]["p99"] > 300
+    assert summary["generator"]["fell_behind"] is False
+
+
+def test_timeline_attributes_traffic_when_a_backend_is_taken_down():
+    scenario = parse_scenario(
+        """
+        servers = 2
+        latency_ms = "1"
+        health_interval = 0.1
+        [[phase]]
+        duration = 3
+        rate = 100
+        [[event]]
+        at = 1.0
+        server = "mock-2"
+        action = "down"
+        """,
+        "inline",
+    )
+    run = run_scenario(scenario, say=lambda text: None)
+    timeline = build_timeline(run["results"])
+    assert len(timeline) == 3
+    assert timeline[0]["share"] == {"mock-1": 0.5, "mock-2": 0.5}
+    assert timeline[2]["share"] == {"mock-1": 1.0}  # taken out within a second of the event
+    assert sum(row["errors"] for row in timeline) == 0
+    assert run["events"][0][1] == "mock-2 down" and 1.0 <= run["events"][0][0] < 1.2
+    text = format_timeline(timeline, run["backends"], run["events"])
+    assert "<- mock-2 down" in text
+
+
+@pytest.mark.parametrize("name", ["rolling-restart", "slow-backend", "flapping", "burst"])
+def test_bundled_scenarios_parse(name):
+    scenario = load_scenario(str(bundled(name)))
+    assert scenario.phases and scenario.duration_s > 0
+
+
+BAD_SCENARIOS = {
+    "not toml": ("phase = [", "not valid TOML"),
+    "no phase": ("servers = 2", "needs at least one [[phase]]"),
+    "bad rate": ("[[phase]]\nduration = 1\nrate = 'fast'", "phase 1: 'rate' must be a number"),
+    "rate and concurrency": ("[[phase]]\nduration = 1\nrate = 5\nconcurrency = 2", "phase 1: give exactly one"),
+    "no duration": ("[[phase]]\nrate = 5", "phase 1: 'duration' (seconds) is required"),
+    "unknown field": ("[[phase]]\nduration = 1\nrate = 5\nspeed = 3", "phase 1: unknown field 'speed'"),
+    "unknown server": ("[[phase]]\nduration = 2\nrate = 5\n[[event]]\nat = 1\nserver = 'mock-9'\naction = 'down'",
+                       "event 1: 'server' must be one of mock-1, mock-2, mock-3"),
+    "unknown action": ("[[phase]]\nduration = 2\nrate = 5\n[[event]]\nat = 1\nserver = 'mock-1'\naction = 'explode'",
+                       "event 1: 'action' must be one of"),
+    "event after the end": ("[[phase]]\nduration = 2\nrate = 5\n[[event]]\nat = 5\nserver = 'mock-1'\naction = 'down'",
+                            "event 1: 'at' must be a number from 0 to 2"),
+    "latency without value": ("[[phase]]\nduration = 2\nrate = 5\n[[event]]\nat = 1\nserver = 'mock-1'\naction = 'latency'",
+                              "event 1: 'value' is required for latency"),
+    "bad algorithm": ("algorithm = 'fastest'\n[[phase]]\nduration = 1\nrate = 5", "'algorithm' must be one of"),
+}
+
+
+@pytest.mark.parametrize("text, message", BAD_SCENARIOS.values(), ids=BAD_SCENARIOS.keys())
+def test_scenario_errors_name_the_field_in_one_line(text, message):
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(text, "my.toml")
+    assert str(info.value).startswith("my.toml")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_scenario_error_is_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[phase]]\nduration = 1\nrate = -5\n")
+    result = run_cli("-m", "traffic", "--scenario", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "phase 1: 'rate'" in result.stderr
+
+
+def test_cli_max_error_rate_gates_the_exit_status(mock_servers, balancer):
+    import requests
+
+    (mock,) = mock_servers(1)
+    requests.post(mock.url + "/_mock/error-rate?p=1", timeout=5)
+    lb = balancer([mock], eject_after=0)
+    failing = run_cli("-m", "traffic", "--n", "20", "--url", lb.url, "--max-error-rate", "0.1")
+    assert failing.returncode == 3 and "above --max-error-rate" in failing.stderr
+    requests.post(mock.url + "/_mock/error-rate?p=0", timeout=5)
+    passing = run_cli("-m", "traffic", "--n", "20", "--url", lb.url, "--max-error-rate", "0.1")
+    assert passing.returncode == 0
+
+
+def test_cli_open_loop_json_has_timeline_and_generator(mock_servers, balancer):
+    mocks = mock_servers(2)
+    lb = balancer(mocks)
+    result = run_cli("-m", "traffic", "--rate", "100", "--duration", "1.5", "--url", lb.url, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 140 <= report["requests"] <= 151
+    assert report["generator"]["requested_rps"] == 100
+    assert [row["second"] for row in report["timeline"]] == [0, 1]
+
+
+def test_ctrl_c_stops_early_and_still_reports(mock_servers, balancer, process):
+    (mock,) = mock_servers(1)
+    lb = balancer([mock])
+    proc = process("-m", "traffic", "--duration", "30", "--concurrency", "2", "--url", lb.url)
+    deadline = time.monotonic() + 10
+    while mock.requests < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 0
+    out = "".join(proc.stdout_lines)
+    assert "requests to" in out and "Latency" in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_report_fits_80_columns(mock_servers, balancer):
+    mocks = mock_servers(3)
+    lb = balancer(mocks)
+    result = run_cli("-m", "traffic", "--duration", "2.2", "--concurrency", "2", "--url", lb.url)
+    assert result.returncode == 0
+    assert "Timeline" in result.stdout
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+
+
+def _png_pixels_vary(path) -> bool:
+    """Decode the PNG's image data (stdlib only) and check it is not one flat colour."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    pixels = zlib.decompress(idat)
+    return len(set(pixels)) > 50
+
+
+def test_html_report_is_self_contained_and_renders(tmp_path, scripted):
+    backend = scripted(serve_forever_ok)
+    results, elapsed = run_open_loop(Target("127.0.0.1", backend.port, "/"), 100, duration_s=2.0)
+    summary = summarize(results, elapsed)
+    histogram = LogHistogram()
+    for r in results:
+        histogram.record(r.latency_s)
+    page = render("test run", summary, build_timeline(results), ["127.0.0.1"], [(1.0, "an event")], histogram)
+    assert page.count("<svg") == 4 and "an event" in page
+    assert "http://" not in page.replace(backend.address, "") and "<script" not in page  # nothing to fetch
+    report = tmp_path / "report.html"
+    report.write_text(page)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,1200", f"--screenshot={shot}",
+         report.as_uri()],
+        capture_output=True, timeout=60,
+    )
+    assert shot.exists() and _png_pixels_vary(shot)
