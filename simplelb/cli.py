@@ -82,8 +82,11 @@ def describe_backends(config: Config) -> str:
     return ", ".join(f"{b.address} (weight {b.weight})" if b.weight != 1 else b.address for b in config.backends)
 
 
-def serve(config: Config, *, banner: bool) -> int:
-    """Run one balancer in this process until SIGINT or SIGTERM, then drain it."""
+def serve(config: Config, *, banner: bool, on_ready=None) -> int:
+    """Run one balancer in this process until SIGINT or SIGTERM, then drain it.
+
+    ``on_ready`` is called once the balancer is listening and serving.
+    """
     from .server import LoadBalancer  # after logging is set up
 
     balancer = LoadBalancer(config)
@@ -96,6 +99,8 @@ def serve(config: Config, *, banner: bool) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     balancer.start()
+    if on_ready is not None:
+        on_ready()
     if banner:
         # The banner goes to stdout whatever the log level: scripts read the port from it.
         print(f"simplelb: listening on {balancer.url}, {config.algorithm} over {describe_backends(config)}", flush=True)

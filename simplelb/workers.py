@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import select
 import signal
 import socket
 import sys
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # A worker that dies within this many seconds of starting counts as failing to start.
 QUICK_DEATH_S = 2.0
+# How long the parent waits for a new worker to be listening.
+READY_TIMEOUT_S = 10.0
 
 
 class Supervisor:
@@ -60,6 +63,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         for number in range(self.config.workers):
             self._spawn(worker_config, number)
+        # Every worker is listening by now: the banner is a promise that the port answers.
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         from .cli import describe_backends
 
@@ -91,21 +95,31 @@ class Supervisor:
         return 0
 
     def _spawn(self, config: Config, number: int) -> int:
+        """Fork a worker and wait (up to READY_TIMEOUT_S) until it is listening."""
+        ready_read, ready_write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
+            os.close(ready_read)
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 from .cli import serve
 
-                code = serve(config, banner=False)
+                code = serve(config, banner=False, on_ready=lambda: os.write(ready_write, b"1"))
             except BaseException:
                 log.exception("worker %d failed", number)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        os.close(ready_write)
+        try:
+            readable, _, _ = select.select([ready_read], [], [], READY_TIMEOUT_S)
+            if not readable or not os.read(ready_read, 1):
+                log.warning("worker %d (pid %d) did not report ready", number, pid)
+        finally:
+            os.close(ready_read)
         self.workers[pid] = number
         return pid
 
