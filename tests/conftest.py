@@ -194,6 +194,13 @@ def scripted():
         backend.stop()
 
 
+def read_then_reset(conn: ScriptedConnection) -> None:
+    """Read one request, then reset the connection (RST, no response): a backend that died on it."""
+    conn.read_request()
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.sock.close()
+
+
 def serve_forever_ok(conn: ScriptedConnection) -> None:
     """Answer every request on the connection with 200 'ok'."""
     while conn.read_request() is not None:

@@ -1,11 +1,10 @@
 """End to end: a real balancer in front of real (and misbehaving) backends."""
 
-import socket
 import threading
 
 import requests
 
-from .conftest import free_port, serve_forever_ok, wait_for
+from .conftest import free_port, read_then_reset, serve_forever_ok, wait_for
 
 # --- faithful forwarding ---------------------------------------------------------
 
@@ -286,10 +285,6 @@ def test_all_backends_refusing_is_502(balancer):
 
 
 def test_post_is_never_resent_after_the_backend_failed(scripted, balancer):
-    def read_then_reset(conn):
-        conn.read_request()
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        conn.sock.close()  # RST, no response
 
     first = scripted(read_then_reset)
     second = scripted(read_then_reset)

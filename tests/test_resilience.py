@@ -14,7 +14,7 @@ from simplelb.config import BackendSpec
 from simplelb.outlier import OutlierDetector
 from simplelb.retry import RetryBudget, RetryPolicy
 
-from .conftest import free_port, serve_forever_ok, wait_for
+from .conftest import free_port, read_then_reset, serve_forever_ok, wait_for
 
 
 class FakeClock:
@@ -214,12 +214,8 @@ def test_killing_a_backend_under_load_causes_no_client_errors(mock_servers, bala
 
 
 def test_get_is_retried_on_another_backend_after_a_reset(scripted, balancer):
-    def reset(conn):
-        conn.read_request()
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        conn.sock.close()
 
-    bad = scripted(reset)
+    bad = scripted(read_then_reset)
     good = scripted(serve_forever_ok)
     lb = balancer([bad, good], algorithm="round-robin", eject_after=0)
     for _ in range(4):
@@ -229,12 +225,8 @@ def test_get_is_retried_on_another_backend_after_a_reset(scripted, balancer):
 
 
 def test_small_put_body_is_replayed_but_a_large_one_is_not(scripted, balancer):
-    def reset(conn):
-        conn.read_request()
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        conn.sock.close()
 
-    bad = scripted(reset)
+    bad = scripted(read_then_reset)
     good = scripted(serve_forever_ok)
     lb = balancer([bad, good], eject_after=0, retry_body_limit_bytes=1024)
     # Round robin starts with the bad backend for the first request.
@@ -247,12 +239,8 @@ def test_small_put_body_is_replayed_but_a_large_one_is_not(scripted, balancer):
 
 
 def test_post_that_reached_a_backend_is_never_retried(scripted, balancer):
-    def reset(conn):
-        conn.read_request()
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        conn.sock.close()
 
-    backends = [scripted(reset) for _ in range(3)]
+    backends = [scripted(read_then_reset) for _ in range(3)]
     lb = balancer(backends, retries=2)
     assert requests.post(lb.url + "/pay", data=b"once", timeout=5).status_code == 502
     assert sum(len(b.received) for b in backends) == 1

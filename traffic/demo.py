@@ -8,7 +8,6 @@ one brought back. Each phase's distribution shows where the traffic went.
 
 from __future__ import annotations
 
-import http.client
 import time
 from collections.abc import Callable
 
@@ -17,17 +16,9 @@ from simplelb import Config, LoadBalancer
 
 from .report import distribution_lines, format_report, summarize
 from .runner import Result, Target, run_load
+from .scenario import control
 
 HEALTH_WAIT_S = 15.0
-
-
-def _control(server: MockServer, path: str, body: str) -> None:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
-    try:
-        conn.request("POST", path, body=body)
-        conn.getresponse().read()
-    finally:
-        conn.close()
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float) -> float:
@@ -79,14 +70,14 @@ def run_demo(n: int = 900, concurrency: int = 10, say: Callable[[str], None] = p
         say(f"balancer: {balancer.url}, round-robin, health checks every {config.health_interval_s:g}s\n")
         phase("phase 1, all backends up")
         say(f"\n-> marking {victim.name} down (POST {victim.url}/_mock/health 'down')")
-        _control(victim, "/_mock/health", "down")
+        control(victim, "/_mock/health", "down")
         event(f"{victim.name} marked down")
         took = _wait(lambda: not victim_backend.healthy, HEALTH_WAIT_S)
         event(f"{victim.name} taken out")
         say(f"   the health checker took {victim.name} out after {took:.2f}s")
         phase(f"phase 2, {victim.name} down")
         say(f"\n-> bringing {victim.name} back (POST {victim.url}/_mock/health 'up')")
-        _control(victim, "/_mock/health", "up")
+        control(victim, "/_mock/health", "up")
         event(f"{victim.name} marked up")
         took = _wait(lambda: victim_backend.healthy, HEALTH_WAIT_S)
         event(f"{victim.name} back")

@@ -197,7 +197,8 @@ def bundled(name: str) -> Path:
     return Path(__file__).with_name("scenarios") / f"{name}.toml"
 
 
-def _control(server: MockServer, path: str, body: str = "") -> None:
+def control(server: MockServer, path: str, body: str = "") -> None:
+    """POST to one of a mock server's control endpoints, as a user with curl would."""
     conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
     try:
         conn.request("POST", path, body=body)
@@ -209,14 +210,14 @@ def _control(server: MockServer, path: str, body: str = "") -> None:
 def apply_event(event: Event, server: MockServer) -> None:
     """Carry out one event through the server's control endpoints (or, for restart, by starting it again)."""
     if event.action in ("down", "up"):
-        _control(server, "/_mock/health", event.action)
+        control(server, "/_mock/health", event.action)
     elif event.action == "latency":
-        _control(server, f"/_mock/latency?ms={event.value}")
+        control(server, f"/_mock/latency?ms={event.value}")
     elif event.action == "error-rate":
-        _control(server, f"/_mock/error-rate?p={event.value}")
+        control(server, f"/_mock/error-rate?p={event.value}")
     elif event.action == "crash":
         if server.running:
-            _control(server, "/_mock/crash")
+            control(server, "/_mock/crash")
     elif event.action == "restart" and not server.running:
         server.start()
 
