@@ -81,10 +81,16 @@ def distribution_lines(backends: dict) -> list[str]:
     return lines
 
 
+def _load_model(summary: dict) -> str:
+    if "generator" in summary:
+        return ", open loop"
+    return f", concurrency {summary['concurrency']}" if summary["concurrency"] else ""
+
+
 def format_report(summary: dict) -> str:
     lines = [
         f"{summary['requests']} requests to {summary['url']} in {summary['elapsed_s']:.2f}s"
-        f" ({summary['throughput_rps']:.1f} req/s, concurrency {summary['concurrency']})",
+        f" ({summary['throughput_rps']:.1f} req/s{_load_model(summary)})",
         "",
         "Distribution",
         *distribution_lines(summary["backends"]),
