@@ -381,6 +381,7 @@ class Forwarder:
                     head = self._exchange(conn, backend, request, client, turn)
                 except _StaleConnection as exc:
                     pool.release(conn, reusable=False)
+                    conn = None
                     if not (reused and request.method in IDEMPOTENT_METHODS and request.replayable):
                         raise AttemptFailed(
                             BadGateway(f"backend {backend.address} closed the connection without answering ({exc})"),
@@ -388,14 +389,15 @@ class Forwarder:
                         ) from None
                     # The backend closed an idle pooled connection: not its failure, not a retry.
                     log.debug("pooled connection to %s was dead (%s); retrying on a new one", backend.address, exc)
+                    fresh = pool.take_fresh()
                     try:
-                        conn = pool.take_fresh()
                         with turn.paused():
-                            pool.connect(conn)
+                            pool.connect(fresh)  # on failure it gives the slot back itself
                     except ConnectFailed as exc2:
                         raise AttemptFailed(
                             BadGateway(f"could not connect to backend {backend.address} ({exc2})"), sent=False
                         ) from None
+                    conn = fresh
                     try:
                         head = self._exchange(conn, backend, request, client, turn)
                     except _StaleConnection as exc2:
@@ -404,10 +406,12 @@ class Forwarder:
                             sent=True,
                         ) from None
             except (GatewayTimeout, BadGateway) as exc:
-                pool.release(conn, reusable=False)
+                if conn is not None:
+                    pool.release(conn, reusable=False)
                 raise AttemptFailed(exc, sent=True) from None
             except BaseException:
-                pool.release(conn, reusable=False)
+                if conn is not None:  # each connection goes back to its pool exactly once
+                    pool.release(conn, reusable=False)
                 raise
             attempt.responded(head.status)
             reusable = False

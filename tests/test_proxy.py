@@ -417,3 +417,4 @@ def test_concurrent_clients_are_all_served(mock_servers, balancer):
         thread.join(30)
     assert statuses == [200] * 200
     assert sorted(m.requests for m in mocks) == [66, 67, 67]
+
