@@ -7,7 +7,7 @@ import requests
 from mockserv import MockServer, parse_error_rate, parse_latency
 from mockserv.server import BehaviourError
 
-from .conftest import free_port, run_cli
+from .conftest import run_cli
 
 
 def test_each_server_says_who_it_is(mock_servers):
@@ -92,11 +92,12 @@ def test_seeded_servers_are_repeatable():
 
 
 def test_cli_runs_servers_and_stops_on_sigint(process):
-    port = free_port()
-    proc = process("-m", "mockserv", "2", "--base-port", str(port))
-    proc.wait_for_output("backends:")
-    first = requests.get(f"http://127.0.0.1:{port}/", timeout=5).json()
-    assert first["name"] == "mock-1"
+    # --base-port 0: any free ports (two consecutive free ports cannot be reserved race-free).
+    proc = process("-m", "mockserv", "2", "--base-port", "0")
+    line = proc.wait_for_output("backends:")
+    first_address, second_address = line.split()[1].split(",")
+    assert requests.get(f"http://{first_address}/", timeout=5).json()["name"] == "mock-1"
+    assert requests.get(f"http://{second_address}/", timeout=5).json()["name"] == "mock-2"
     proc.proc.send_signal(signal.SIGINT)
     assert proc.wait() == 0
     assert "Traceback" not in proc.stderr
