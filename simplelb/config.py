@@ -77,30 +77,35 @@ def parse_backends(text: str | tuple[BackendSpec, ...] | list) -> tuple[BackendS
     return specs
 
 
-def _positive_float(name: str) -> Callable[[Any], float]:
-    def convert(value: Any) -> float:
+def _number(
+    name: str, low: float, high: float, *, integer: bool = False, above_low: bool = False, what: str = ""
+) -> Callable[[Any], Any]:
+    """A converter to a number within ``[low, high]`` (``(low, high]`` with ``above_low``), for ``name``."""
+    kind = "a whole number" if integer else what or "a number"
+
+    def convert(value: Any) -> Any:
         try:
-            number = float(value)
+            number = int(value) if integer else float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
-        if not number > 0 or number == float("inf"):
-            raise ConfigError(f"{name} must be greater than zero, not {value!r}")
+            raise ConfigError(f"{name} must be {kind}, not {value!r}") from None
+        if (number <= low if above_low else number < low) or not number <= high:  # NaN fails too
+            bound = f"greater than {low:g}" if above_low else f"from {low:g}"
+            raise ConfigError(f"{name} must be {bound} up to {high:g}, not {value!r}")
         return number
 
     return convert
+
+
+def _seconds(name: str, *, zero_ok: bool = False) -> Callable[[Any], float]:
+    return _number(name, 0, 86_400, above_low=not zero_ok, what="a number of seconds")
 
 
 def _int_range(name: str, low: int, high: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
-        if not low <= number <= high:
-            raise ConfigError(f"{name} must be from {low} to {high}, not {number}")
-        return number
+    return _number(name, low, high, integer=True)
 
-    return convert
+
+def _fraction(name: str) -> Callable[[Any], float]:
+    return _number(name, 0, 1, what="a fraction from 0 to 1")
 
 
 def _algorithm(value: Any) -> str:
@@ -133,15 +138,7 @@ def _hash_key(value: Any) -> str:
 
 
 def _balance_factor(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        factor = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--hash-balance-factor must be a number, not {value!r}") from None
-    if not 1.0 <= factor <= 100.0:
-        raise ConfigError(f"--hash-balance-factor must be from 1.0 to 100 (e.g. 1.25), not {value!r}")
-    return factor
+    return None if value is None else _number("--hash-balance-factor", 1.0, 100.0)(value)
 
 
 def _cookie_name(value: Any) -> str | None:
@@ -150,32 +147,6 @@ def _cookie_name(value: Any) -> str | None:
     if not isinstance(value, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", value):
         raise ConfigError(f"--sticky-cookie must be a cookie name (letters, digits, -_.), not {value!r}")
     return value
-
-
-def _fraction(name: str) -> Callable[[Any], float]:
-    def convert(value: Any) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a fraction from 0 to 1, not {value!r}") from None
-        if not 0.0 <= number <= 1.0:
-            raise ConfigError(f"{name} must be a fraction from 0 to 1, not {value!r}")
-        return number
-
-    return convert
-
-
-def _non_negative_float(name: str) -> Callable[[Any], float]:
-    def convert(value: Any) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
-        if not 0 <= number < float("inf"):
-            raise ConfigError(f"{name} must be zero or more, not {value!r}")
-        return number
-
-    return convert
 
 
 _SIZE_RE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
@@ -240,24 +211,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("--sticky-cookie", "sticky_cookie", _cookie_name,
            "pin each client to a backend with this cookie (any algorithm)", "NAME"),
     Option("--health-path", "health_path", _health_path, "path probed on each backend with GET", "PATH"),
-    Option("--health-interval", "health_interval_s", _positive_float("--health-interval"), "seconds between health probes", "S"),
-    Option("--health-timeout", "health_timeout_s", _positive_float("--health-timeout"), "seconds before a probe counts as failed", "S"),
+    Option("--health-interval", "health_interval_s", _seconds("--health-interval"), "seconds between health probes", "S"),
+    Option("--health-timeout", "health_timeout_s", _seconds("--health-timeout"), "seconds before a probe counts as failed", "S"),
     Option("--rise", "rise", _int_range("--rise", 1, 100), "consecutive passed probes that bring a backend back"),
     Option("--fall", "fall", _int_range("--fall", 1, 100), "consecutive failed probes that take a backend out"),
-    Option("--connect-timeout", "connect_timeout_s", _positive_float("--connect-timeout"), "seconds to open a backend connection", "S"),
-    Option("--read-timeout", "read_timeout_s", _positive_float("--read-timeout"), "seconds a backend may stay silent while answering (504 after)", "S"),
-    Option("--client-header-timeout", "client_header_timeout_s", _positive_float("--client-header-timeout"), "seconds a client has to send a whole request head", "S"),
-    Option("--keepalive-timeout", "keepalive_timeout_s", _positive_float("--keepalive-timeout"), "seconds an idle client connection is kept open", "S"),
-    Option("--grace-period", "grace_period_s", _positive_float("--grace-period"), "seconds in-flight requests get to finish on shutdown", "S"),
+    Option("--connect-timeout", "connect_timeout_s", _seconds("--connect-timeout"), "seconds to open a backend connection", "S"),
+    Option("--read-timeout", "read_timeout_s", _seconds("--read-timeout"), "seconds a backend may stay silent while answering (504 after)", "S"),
+    Option("--client-header-timeout", "client_header_timeout_s", _seconds("--client-header-timeout"), "seconds a client has to send a whole request head", "S"),
+    Option("--keepalive-timeout", "keepalive_timeout_s", _seconds("--keepalive-timeout"), "seconds an idle client connection is kept open", "S"),
+    Option("--grace-period", "grace_period_s", _seconds("--grace-period"), "seconds in-flight requests get to finish on shutdown", "S"),
     Option("--max-url", "max_url_bytes", _size("--max-url"), "longest request line (414 beyond)", "SIZE"),
     Option("--max-header-bytes", "max_header_bytes", _size("--max-header-bytes"),
            "largest request head (431 beyond; more than 100 fields is 431 too)", "SIZE"),
     Option("--max-body", "max_body_bytes", _size("--max-body"), "largest request body (413 beyond; 0: no limit)", "SIZE"),
     Option("--max-clients", "max_clients", _int_range("--max-clients", 1, 100_000),
            "client connections at once; at the cap the longest-idle one is closed to admit a new one", "N"),
-    Option("--client-body-timeout", "client_body_timeout_s", _positive_float("--client-body-timeout"),
+    Option("--client-body-timeout", "client_body_timeout_s", _seconds("--client-body-timeout"),
            "seconds a client may pause while sending a request body", "S"),
-    Option("--send-timeout", "send_timeout_s", _positive_float("--send-timeout"),
+    Option("--send-timeout", "send_timeout_s", _seconds("--send-timeout"),
            "seconds a client may stop reading a response before it is cut off", "S"),
     Option("--workers", "workers", _int_range("--workers", 1, 64),
            "processes sharing the listening port (SO_REUSEPORT), each with its own health checks", "N"),
@@ -269,7 +240,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--eject-after", "eject_after", _int_range("--eject-after", 0, 1000),
            "consecutive failures of real traffic that eject a backend (0: never)", "N"),
     Option("--eject-on-5xx", "eject_on_5xx", _switch, "count 5xx answers as failures for ejection", switch=True),
-    Option("--eject-time", "eject_time_s", _positive_float("--eject-time"),
+    Option("--eject-time", "eject_time_s", _seconds("--eject-time"),
            "seconds of the first ejection; each repeated one doubles, up to 300 s", "S"),
     Option("--max-eject-percent", "max_eject_percent", _int_range("--max-eject-percent", 0, 100),
            "never eject more than this percentage of the backends", "P"),
@@ -277,11 +248,11 @@ OPTIONS: tuple[Option, ...] = (
            "an ejected backend returns when its time is up (timer) or when health probes pass (health)", "HOW"),
     Option("--max-conns", "max_conns", _int_range("--max-conns", 0, 100_000),
            "requests in flight per backend (0: no limit); beyond it requests queue", "N"),
-    Option("--queue-timeout", "queue_timeout_s", _positive_float("--queue-timeout"),
+    Option("--queue-timeout", "queue_timeout_s", _seconds("--queue-timeout"),
            "seconds a request may wait for a backend under --max-conns before 503", "S"),
     Option("--max-queue", "max_queue", _int_range("--max-queue", 0, 1_000_000),
            "requests allowed to wait at once under --max-conns; more get 503 at once", "N"),
-    Option("--slow-start", "slow_start_s", _non_negative_float("--slow-start"),
+    Option("--slow-start", "slow_start_s", _seconds("--slow-start", zero_ok=True),
            "seconds over which a returning backend's share ramps up to full (0: at once)", "S"),
     Option("--backup", "backups", _backups, "backends used only when every primary is unavailable", "LIST"),
 )
