@@ -77,35 +77,29 @@ def parse_backends(text: str | tuple[BackendSpec, ...] | list) -> tuple[BackendS
     return specs
 
 
-def _number(
-    name: str, low: float, high: float, *, integer: bool = False, above_low: bool = False, what: str = ""
-) -> Callable[[Any], Any]:
-    """A converter to a number within ``[low, high]`` (``(low, high]`` with ``above_low``), for ``name``."""
+def _number(low: float, high: float, *, integer: bool = False, above_low: bool = False, what: str = "") -> Callable:
+    """A converter to a number within ``[low, high]`` (``(low, high]`` with ``above_low``)."""
     kind = "a whole number" if integer else what or "a number"
 
     def convert(value: Any) -> Any:
         try:
             number = int(value) if integer else float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be {kind}, not {value!r}") from None
+            raise ConfigError(f"must be {kind}, not {value!r}") from None
         if (number <= low if above_low else number < low) or not number <= high:  # NaN fails too
             bound = f"greater than {low:g}" if above_low else f"from {low:g}"
-            raise ConfigError(f"{name} must be {bound} up to {high:g}, not {value!r}")
+            raise ConfigError(f"must be {bound} up to {high:g}, not {value!r}")
         return number
 
     return convert
 
 
-def _seconds(name: str, *, zero_ok: bool = False) -> Callable[[Any], float]:
-    return _number(name, 0, 86_400, above_low=not zero_ok, what="a number of seconds")
+def _seconds(*, zero_ok: bool = False) -> Callable[[Any], float]:
+    return _number(0, 86_400, above_low=not zero_ok, what="a number of seconds")
 
 
-def _int_range(name: str, low: int, high: int) -> Callable[[Any], int]:
-    return _number(name, low, high, integer=True)
-
-
-def _fraction(name: str) -> Callable[[Any], float]:
-    return _number(name, 0, 1, what="a fraction from 0 to 1")
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    return _number(low, high, integer=True)
 
 
 def _algorithm(value: Any) -> str:
@@ -118,13 +112,13 @@ def _algorithm(value: Any) -> str:
 
 def _health_path(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or re.search(r"[\x00-\x20\x7f]", value):
-        raise ConfigError(f"health path must start with / and contain no spaces, not {value!r}")
+        raise ConfigError(f"must start with / and contain no spaces, not {value!r}")
     return value
 
 
 def _listen_host(value: Any) -> str:
     if not isinstance(value, str) or not value or not _HOSTNAME_RE.fullmatch(value) and value != "::":
-        raise ConfigError(f"--host must be a host name or IP address, not {value!r}")
+        raise ConfigError(f"must be a host name or IP address, not {value!r}")
     return value
 
 
@@ -138,33 +132,29 @@ def _hash_key(value: Any) -> str:
 
 
 def _balance_factor(value: Any) -> float | None:
-    return None if value is None else _number("--hash-balance-factor", 1.0, 100.0)(value)
+    return None if value is None else _number(1.0, 100.0)(value)
 
 
 def _cookie_name(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", value):
-        raise ConfigError(f"--sticky-cookie must be a cookie name (letters, digits, -_.), not {value!r}")
+        raise ConfigError(f"must be a cookie name (letters, digits, -_.), not {value!r}")
     return value
 
 
 _SIZE_RE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
 
 
-def parse_size(value: Any, name: str = "size") -> int:
+def parse_size(value: Any) -> int:
     """``65536``, ``64K``, ``10M``, ``1G`` (binary multiples) -> bytes."""
     if isinstance(value, int) and value >= 0:
         return value
     match = _SIZE_RE.fullmatch(str(value).strip())
     if not match:
-        raise ConfigError(f"{name} must be a size like 65536, 64K or 10M, not {value!r}")
+        raise ConfigError(f"must be a size like 65536, 64K or 10M, not {value!r}")
     unit = (match.group(2) or "B")[0].upper()
     return int(match.group(1)) * {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit]
-
-
-def _size(name: str) -> Callable[[Any], int]:
-    return lambda value: parse_size(value, name)
 
 
 def _switch(value: Any) -> bool:
@@ -175,7 +165,7 @@ def _switch(value: Any) -> bool:
 
 def _eject_return(value: Any) -> str:
     if value not in ("timer", "health"):
-        raise ConfigError(f"--eject-return must be timer or health, not {value!r}")
+        raise ConfigError(f"must be timer or health, not {value!r}")
     return value
 
 
@@ -189,7 +179,9 @@ def _backups(value: Any) -> tuple[BackendSpec, ...]:
 class Option:
     """One setting: its command-line flag, its ``Config`` field and how to convert text to a value.
 
-    A ``switch`` is a flag without a value (present: True).
+    A converter raises ``ConfigError`` saying what is wrong ("must be ...");
+    ``Config`` puts the flag in front. A ``switch`` is a flag without a value
+    (present: True).
     """
 
     flag: str
@@ -203,7 +195,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--backends", "backends", parse_backends, "comma-separated backends: host:port[=WEIGHT] or http://host:port", "LIST"),
     Option("--host", "host", _listen_host, "address to listen on", "ADDR"),
-    Option("--port", "port", _int_range("--port", 0, 65535), "port to listen on (0 picks a free one)"),
+    Option("--port", "port", _int_range(0, 65535), "port to listen on (0 picks a free one)"),
     Option("--algorithm", "algorithm", _algorithm, "how to choose a backend for each request", "NAME"),
     Option("--hash-key", "hash_key", _hash_key, "what the hash algorithm hashes: ip, path, header:NAME or cookie:NAME", "KEY"),
     Option("--hash-balance-factor", "hash_balance_factor", _balance_factor,
@@ -211,48 +203,48 @@ OPTIONS: tuple[Option, ...] = (
     Option("--sticky-cookie", "sticky_cookie", _cookie_name,
            "pin each client to a backend with this cookie (any algorithm)", "NAME"),
     Option("--health-path", "health_path", _health_path, "path probed on each backend with GET", "PATH"),
-    Option("--health-interval", "health_interval_s", _seconds("--health-interval"), "seconds between health probes", "S"),
-    Option("--health-timeout", "health_timeout_s", _seconds("--health-timeout"), "seconds before a probe counts as failed", "S"),
-    Option("--rise", "rise", _int_range("--rise", 1, 100), "consecutive passed probes that bring a backend back"),
-    Option("--fall", "fall", _int_range("--fall", 1, 100), "consecutive failed probes that take a backend out"),
-    Option("--connect-timeout", "connect_timeout_s", _seconds("--connect-timeout"), "seconds to open a backend connection", "S"),
-    Option("--read-timeout", "read_timeout_s", _seconds("--read-timeout"), "seconds a backend may stay silent while answering (504 after)", "S"),
-    Option("--client-header-timeout", "client_header_timeout_s", _seconds("--client-header-timeout"), "seconds a client has to send a whole request head", "S"),
-    Option("--keepalive-timeout", "keepalive_timeout_s", _seconds("--keepalive-timeout"), "seconds an idle client connection is kept open", "S"),
-    Option("--grace-period", "grace_period_s", _seconds("--grace-period"), "seconds in-flight requests get to finish on shutdown", "S"),
-    Option("--max-url", "max_url_bytes", _size("--max-url"), "longest request line (414 beyond)", "SIZE"),
-    Option("--max-header-bytes", "max_header_bytes", _size("--max-header-bytes"),
+    Option("--health-interval", "health_interval_s", _seconds(), "seconds between health probes", "S"),
+    Option("--health-timeout", "health_timeout_s", _seconds(), "seconds before a probe counts as failed", "S"),
+    Option("--rise", "rise", _int_range(1, 100), "consecutive passed probes that bring a backend back"),
+    Option("--fall", "fall", _int_range(1, 100), "consecutive failed probes that take a backend out"),
+    Option("--connect-timeout", "connect_timeout_s", _seconds(), "seconds to open a backend connection", "S"),
+    Option("--read-timeout", "read_timeout_s", _seconds(), "seconds a backend may stay silent while answering (504 after)", "S"),
+    Option("--client-header-timeout", "client_header_timeout_s", _seconds(), "seconds a client has to send a whole request head", "S"),
+    Option("--keepalive-timeout", "keepalive_timeout_s", _seconds(), "seconds an idle client connection is kept open", "S"),
+    Option("--grace-period", "grace_period_s", _seconds(), "seconds in-flight requests get to finish on shutdown", "S"),
+    Option("--max-url", "max_url_bytes", parse_size, "longest request line (414 beyond)", "SIZE"),
+    Option("--max-header-bytes", "max_header_bytes", parse_size,
            "largest request head (431 beyond; more than 100 fields is 431 too)", "SIZE"),
-    Option("--max-body", "max_body_bytes", _size("--max-body"), "largest request body (413 beyond; 0: no limit)", "SIZE"),
-    Option("--max-clients", "max_clients", _int_range("--max-clients", 1, 100_000),
+    Option("--max-body", "max_body_bytes", parse_size, "largest request body (413 beyond; 0: no limit)", "SIZE"),
+    Option("--max-clients", "max_clients", _int_range(1, 100_000),
            "client connections at once; at the cap the longest-idle one is closed to admit a new one", "N"),
-    Option("--client-body-timeout", "client_body_timeout_s", _seconds("--client-body-timeout"),
+    Option("--client-body-timeout", "client_body_timeout_s", _seconds(),
            "seconds a client may pause while sending a request body", "S"),
-    Option("--send-timeout", "send_timeout_s", _seconds("--send-timeout"),
+    Option("--send-timeout", "send_timeout_s", _seconds(),
            "seconds a client may stop reading a response before it is cut off", "S"),
-    Option("--workers", "workers", _int_range("--workers", 1, 64),
+    Option("--workers", "workers", _int_range(1, 64),
            "processes sharing the listening port (SO_REUSEPORT), each with its own health checks", "N"),
-    Option("--retries", "retries", _int_range("--retries", 0, 10), "how many times a failed request may be retried on another backend", "N"),
-    Option("--retry-budget", "retry_budget", _fraction("--retry-budget"),
+    Option("--retries", "retries", _int_range(0, 10), "how many times a failed request may be retried on another backend", "N"),
+    Option("--retry-budget", "retry_budget", _number(0, 1, what="a fraction from 0 to 1"),
            "retries allowed as a fraction of the requests of the last 10 s", "FRACTION"),
-    Option("--retry-body-limit", "retry_body_limit_bytes", _size("--retry-body-limit"),
+    Option("--retry-body-limit", "retry_body_limit_bytes", parse_size,
            "request bodies up to this size are kept so an idempotent request can be retried", "SIZE"),
-    Option("--eject-after", "eject_after", _int_range("--eject-after", 0, 1000),
+    Option("--eject-after", "eject_after", _int_range(0, 1000),
            "consecutive failures of real traffic that eject a backend (0: never)", "N"),
     Option("--eject-on-5xx", "eject_on_5xx", _switch, "count 5xx answers as failures for ejection", switch=True),
-    Option("--eject-time", "eject_time_s", _seconds("--eject-time"),
+    Option("--eject-time", "eject_time_s", _seconds(),
            "seconds of the first ejection; each repeated one doubles, up to 300 s", "S"),
-    Option("--max-eject-percent", "max_eject_percent", _int_range("--max-eject-percent", 0, 100),
+    Option("--max-eject-percent", "max_eject_percent", _int_range(0, 100),
            "never eject more than this percentage of the backends", "P"),
     Option("--eject-return", "eject_return", _eject_return,
            "an ejected backend returns when its time is up (timer) or when health probes pass (health)", "HOW"),
-    Option("--max-conns", "max_conns", _int_range("--max-conns", 0, 100_000),
+    Option("--max-conns", "max_conns", _int_range(0, 100_000),
            "requests in flight per backend (0: no limit); beyond it requests queue", "N"),
-    Option("--queue-timeout", "queue_timeout_s", _seconds("--queue-timeout"),
+    Option("--queue-timeout", "queue_timeout_s", _seconds(),
            "seconds a request may wait for a backend under --max-conns before 503", "S"),
-    Option("--max-queue", "max_queue", _int_range("--max-queue", 0, 1_000_000),
+    Option("--max-queue", "max_queue", _int_range(0, 1_000_000),
            "requests allowed to wait at once under --max-conns; more get 503 at once", "N"),
-    Option("--slow-start", "slow_start_s", _seconds("--slow-start", zero_ok=True),
+    Option("--slow-start", "slow_start_s", _seconds(zero_ok=True),
            "seconds over which a returning backend's share ramps up to full (0: at once)", "S"),
     Option("--backup", "backups", _backups, "backends used only when every primary is unavailable", "LIST"),
 )
@@ -315,7 +307,12 @@ class Config:
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
-            object.__setattr__(self, option.field, option.convert(getattr(self, option.field)))
+            try:
+                value = option.convert(getattr(self, option.field))
+            except ConfigError as exc:
+                message = str(exc)
+                raise ConfigError(message if message.startswith(option.flag) else f"{option.flag}: {message}") from None
+            object.__setattr__(self, option.field, value)
         if self.health_timeout_s > self.health_interval_s:
             raise ConfigError("--health-timeout must not be longer than --health-interval")
         if self.max_url_bytes < 64 or self.max_header_bytes < self.max_url_bytes:
