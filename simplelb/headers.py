@@ -34,24 +34,39 @@ _NEVER_CONNECTION_SCOPED = frozenset({"content-length", "host"})
 _REPLACED_FORWARDING = frozenset({"x-forwarded-proto", "x-forwarded-host"})
 
 
-def remove_hop_by_hop(headers: Headers) -> Headers:
-    """Drop hop-by-hop fields and every field the Connection header names."""
-    named = set(comma_tokens(headers, "Connection")) - _NEVER_CONNECTION_SCOPED
+def remove_hop_by_hop(headers: Headers, connection: list[str] | None = None) -> Headers:
+    """Drop hop-by-hop fields and every field the Connection header names.
+
+    ``connection`` is the Connection header's tokens when the caller parsed
+    them already (the request and response paths both need them anyway).
+    """
+    if connection is None:
+        connection = comma_tokens(headers, "Connection")
+    named = set(connection) - _NEVER_CONNECTION_SCOPED
     return [(k, v) for k, v in headers if (lk := k.lower()) not in HOP_BY_HOP and lk not in named]
 
 
-def request_headers_for_backend(headers: Headers, client_ip: str, scheme: str = "http") -> Headers:
+def request_headers_for_backend(
+    headers: Headers,
+    client_ip: str,
+    *,
+    connection: list[str] | None = None,
+    default_host: str = "",
+    scheme: str = "http",
+) -> Headers:
     """The client's fields as the backend should see them.
 
     Hop-by-hop fields go; ``X-Forwarded-For`` gets the client's address
     appended to any earlier hops (a proxy in front of us is trusted to have
     appended honestly, as in nginx's ``$proxy_add_x_forwarded_for``);
-    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set by us.
+    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set by us. A request
+    without Host (HTTP/1.0 allows it) gets ``Host: default_host``, because our
+    hop to the backend is HTTP/1.1, which requires one.
     """
     kept: Headers = []
     prior_for: list[str] = []
     host = ""
-    for name, value in remove_hop_by_hop(headers):
+    for name, value in remove_hop_by_hop(headers, connection):
         lname = name.lower()
         if lname == "x-forwarded-for":
             prior_for.append(value)
@@ -61,6 +76,8 @@ def request_headers_for_backend(headers: Headers, client_ip: str, scheme: str = 
         if lname == "host" and not host:
             host = value
         kept.append((name, value))
+    if not host and default_host:
+        kept.insert(0, ("Host", default_host))
     kept.append(("X-Forwarded-For", ", ".join([*prior_for, client_ip])))
     kept.append(("X-Forwarded-Proto", scheme))
     if host:
@@ -68,9 +85,9 @@ def request_headers_for_backend(headers: Headers, client_ip: str, scheme: str = 
     return kept
 
 
-def response_headers_for_client(headers: Headers, upstream: str) -> Headers:
+def response_headers_for_client(headers: Headers, upstream: str, connection: list[str] | None = None) -> Headers:
     """The backend's fields as the client should see them, naming the backend that served."""
-    return [*remove_hop_by_hop(headers), ("X-Upstream", upstream)]
+    return [*remove_hop_by_hop(headers, connection), ("X-Upstream", upstream)]
 
 
 def encode_head(start_line: str, headers: Headers) -> bytes:

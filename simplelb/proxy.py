@@ -91,6 +91,7 @@ class ClientRequest:
     client_ip: str
     keep_alive: bool  # the client wants the connection kept open
     expect_continue: bool
+    connection: list[str]  # the Connection header's tokens, lower-cased
     body: bytes | None = None  # the whole body, when it was small enough to keep for a retry
 
     @property
@@ -242,7 +243,7 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0) -> Clie
         keep_alive = "keep-alive" in connection
     expect = [v.strip().lower() for v in header_values(headers, "Expect")]
     expect_continue = head.version >= (1, 1) and "100-continue" in expect and framing is not NO_BODY
-    return ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue)
+    return ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue, connection)
 
 
 class AttemptFailed(Exception):
@@ -427,10 +428,9 @@ class Forwarder:
         self, conn: PooledConnection, backend: Backend, request: ClientRequest, client: ClientConnection, turn: Turn
     ) -> ResponseHead:
         """Send the request; return the final response head."""
-        headers = request_headers_for_backend(request.headers, request.client_ip)
-        if not any(name.lower() == "host" for name, _ in headers):
-            # An HTTP/1.0 client may omit Host, but our hop is HTTP/1.1 and needs one.
-            headers.insert(0, ("Host", backend.address))
+        headers = request_headers_for_backend(
+            request.headers, request.client_ip, connection=request.connection, default_host=backend.address
+        )
         if request.framing is CHUNKED:
             headers.append(("Transfer-Encoding", "chunked"))  # the framing of our hop; we re-chunk
         elif request.framing.kind == "length":
@@ -512,7 +512,8 @@ class Forwarder:
     ) -> tuple[bool, bool]:
         """Send the response to the client; return (keep client connection, reuse backend connection)."""
         framing = response_framing(request.method, head)
-        headers = response_headers_for_client(head.headers, backend.address)
+        connection = comma_tokens(head.headers, "Connection")
+        headers = response_headers_for_client(head.headers, backend.address, connection)
         if framing.kind == "length":
             headers = with_content_length(headers, framing.length)
         headers += extra_headers
@@ -545,12 +546,11 @@ class Forwarder:
             client.send(chunk(data) if rechunk else data)
         if rechunk:
             client.send(LAST_CHUNK)
-        return keep_alive, framing.kind != "close" and _backend_keeps_alive(head)
+        return keep_alive, framing.kind != "close" and _backend_keeps_alive(head, connection)
 
 
-def _backend_keeps_alive(head: ResponseHead) -> bool:
-    tokens = comma_tokens(head.headers, "Connection")
+def _backend_keeps_alive(head: ResponseHead, connection: list[str]) -> bool:
     if head.version >= (1, 1):
-        return "close" not in tokens
-    return "keep-alive" in tokens
+        return "close" not in connection
+    return "keep-alive" in connection
 

@@ -53,3 +53,10 @@ def test_response_headers_name_the_upstream_and_keep_duplicates():
 
 def test_encode_head_round_trips_latin1():
     assert encode_head("HTTP/1.1 200 OK", [("X", "caf\xe9")]) == b"HTTP/1.1 200 OK\r\nX: caf\xe9\r\n\r\n"
+
+
+def test_a_request_without_host_gets_the_default_one_first():
+    out = request_headers_for_backend([("Accept", "*/*")], "1.2.3.4", default_host="10.0.0.1:8081")
+    assert out[0] == ("Host", "10.0.0.1:8081")
+    assert not any(k == "X-Forwarded-Host" for k, _ in out)
+    assert request_headers_for_backend([("Host", "h")], "1.2.3.4", default_host="x")[0] == ("Host", "h")
