@@ -126,19 +126,20 @@ def _error_rate(summary: dict) -> float:
     return failed / summary["requests"] if summary["requests"] else 0.0
 
 
+def _write_html(path: str, title: str, summary: dict, results, timeline, backends, events) -> None:
+    from .html import write_html
+    from .report import latency_histogram
+
+    write_html(path, title, summary, timeline, backends, events, latency_histogram(results))
+
+
 def _finish(args, summary: dict, results, events, backends, title: str, say) -> int:
     """Timeline, HTML, the report itself, and the exit status that gates CI."""
-    from .histogram import LogHistogram
     from .timeline import build_timeline, format_timeline
 
     timeline = build_timeline(results)
     if args.html:
-        from .html import write_html
-
-        histogram = LogHistogram()
-        for result in results:
-            histogram.record(result.latency_s)
-        write_html(args.html, title, summary, timeline, backends, events, histogram)
+        _write_html(args.html, title, summary, results, timeline, backends, events)
     if args.json:
         print(json.dumps({**summary, "timeline": timeline, "events": events}, indent=2))
     else:
@@ -187,15 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
         if args.html:
-            from .histogram import LogHistogram
-            from .html import write_html
             from .timeline import build_timeline
 
-            histogram = LogHistogram()
-            for r in result["results"]:
-                histogram.record(r.latency_s)
-            write_html(args.html, "simplelb demo", result["overall"], build_timeline(result["results"]),
-                       result["backends"], result["events"], histogram)
+            _write_html(args.html, "simplelb demo", result["overall"], result["results"],
+                        build_timeline(result["results"]), result["backends"], result["events"])
             print(f"HTML report: {args.html}", file=sys.stderr)
         return 0
     if args.scenario:

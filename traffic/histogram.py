@@ -4,7 +4,7 @@ Each value (in microseconds) goes to bucket ``floor(log(v) / log(1 + 2r))``
 where ``r`` is the relative precision (default 0.5%); a percentile is read
 back as the geometric middle of its bucket, so it is within ``r`` of a value
 that was really recorded, at p50 as at p99.9. Histograms merge by adding
-counts, which the timeline uses for per-second percentiles.
+counts (per-second histograms add up to the whole run's).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ class Sender:
         self.headers = headers
         self._conn: http.client.HTTPConnection | None = None
 
-    def send(self, started_s: float, t0: float, clock_origin: float, lag_s: float = 0.0) -> Result:
+    def send(self, started_s: float, t0: float, lag_s: float = 0.0) -> Result:
         """Send one request; latency counts from ``t0`` (a ``perf_counter`` value)."""
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self.target.host, self.target.port, timeout=self.timeout_s)
@@ -177,7 +177,7 @@ def run_load(
             t0 = time.perf_counter()
             if ends_at is not None and t0 >= ends_at:
                 break
-            result = sender.send(t0 - started, t0, started)
+            result = sender.send(t0 - started, t0)
             with results_lock:
                 results.append(result)
             if on_result is not None:
@@ -233,7 +233,7 @@ def run_open_loop(
             if scheduled is None:
                 break
             now = time.perf_counter()
-            result = sender.send(scheduled - started, scheduled, started, lag_s=now - scheduled)
+            result = sender.send(scheduled - started, scheduled, lag_s=now - scheduled)
             with lock:
                 results.append(result)
             if on_result is not None:
