@@ -60,7 +60,11 @@ def summarize(
         lag = LogHistogram()
         for result in results:
             lag.record(result.lag_s)
-        sent_rate = len(results) / elapsed_s if elapsed_s > 0 else 0.0
+        # Over the span of the actual sends, not the run: waiting for the last
+        # answers (say, from a stalled server) is not the generator falling behind.
+        sends = [r.started_s + r.lag_s for r in results]
+        span = max(sends) - min(sends) if sends else 0.0
+        sent_rate = (len(sends) - 1) / span if span > 0 else float(len(sends))
         lag_p99 = round(lag.percentile_ms(99), 3)
         summary["generator"] = {
             "requested_rps": rate,
