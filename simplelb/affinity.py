@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from .backend import Backend
-from .http1 import Headers, header_values
+from .http1 import Headers, header_values, is_token
 
-_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+if TYPE_CHECKING:
+    from .backend import Backend
 
 KeyFunction = Callable[[Headers, str, str], "str | None"]  # (headers, target, client ip) -> key
 
@@ -33,10 +33,11 @@ KeyFunction = Callable[[Headers, str, str], "str | None"]  # (headers, target, c
 def validate_key_spec(spec: str) -> str:
     """Check a ``--hash-key`` value; raise ``ValueError`` with a user-facing message."""
     kind, _, name = spec.partition(":")
+    kind = kind.lower()
     if kind in ("ip", "path") and not name:
-        return spec
-    if kind in ("header", "cookie") and _TOKEN_RE.fullmatch(name):
-        return spec
+        return kind
+    if kind in ("header", "cookie") and is_token(name):
+        return f"{kind}:{name}"
     raise ValueError(f"--hash-key must be ip, path, header:NAME or cookie:NAME, not {spec!r}")
 
 

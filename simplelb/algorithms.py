@@ -21,10 +21,12 @@ import math
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .backend import Backend
+if TYPE_CHECKING:  # algorithms read backends; they never need the module to run
+    from .backend import Backend
 
 Clock = Callable[[], float]
 
@@ -51,7 +53,8 @@ class RoundRobin:
 
     def __init__(self, rng: random.Random | None = None, clock: Clock = time.monotonic):
         self._lock = threading.Lock()  # guards _current
-        self._current: dict[Backend, int] = {}
+        # Weak keys: a backend removed from the cluster takes its score with it.
+        self._current: weakref.WeakKeyDictionary[Backend, float] = weakref.WeakKeyDictionary()
 
     def pick(self, backends: Sequence[Backend], key: str | None = None) -> Backend:
         with self._lock:

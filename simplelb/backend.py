@@ -1,17 +1,24 @@
 """A backend server and everything the balancer knows about it.
 
 ``Backend`` is the one owner of per-backend state: active health, passive
-ejection, in-flight count and limit, latency estimate, slow-start ramp and
-counters. All of it sits behind ``Backend._lock`` and changes only through
-the methods here -- the request path through ``track()``, the health
-checker through ``record_probe()``, the outlier detector through
-``eject()`` -- so the algorithms can read it from any thread without
-tearing.
+ejection, administrative state, in-flight count and limit, latency estimate,
+slow-start ramp and counters. All of it sits behind ``Backend._lock`` and
+changes only through the methods here -- the request path through
+``track()``, the health checker through ``record_probe()``, the outlier
+detector through ``eject()``, the cluster through ``reconfigure()`` and
+``mark_removing()`` -- so the algorithms can read it from any thread
+without tearing. ``Cluster`` creates and retires backends; nothing else does.
 
-A backend takes traffic when it is *available*: healthy by the active checks
-and not ejected by the passive ones. When it comes back from either, its
-latency estimate is forgotten and, with slow start, its weight ramps up from
-``SLOW_START_FLOOR`` to full over ``slow_start_s``.
+States (``state``, in order of precedence): ``removing`` (taken out of the
+configuration, finishing its in-flight requests), ``maint`` (the operator
+took it out: no traffic, no probes), ``draining`` (no new requests except
+those pinned to it), ``down`` (failing health checks, or added at runtime
+and not yet probed), ``ejected`` (failing real traffic), ``up``.
+
+A backend takes traffic when it is *available*: healthy, not ejected, not in
+maintenance, not being removed. When it comes back from down or ejected,
+its latency estimate is forgotten and, with slow start, its weight ramps up
+from ``SLOW_START_FLOOR`` to full over ``slow_start_s``.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .config import BackendSpec
 from .errors import ClientSideError
+from .latency import PeakEwma
+from .specs import BackendSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,45 +41,7 @@ log = logging.getLogger(__name__)
 # zero it would get no traffic at all until the first tick of the ramp.
 SLOW_START_FLOOR = 0.1
 
-# How fast the latency estimate forgets: after this many seconds without news
-# an old sample has lost about 63% of its weight (Linkerd's default).
-EWMA_DECAY_S = 10.0
-
-
-class PeakEwma:
-    """A peak-sensitive, time-decayed moving average of response time (Finagle, Linkerd).
-
-    A sample above the estimate replaces it at once (the *peak*): a backend
-    that turns slow is avoided from its first slow answer. A sample below it
-    is blended in with weight ``1 - exp(-dt / decay_s)``, where ``dt`` is the
-    time since the previous sample, so a burst of fast answers after one slow
-    one does not erase it instantly. Between samples the estimate decays
-    toward zero on the same clock: a backend that was avoided for being slow
-    is eventually tried again, and its next sample tells the truth. ``None``
-    means no sample yet (new or just recovered): the algorithm decides what a
-    neutral estimate is. Not thread-safe: ``Backend`` guards it.
-    """
-
-    def __init__(self, decay_s: float = EWMA_DECAY_S):
-        self.decay_s = decay_s
-        self._estimate: float | None = None
-        self._stamp = 0.0
-
-    def observe(self, sample_s: float, now: float) -> None:
-        if self._estimate is None or sample_s > self._estimate:
-            self._estimate = sample_s
-        else:
-            weight = math.exp(-max(0.0, now - self._stamp) / self.decay_s)
-            self._estimate = self._estimate * weight + sample_s * (1.0 - weight)
-        self._stamp = now
-
-    def value(self, now: float) -> float | None:
-        if self._estimate is None:
-            return None
-        return self._estimate * math.exp(-max(0.0, now - self._stamp) / self.decay_s)
-
-    def reset(self) -> None:
-        self._estimate = None
+STATES = ("up", "down", "ejected", "draining", "maint", "removing")
 
 
 @dataclass(frozen=True)
@@ -85,6 +55,10 @@ class HealthChange:
 
 class BackendFull(Exception):
     """The backend is at its connection limit; nothing was sent."""
+
+
+class BackendGone(Exception):
+    """The backend left rotation (removed, maintenance) after it was chosen; nothing was sent."""
 
 
 class Attempt:
@@ -104,8 +78,18 @@ class Attempt:
         self.status = status
 
 
+class BackendEvents:
+    """What a backend reports to its owner. The defaults do nothing (a backend on its own)."""
+
+    def released(self, backend: Backend) -> None:
+        """An in-flight slot was freed."""
+
+    def failed(self, backend: Backend, streak: int, reason: str) -> None:
+        """An attempt failed; ``streak`` failures in a row so far."""
+
+
 class Backend:
-    """One backend: its address and weight, and its live state."""
+    """One backend: its spec (address, weight, admin state), its policy, and its live state."""
 
     def __init__(
         self,
@@ -116,28 +100,18 @@ class Backend:
         max_conns: int = 0,
         slow_start_s: float = 0.0,
         count_5xx_as_failure: bool = False,
-        backup: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        events: BackendEvents | None = None,
     ):
-        self.spec = spec
-        self.host = spec.host
-        self.port = spec.port
-        self.address = spec.address
-        self.backup = backup
-        self._base_weight = spec.weight
-        self._rise = rise
-        self._fall = fall
-        self._max_conns = max_conns  # 0: no limit
-        self._slow_start_s = slow_start_s
-        self._count_5xx = count_5xx_as_failure
         self._clock = clock
-        # Set by the server: called with this backend when its failure streak
-        # grows (passive health), and when an in-flight slot is freed (queue).
-        self.on_failure_streak: Callable[[Backend, int, str], None] | None = None
-        self.on_release: Callable[[], None] | None = None
-        # Guards every field below it.
+        self.events = events or BackendEvents()
+        self.pool = None  # the cluster gives each backend its connection pool
+        # Guards every field below it, and the spec and policy.
         self._lock = threading.Lock()
+        self._set(spec, rise, fall, max_conns, slow_start_s, count_5xx_as_failure)
+        self._removing = False
         self._healthy = True  # start healthy: traffic flows while the first probes run
+        self._first_probe = False  # added at runtime: up at its first passed probe
         self._passes = 0  # consecutive passed probes while down (or ejected, for health-return)
         self._fails = 0  # consecutive failed probes while up
         self._in_flight = 0
@@ -147,27 +121,88 @@ class Backend:
         self._ejected_until: float | None = None  # None: not ejected; inf: until probes pass
         self._eject_level = 0  # how many ejections in a row; the next lasts base x 2**level
         self._returned_at = 0.0
-        self._requests = 0
+        self._responses = 0
         self._failures = 0
         self._retries = 0
         self._ejections = 0
         self._last_probe = "not probed yet"
 
-    def __repr__(self) -> str:
-        return f"<Backend {self.address} weight={self._base_weight} healthy={self._healthy}>"
+    def _set(self, spec, rise, fall, max_conns, slow_start_s, count_5xx_as_failure) -> None:
+        self.spec = spec
+        self._rise = rise
+        self._fall = fall
+        self._max_conns = max_conns  # 0: no limit
+        self._slow_start_s = slow_start_s
+        self._count_5xx = count_5xx_as_failure
 
-    # --- what the algorithms read ------------------------------------------
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} {self.address} weight={self.spec.weight} {self.state}>"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def address(self) -> str:
+        return self.spec.address
+
+    @property
+    def host(self) -> str:
+        return self.spec.host
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    @property
+    def backup(self) -> bool:
+        return self.spec.backup
+
+    # --- what the cluster changes -------------------------------------------
+
+    def reconfigure(self, spec: BackendSpec, **policy) -> bool:
+        """Take a new spec (weight, backup, admin state) and policy; the live state stays.
+
+        Returns True when the backend must now be probed before it takes
+        traffic (it leaves maintenance, where it was not probed).
+        """
+        with self._lock:
+            before = self.spec.state
+            self._set(spec, **policy)
+            if before == spec.state:
+                return False
+            if before == "maint":
+                self._await_first_probe()
+                return True
+            if spec.state == "ready":
+                self._ramp()  # back from draining: through slow start, as from any return
+            return False
+
+    def await_first_probe(self) -> None:
+        """Added at runtime: no traffic until a probe passes (then slow start, if configured)."""
+        with self._lock:
+            self._await_first_probe()
+
+    def _await_first_probe(self) -> None:
+        self._healthy, self._first_probe, self._passes, self._fails = False, True, 0, 0
+
+    def mark_removing(self, removing: bool = True) -> None:
+        with self._lock:
+            self._removing = removing
+
+    # --- what the algorithms and the forwarder read ---------------------------
 
     @property
     def weight(self) -> float:
         """The weight in force: the configured one, or less while slow start ramps it up."""
+        weight = self.spec.weight
         if self._ramp_start is None:
-            return self._base_weight
+            return weight
         elapsed = self._clock() - self._ramp_start
         if elapsed >= self._slow_start_s:
             self._ramp_start = None  # a benign race: the ramp is over for every reader
-            return self._base_weight
-        return self._base_weight * max(SLOW_START_FLOOR, elapsed / self._slow_start_s)
+            return weight
+        return weight * max(SLOW_START_FLOOR, elapsed / self._slow_start_s)
 
     @property
     def in_flight(self) -> int:
@@ -186,9 +221,18 @@ class Backend:
     def ejected(self) -> bool:
         return self._ejected_until is not None
 
+    @property
+    def draining(self) -> bool:
+        return self.spec.state == "drain"
+
+    @property
+    def probed(self) -> bool:
+        """Whether health checks run: not in maintenance, not being removed."""
+        return self.spec.state != "maint" and not self._removing
+
     def available(self) -> bool:
-        """Healthy and not ejected. A timed ejection that has run out ends here."""
-        if not self._healthy:
+        """May take a request: healthy, not ejected, not in maintenance or removed (draining is available)."""
+        if not self._healthy or self._removing or self.spec.state == "maint":
             return False
         if self._ejected_until is None:
             return True
@@ -196,11 +240,24 @@ class Backend:
             if self._ejected_until is None or self._clock() < self._ejected_until:
                 return self._ejected_until is None
             self._end_ejection()
-        log.warning("backend %s returns after its ejection time", self.address)
+        log.warning("backend %s returns after its ejection time", self.name)
         return True
 
     def has_capacity(self) -> bool:
         return not self._max_conns or self._in_flight < self._max_conns
+
+    @property
+    def state(self) -> str:
+        if self._removing:
+            return "removing"
+        if self.spec.state == "maint":
+            return "maint"
+        if self.spec.state == "drain":
+            return "draining"
+        if not self._healthy:
+            return "down"
+        until = self._ejected_until
+        return "ejected" if until is not None and self._clock() < until else "up"
 
     # --- active health ----------------------------------------------------
 
@@ -214,14 +271,14 @@ class Backend:
                 if self._healthy and self._ejected_until != math.inf:
                     return None
                 self._passes += 1
-                if self._passes < self._rise:
+                if self._passes < (1 if self._first_probe else self._rise):
                     return None
                 self._passes = 0
                 if self._healthy:  # ejected until probes pass, and they did
                     self._end_ejection()
                     returned = True
                 else:
-                    self._healthy = True
+                    self._healthy, self._first_probe = True, False
                     self._come_back()
             else:
                 self._passes = 0
@@ -232,7 +289,7 @@ class Backend:
                     return None
                 self._healthy, self._fails = False, 0
         if returned:
-            log.warning("backend %s returns from ejection: %d probes passed (%s)", self.address, self._rise, reason)
+            log.warning("backend %s returns from ejection: %d probes passed (%s)", self.name, self._rise, reason)
             return None
         return HealthChange(self, self._healthy, reason)
 
@@ -267,6 +324,9 @@ class Backend:
         # Caller holds the lock. What we knew is stale: forget it, and ramp up.
         self._latency.reset()
         self._streak = 0
+        self._ramp()
+
+    def _ramp(self) -> None:
         if self._slow_start_s > 0:
             self._ramp_start = self._clock()
 
@@ -277,21 +337,22 @@ class Backend:
         """Count one attempt as in flight for as long as the block runs.
 
         This is the one place where per-request state changes. Raises
-        ``BackendFull`` (before anything happens) when the backend is at its
-        connection limit. The block gets an ``Attempt``; its ``responded()``
-        marks the end of the latency sample (else the whole block is timed)
-        and the status. The block reports
-        a backend failure by raising; ``ClientSideError`` is the client's
-        doing and counts for nothing. Failed attempts add no latency sample,
-        so a backend that fails fast never looks fast; consecutive failures
-        (and, if configured, 5xx answers) feed passive health.
+        ``BackendFull`` or ``BackendGone`` (before anything happens) when the
+        backend is at its connection limit or has left rotation. The block
+        gets an ``Attempt``; its ``responded()`` marks the end of the latency
+        sample (else the whole block is timed) and the status. The block
+        reports a backend failure by raising; ``ClientSideError`` is the
+        client's doing and counts for nothing. Failed attempts add no latency
+        sample, so a backend that fails fast never looks fast; consecutive
+        failures (and, if configured, 5xx answers) feed passive health.
         """
         attempt = Attempt(self._clock)
         with self._lock:
+            if self._removing or self.spec.state == "maint":
+                raise BackendGone(self.name)
             if self._max_conns and self._in_flight >= self._max_conns:
-                raise BackendFull(self.address)
+                raise BackendFull(self.name)
             self._in_flight += 1
-            self._requests += 1
         failure = ""
         try:
             yield attempt
@@ -301,42 +362,49 @@ class Backend:
             failure = str(exc) or exc.__class__.__name__
             raise
         finally:
-            now = self._clock()
-            if not failure and self._count_5xx and attempt.status >= 500:
-                failure = f"HTTP {attempt.status}"
-            with self._lock:
-                self._in_flight -= 1
-                if failure:
-                    self._failures += 1
-                    self._streak += 1
-                    streak = self._streak
-                else:
-                    self._streak = 0
-                    self._latency.observe((attempt.responded_at or now) - attempt.started_at, now)
-            if self.on_release is not None:
-                self.on_release()
-            if failure and self.on_failure_streak is not None:
-                self.on_failure_streak(self, streak, failure)
+            self._finish(attempt, failure)
+
+    def _finish(self, attempt: Attempt, failure: str) -> None:
+        now = self._clock()
+        if not failure and self._count_5xx and attempt.status >= 500:
+            failure = f"HTTP {attempt.status}"
+        with self._lock:
+            self._in_flight -= 1
+            if attempt.status:
+                self._responses += 1
+            if failure:
+                self._failures += 1
+                self._streak += 1
+                streak = self._streak
+            else:
+                self._streak = 0
+                self._latency.observe((attempt.responded_at or now) - attempt.started_at, now)
+        self.events.released(self)
+        if failure:
+            self.events.failed(self, streak, failure)
 
     def count_retry(self) -> None:
+        """A retry of a request that failed elsewhere was sent here."""
         with self._lock:
             self._retries += 1
 
-    def snapshot(self) -> dict:
-        """A consistent copy of the state, for logs, status pages and tests."""
+    def status(self) -> dict:
+        """A consistent copy of the state: ``/status``, logs and tests read this."""
         with self._lock:
             latency = self._latency.value(self._clock())
+            spec = self.spec
             return {
-                "address": self.address,
-                "backup": self.backup,
-                "weight": self._base_weight,
-                "healthy": self._healthy,
-                "ejected": self._ejected_until is not None,
+                "name": spec.name,
+                "address": spec.address,
+                "weight": spec.weight,
+                "backup": spec.backup,
+                "state": self.state,
                 "in_flight": self._in_flight,
-                "requests": self._requests,
+                "requests": self._responses,
                 "failures": self._failures,
-                "retries": self._retries,
                 "ejections": self._ejections,
                 "latency_ms": None if latency is None else round(latency * 1000, 3),
+                "retries": self._retries,
+                "effective_weight": round(self.weight, 3),
                 "last_probe": self._last_probe,
             }

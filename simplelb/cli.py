@@ -1,46 +1,49 @@
-"""``python -m simplelb``: parse flags into a ``Config``, run the balancer until a signal.
+"""``python -m simplelb``: flags and an optional config file -> ``Config`` -> a running balancer.
 
-Every flag comes from ``config.OPTIONS``. Bad input ends in a one-line error
-and exit status 2; SIGINT and SIGTERM drain the server and exit 0.
+Every flag comes from ``config.OPTIONS``; ``--config FILE`` reads the same
+settings from TOML, and flags given on the command line override it. Bad
+input ends in a one-line error and exit status 2; ``--check`` prints every
+problem found (or one summary line) and starts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from dataclasses import fields
 
-from .config import OPTIONS, Config, ConfigError
+from . import __version__
+from .config import OPTIONS, Config, defaults
+from .configfile import ConfigSource
+from .errors import ConfigError, ListenError
+from .specs import describe
 
-log = logging.getLogger("simplelb")
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+def _shown(value) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, tuple) and not value:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = {f.name: f.default for f in fields(Config)}
+    values = defaults()
     parser = argparse.ArgumentParser(
         prog="simplelb",
         description="An HTTP/1.1 load balancer: forwards each request to one of several backends.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--config", metavar="FILE", help="read settings from this TOML file (flags override it)")
+    parser.add_argument("--check", action="store_true", help="check the configuration, print a summary and exit")
+    parser.add_argument("--version", action="version", version=f"simplelb {__version__}")
     for option in OPTIONS:
+        default = "" if option.field in ("backends", "health_timeout_s") else f" (default: {_shown(values[option.field])})"
         if option.switch:
-            parser.add_argument(option.flag, dest=option.field, action="store_true", help=option.help)
+            parser.add_argument(option.flag, dest=option.field, action="store_const", const=True, default=None,
+                                help=option.help)
             continue
-        default = None if option.field == "backends" else defaults[option.field]
-        parser.add_argument(
-            option.flag,
-            dest=option.field,
-            required=option.field == "backends",
-            default=default,
-            metavar=option.metavar,
-            help=option.help,
-        )
-    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="how much to log")
+        parser.add_argument(option.flag, dest=option.field, default=None, metavar=option.metavar,
+                            help=option.help + default)
     # One line, not argparse's usage block: the error is what the user needs to see.
     parser.error = lambda message: parser.exit(2, f"simplelb: error: {message} (see --help)\n")
     return parser
@@ -56,58 +59,39 @@ def setup_logging(level: str) -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
+def summary(config: Config) -> str:
+    cluster = config.cluster
+    backups = sum(spec.backup for spec in cluster.backends)
+    count = f"{len(cluster.backends) - backups} backend{'s' * (len(cluster.backends) - backups != 1)}"
+    if backups:
+        count += f" and {backups} backup{'s' * (backups != 1)}"
+    return f"{count} ({describe(cluster.backends)}), algorithm {cluster.algorithm}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    path, check = args.pop("config"), args.pop("check")
+    source = ConfigSource(path, args)
     try:
-        config = Config.from_flags(vars(args))
+        config = source.load()
     except ConfigError as exc:
-        parser.exit(2, f"simplelb: error: {exc}\n")
-    setup_logging(args.log_level)
-
-    if config.workers > 1:
-        from .workers import Supervisor
-
-        try:
-            return Supervisor(config).run()
-        except OSError as exc:
-            parser.exit(2, f"simplelb: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}\n")
+        if check:
+            parser.exit(2, "".join(f"simplelb: error: {message}\n" for message in exc.messages))
+        more = len(exc.messages) - 1
+        parser.exit(2, f"simplelb: error: {exc}" + (f" (and {more} more: see --check)" if more else "") + "\n")
+    if check:
+        print(f"simplelb: configuration OK: {summary(config)}")
+        return 0
+    setup_logging(config.listener.log_level)
+    listener = config.listener
     try:
-        return serve(config, banner=True)
-    except OSError as exc:
-        parser.exit(2, f"simplelb: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}\n")
+        if listener.workers > 1:
+            from .fleet import Supervisor
 
+            return Supervisor(config, source).run()
+        from .service import serve
 
-def describe_backends(config: Config) -> str:
-    return ", ".join(f"{b.address} (weight {b.weight})" if b.weight != 1 else b.address for b in config.backends)
-
-
-def serve(config: Config, *, banner: bool, on_ready=None) -> int:
-    """Run one balancer in this process until SIGINT or SIGTERM, then drain it.
-
-    ``on_ready`` is called once the balancer is listening and serving.
-    """
-    from .server import LoadBalancer  # after logging is set up
-
-    balancer = LoadBalancer(config)
-    stop_requested = threading.Event()
-
-    def request_stop(signum, frame) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-    balancer.start()
-    if on_ready is not None:
-        on_ready()
-    if banner:
-        # The banner goes to stdout whatever the log level: scripts read the port from it.
-        print(f"simplelb: listening on {balancer.url}, {config.algorithm} over {describe_backends(config)}", flush=True)
-    # Event.wait with a timeout keeps the main thread responsive to signals.
-    while not stop_requested.wait(0.5):
-        pass
-    log.info("shutting down: draining in-flight requests (up to %gs)", config.grace_period_s)
-    balancer.stop()
-    log.info("stopped")
-    return 0
+        return serve(config, source)
+    except ListenError as exc:
+        parser.exit(2, f"simplelb: error: cannot listen on {exc.where}: {exc.strerror}\n")

@@ -1,8 +1,9 @@
 """Errors that know which HTTP status they should become.
 
 Every failure on the request path is raised as one of these and turned into a
-response in exactly one place (``server.ProxyRequestHandler``). A handler never
-builds an error response by hand: it raises, and the funnel answers.
+response in exactly one place (``server.error_response``; the admin listener
+has its JSON twin, ``admin.json_error``). A handler never builds an error
+response by hand: it raises, and the funnel answers.
 """
 
 from __future__ import annotations
@@ -40,6 +41,31 @@ class NoHealthyBackend(HTTPError):
     status = 503
 
 
+class QueueFull(HTTPError):
+    """Every available backend is at ``--max-conns`` and the wait ran out (or the queue is full)."""
+
+    status = 503
+
+
+class TooManyClients(HTTPError):
+    """Every client connection is busy forwarding; a new one is refused."""
+
+    status = 503
+    close = True
+
+
+class NotFound(HTTPError):
+    """An admin request names a backend or a path that does not exist."""
+
+    status = 404
+
+
+class Conflict(HTTPError):
+    """An admin request would create a backend whose name or address is taken."""
+
+    status = 409
+
+
 class BadGateway(HTTPError):
     """The backend failed or answered with something that is not HTTP."""
 
@@ -50,6 +76,26 @@ class GatewayTimeout(HTTPError):
     """The backend did not answer within the read timeout."""
 
     status = 504
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot run with; the message says which and why, in one line.
+
+    ``messages`` holds every problem found when a whole configuration was
+    checked at once (``--check`` prints them all); ``str()`` is the first.
+    """
+
+    def __init__(self, message: str, messages: list[str] | None = None):
+        super().__init__(message)
+        self.messages = messages or [message]
+
+
+class ListenError(OSError):
+    """A listening socket could not be opened; ``where`` names it (``127.0.0.1:8080``, ``admin 127.0.0.1:9000``)."""
+
+    def __init__(self, where: str, exc: OSError):
+        super().__init__(exc.errno, exc.strerror or str(exc))
+        self.where = where
 
 
 class ConnectFailed(Exception):

@@ -16,8 +16,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from .backend import Backend, HealthChange
+from .specs import bracket
+
+if TYPE_CHECKING:
+    from .backend import Backend, HealthChange
+    from .config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +32,7 @@ def probe(host: str, port: int, path: str, timeout_s: float) -> tuple[bool, str]
     deadline = time.monotonic() + timeout_s
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            host_header = f"[{host}]" if ":" in host else host
-            request = f"GET {path} HTTP/1.1\r\nHost: {host_header}:{port}\r\nUser-Agent: simplelb-health\r\nConnection: close\r\n\r\n"
+            request = f"GET {path} HTTP/1.1\r\nHost: {bracket(host)}:{port}\r\nUser-Agent: simplelb-health\r\nConnection: close\r\n\r\n"
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(request.encode("ascii"))
             received = b""
@@ -56,27 +60,28 @@ def probe(host: str, port: int, path: str, timeout_s: float) -> tuple[bool, str]
 
 
 class HealthChecker:
-    """Owns the probing thread; ``start()`` probes at once, ``stop()`` ends it."""
+    """Owns the probing thread; ``start()`` probes at once, ``stop()`` ends it.
+
+    ``current()`` gives the settings in force and the backends to probe; it
+    is read at every round, so a reload changes the path, interval and
+    timeout at once. ``check_soon(backends)`` probes those now, off the
+    regular schedule (a backend added at runtime waits for its first pass).
+    """
 
     def __init__(
         self,
-        backends: Sequence[Backend],
+        current: Callable[[], tuple[ClusterConfig, Sequence[Backend]]],
         *,
-        path: str,
-        interval_s: float,
-        timeout_s: float,
-        on_change: Callable[[HealthChange], None] | None = None,
         probe_fn: Callable[[str, int, str, float], tuple[bool, str]] = probe,
     ):
-        self._backends = list(backends)
-        self._path = path
-        self._interval_s = interval_s
-        self._timeout_s = timeout_s
-        self._on_change = on_change
+        self._current = current
         self._probe = probe_fn
-        self._stopping = threading.Event()  # set by stop(); wakes the interval wait early
+        self._stopping = threading.Event()  # set by stop()
+        self._wake = threading.Event()  # set to re-read the schedule or probe the urgent ones
+        self._lock = threading.Lock()  # guards _soon
+        self._soon: list[Backend] = []
         self._thread: threading.Thread | None = None
-        self.rounds = 0  # completed rounds, for tests and status
+        self.rounds = 0  # completed regular rounds
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="health-checker", daemon=True)
@@ -84,43 +89,69 @@ class HealthChecker:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             # A round in progress ends within one probe timeout.
-            self._thread.join(self._timeout_s + 1)
+            self._thread.join(self._current()[0].health_timeout_s + 1)
+
+    def check_soon(self, backends: Sequence[Backend]) -> None:
+        with self._lock:
+            self._soon.extend(backends)
+        self._wake.set()
+
+    def nudge(self) -> None:
+        """The settings may have changed: re-read the schedule."""
+        self._wake.set()
 
     def _run(self) -> None:
+        last_round = None
         while not self._stopping.is_set():
-            started = time.monotonic()
-            self.run_round()
-            self._stopping.wait(max(0.0, self._interval_s - (time.monotonic() - started)))
+            with self._lock:
+                soon, self._soon = self._soon, []
+            if soon:
+                self.run_round(soon)
+                continue
+            config, backends = self._current()
+            now = time.monotonic()
+            if last_round is None or now >= last_round + config.health_interval_s:
+                last_round = now
+                self.run_round(backends)
+                self.rounds += 1
+                continue
+            self._wake.wait(last_round + config.health_interval_s - now)
+            self._wake.clear()
 
-    def run_round(self) -> None:
-        """Probe every backend concurrently and record the results."""
+    def run_round(self, backends: Sequence[Backend]) -> None:
+        """Probe ``backends`` concurrently and record the results."""
+        config = self._current()[0]
+        backends = [b for b in dict.fromkeys(backends) if b.probed]
         results: dict[Backend, tuple[bool, str]] = {}
 
         def probe_one(backend: Backend) -> None:
-            results[backend] = self._probe(backend.host, backend.port, self._path, self._timeout_s)
+            results[backend] = self._probe(backend.host, backend.port, config.health_path, config.health_timeout_s)
 
         threads = [
-            threading.Thread(target=probe_one, args=(b,), name=f"health-probe {b.address}", daemon=True)
-            for b in self._backends
+            threading.Thread(target=probe_one, args=(b,), name=f"health-probe {b.name}", daemon=True)
+            for b in backends
         ]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + self._timeout_s + 0.5
+        deadline = time.monotonic() + config.health_timeout_s + 0.5
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        for backend in self._backends:
-            ok, reason = results.get(backend, (False, f"no answer within {self._timeout_s:g}s"))
+        for backend in backends:
+            if not backend.probed:
+                continue  # put in maintenance or removed while the probe ran
+            ok, reason = results.get(backend, (False, f"no answer within {config.health_timeout_s:g}s"))
             change = backend.record_probe(ok, reason)
             if change is not None:
                 self._report(change)
-        self.rounds += 1
 
-    def _report(self, change: HealthChange) -> None:
+    @staticmethod
+    def _report(change: HealthChange) -> None:
+        backend = change.backend
+        label = backend.name if backend.name == backend.address else f"{backend.name} ({backend.address})"
         if change.healthy:
-            log.warning("backend %s is UP again (%s)", change.backend.address, change.reason)
+            log.warning("backend %s is UP (%s)", label, change.reason)
         else:
-            log.warning("backend %s is DOWN (%s)", change.backend.address, change.reason)
-        if self._on_change is not None:
-            self._on_change(change)
+            log.warning("backend %s is DOWN (%s)", label, change.reason)

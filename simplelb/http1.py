@@ -42,6 +42,7 @@ MAX_CHUNK_LINE = 4096
 # RFC 9110 §5.6.2: tchar.
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN_RE = re.compile(_TOKEN)
+_TEXT_TOKEN_RE = re.compile(_TOKEN.decode())
 _HEADER_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*")
 # Field values may hold visible characters, space, tab and obs-text; no other controls.
 _BAD_VALUE_CHAR_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -53,6 +54,11 @@ _HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
 
 Headers = list[tuple[str, str]]
+
+
+def is_token(text: str) -> bool:
+    """RFC 9110 §5.6.2: one or more tchar (header names, methods, cookie names, upgrade protocols)."""
+    return _TEXT_TOKEN_RE.fullmatch(text) is not None
 
 
 class SocketReader:

@@ -57,6 +57,11 @@ class BackendPool:
         self._pool.ConnectionCls = PooledConnection
         self._pool.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
 
+    def configure(self, connect_timeout_s: float, read_timeout_s: float) -> None:
+        """New timeouts (a reload): new connections get them, and pooled ones when next taken."""
+        self.read_timeout_s = read_timeout_s
+        self._pool.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
+
     def take(self) -> tuple[PooledConnection, bool]:
         """Take a connection from the pool; the flag says whether it is already connected.
 
@@ -64,7 +69,11 @@ class BackendPool:
         A connection that is not connected must go through ``connect()``.
         """
         conn = self._pool._get_conn()
-        return conn, conn.sock is not None
+        if conn.sock is None:
+            return conn, False
+        if conn.sock.gettimeout() != self.read_timeout_s:  # no system call unless it changed
+            conn.sock.settimeout(self.read_timeout_s)
+        return conn, True
 
     def take_fresh(self) -> PooledConnection:
         """A connection that is not connected yet (a pooled one is closed first)."""

@@ -71,7 +71,7 @@ def balancer():
         if not isinstance(backends, str):
             backends = ",".join(b if isinstance(b, str) else b.address for b in backends)
         options = {**QUIET_HEALTH, "port": 0, **kwargs}
-        lb = LoadBalancer(Config(backends=backends, **options)).start()
+        lb = LoadBalancer(Config.of(backends=backends, **options)).start()
         started.append(lb)
         return lb
 

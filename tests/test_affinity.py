@@ -2,7 +2,7 @@ import pytest
 
 from simplelb.affinity import StickyCookies, cookie_value, key_function, validate_key_spec
 from simplelb.backend import Backend
-from simplelb.config import BackendSpec
+from simplelb.specs import BackendSpec
 
 
 def test_key_functions():

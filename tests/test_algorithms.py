@@ -15,7 +15,7 @@ from simplelb.algorithms import (
     create,
 )
 from simplelb.backend import Backend
-from simplelb.config import BackendSpec
+from simplelb.specs import BackendSpec
 
 
 class FakeClock:

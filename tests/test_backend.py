@@ -1,7 +1,7 @@
 import pytest
 
 from simplelb.backend import Backend
-from simplelb.config import BackendSpec
+from simplelb.specs import BackendSpec
 
 
 def make(rise=2, fall=3):
@@ -41,14 +41,16 @@ def test_rise_consecutive_passes_bring_it_back():
     assert backend.healthy
 
 
-def test_track_counts_in_flight_and_failures():
+def test_track_counts_in_flight_responses_and_failures():
     backend = make()
-    with backend.track():
-        with backend.track():
+    with backend.track() as outer:
+        with backend.track() as inner:
             assert backend.in_flight == 2
+            inner.responded(200)
         assert backend.in_flight == 1
+        outer.responded(503)
     with pytest.raises(RuntimeError):
         with backend.track():
-            raise RuntimeError("boom")
-    snap = backend.snapshot()
-    assert (snap["in_flight"], snap["requests"], snap["failures"]) == (0, 3, 1)
+            raise RuntimeError("boom")  # no response: a failure, not a request answered
+    status = backend.status()
+    assert (status["in_flight"], status["requests"], status["failures"]) == (0, 2, 1)

@@ -1,6 +1,10 @@
+"""Settings: backend specs, the two halves of Config, and errors that name the flag."""
+
 import pytest
 
-from simplelb.config import BackendSpec, Config, ConfigError, parse_backend, parse_backends
+from simplelb.config import ClusterConfig, Config, ListenerConfig
+from simplelb.errors import ConfigError
+from simplelb.specs import BackendSpec, backend_from_table, bracket, parse_backend, parse_backends
 
 
 @pytest.mark.parametrize(
@@ -8,7 +12,7 @@ from simplelb.config import BackendSpec, Config, ConfigError, parse_backend, par
     [
         ("localhost:8081", BackendSpec("localhost", 8081, 1)),
         ("http://localhost:8081", BackendSpec("localhost", 8081, 1)),
-        ("http://localhost:8081/", BackendSpec("localhost", 8081, 1)),
+        ("HTTP://localhost:8081/", BackendSpec("localhost", 8081, 1)),
         ("localhost:8081=3", BackendSpec("localhost", 8081, 3)),
         ("http://10.0.0.1:80=1000", BackendSpec("10.0.0.1", 80, 1000)),
         ("[::1]:8080", BackendSpec("::1", 8080, 1)),
@@ -41,28 +45,68 @@ def test_parse_backend_rejects_with_a_clear_message(text, fragment):
     assert "\n" not in str(info.value)
 
 
-def test_ipv6_address_is_bracketed_again():
+def test_ipv6_hosts_are_bracketed_in_one_place():
     assert parse_backend("[::1]:8080").address == "[::1]:8080"
+    assert bracket("::1") == "[::1]" and bracket("[::1]") == "[::1]" and bracket("host") == "host"
 
 
-def test_parse_backends_rejects_empty_and_duplicates():
-    with pytest.raises(ConfigError, match="no backends"):
-        parse_backends(" , ")
-    with pytest.raises(ConfigError, match="listed twice"):
-        parse_backends("a:1,http://a:1=2")
+def test_a_spec_is_named_by_its_address_unless_named():
+    assert parse_backend("a:1").name == "a:1"
+    assert backend_from_table({"address": "a:1", "name": "web-1", "weight": 2}, "t").name == "web-1"
 
 
-def test_config_converts_text_like_the_command_line_does():
-    config = Config(backends="a:1,b:2=2", port="0", health_interval_s="3", health_timeout_s="0.5")
-    assert config.port == 0
-    assert config.health_timeout_s == 0.5
-    assert [b.weight for b in config.backends] == [1, 2]
-
-
-def test_unknown_algorithm_lists_the_known_ones():
+@pytest.mark.parametrize(
+    "table, fragment",
+    [
+        ({"address": "a:1", "colour": "red"}, "unknown field 'colour'"),
+        ({"weight": 1}, "'address' must be a string"),
+        ({"address": "a:1", "weight": "3"}, "weight must be a whole number"),
+        ({"address": "a:1", "weight": True}, "weight must be a whole number"),
+        ({"address": "a:1", "backup": "yes"}, "'backup' must be true or false"),
+        ({"address": "a:1", "name": "a b"}, "'name' must be"),
+        ({"address": "a:1", "state": "off"}, "'state' must be one of ready, drain, maint"),
+    ],
+)
+def test_backend_tables_are_checked_field_by_field(table, fragment):
     with pytest.raises(ConfigError) as info:
-        Config(backends="a:1", algorithm="fastest")
-    assert "'fastest'" in str(info.value) and "round-robin" in str(info.value)
+        backend_from_table(table, "file.toml: [[backend]] #1")
+    assert fragment in str(info.value) and str(info.value).startswith("file.toml: [[backend]] #1")
+
+
+def test_duplicates_and_no_primaries_are_refused():
+    with pytest.raises(ConfigError, match="listed twice"):
+        Config.of(backends="a:1,http://a:1=2")
+    with pytest.raises(ConfigError, match="both a primary and a backup"):
+        Config.of(backends="a:1", backups="a:1")
+    with pytest.raises(ConfigError, match="no backends"):
+        Config.of(backends=" , ")
+    with pytest.raises(ConfigError, match="used twice"):
+        ClusterConfig(backends=(BackendSpec("a", 1, name="x"), BackendSpec("b", 1, name="x")))
+
+
+def test_settings_are_split_into_listener_and_cluster():
+    config = Config.of(backends="a:1,b:2=2", backups="c:3", port="0", health_interval_s="3",
+                       health_timeout_s="0.5", max_clients=10, algorithm="Least-Connections")
+    assert config.listener.port == 0 and config.listener.max_clients == 10
+    assert config.cluster.health_timeout_s == 0.5 and config.cluster.algorithm == "least-connections"
+    assert [(b.weight, b.backup) for b in config.cluster.backends] == [(1, False), (2, False), (1, True)]
+    assert not hasattr(config.listener, "backends") and not hasattr(config.cluster, "port")
+
+
+def test_every_error_is_collected_and_names_its_flag():
+    with pytest.raises(ConfigError) as info:
+        Config.of(backends="a:1", health_interval_s="soon", port=-1, algorithm="fastest")
+    assert info.value.messages == [
+        "--health-interval: must be a number of seconds, not 'soon'",
+        "--port: must be from 0 up to 65535, not -1",
+        "--algorithm: unknown algorithm 'fastest'; choose one of: round-robin, least-connections, random, "
+        "power-of-two, peak-ewma, hash",
+    ]
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ConfigError, match="unknown setting 'colour'"):
+        Config.of(backends="a:1", colour="red")
 
 
 @pytest.mark.parametrize(
@@ -74,24 +118,69 @@ def test_unknown_algorithm_lists_the_known_ones():
         ("connect_timeout_s", float("nan")),
         ("read_timeout_s", float("inf")),
         ("rise", 0),
+        ("rise", 2.5),
         ("fall", "many"),
         ("port", 65536),
+        ("port", True),
         ("health_path", "health"),
         ("health_path", "/he alth"),
         ("host", ""),
+        ("active_requests", 0),  # would deadlock the gate
+        ("pool_size", -1),
+        ("max_header_count", 0),
+        ("eject_return", "never"),
+        ("log_level", "loud"),
     ],
 )
 def test_bad_values_raise_config_error(field, value):
     with pytest.raises(ConfigError):
-        Config(backends="a:1", **{field: value})
+        Config.of(backends="a:1", **{field: value})
 
 
-def test_health_timeout_may_not_exceed_interval():
+def test_health_timeout_defaults_to_the_interval_when_that_is_shorter():
+    assert Config.of(backends="a:1", health_interval_s=0.5).cluster.health_timeout_s == 0.5
+    assert Config.of(backends="a:1", health_interval_s=5).cluster.health_timeout_s == 1.0
     with pytest.raises(ConfigError, match="--health-timeout"):
-        Config(backends="a:1", health_interval_s=1, health_timeout_s=2)
+        Config.of(backends="a:1", health_interval_s=1, health_timeout_s=2)
 
 
-def test_config_is_frozen():
-    config = Config(backends="a:1")
+def test_a_size_error_names_the_flag_that_was_given():
+    with pytest.raises(ConfigError, match="^--max-header-bytes 1024 is smaller than --max-url 8192"):
+        Config.of(backends="a:1", max_header_bytes="1K")
+    with pytest.raises(ConfigError, match="^--max-url: must be at least 64 bytes"):
+        Config.of(backends="a:1", max_url_bytes="10")
+    assert Config.of(backends="a:1", max_body_bytes="10M").listener.max_body_bytes == 10 * 1024 * 1024
+
+
+def test_enumerated_values_are_case_insensitive():
+    config = Config.of(backends="a:1", log_level="WARNING", eject_return="Health", hash_key="Header:X-User")
+    assert (config.listener.log_level, config.cluster.eject_return, config.cluster.hash_key) == (
+        "warning", "health", "header:X-User")
+
+
+def test_admin_off_loopback_needs_a_token(tmp_path):
+    assert Config.of(backends="a:1", admin="127.0.0.1:0").listener.admin == ("127.0.0.1", 0)
+    assert Config.of(backends="a:1", admin="[::1]:9000").listener.admin == ("::1", 9000)
+    with pytest.raises(ConfigError, match="needs --admin-token-file"):
+        Config.of(backends="a:1", admin="0.0.0.0:9000")
+    token = tmp_path / "token"
+    token.write_text("s3cret-s3cret-s3cret\n")
+    assert Config.of(backends="a:1", admin="0.0.0.0:9000", admin_token_file=str(token)).listener.admin
+    token.write_text("short")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        Config.of(backends="a:1", admin="127.0.0.1:0", admin_token_file=str(token))
+
+
+def test_configs_are_frozen_and_compare_by_value():
+    config = Config.of(backends="a:1")
     with pytest.raises(AttributeError):
-        config.port = 1
+        config.listener.port = 1
+    assert Config.of(backends="a:1") == config
+    assert ListenerConfig() == config.listener
+
+
+def test_cluster_config_round_trips_through_plain_values():
+    from simplelb.config import cluster_from_dict
+
+    config = Config.of(backends="a:1=3", backups="[::1]:2", algorithm="hash", hash_balance_factor=1.5).cluster
+    assert cluster_from_dict(config.to_dict()) == config

@@ -4,7 +4,8 @@ import time
 import requests
 
 from simplelb.backend import Backend
-from simplelb.config import BackendSpec
+from simplelb.specs import BackendSpec
+from simplelb.config import ClusterConfig
 from simplelb.health import HealthChecker, probe
 
 from .conftest import free_port, wait_for
@@ -33,13 +34,14 @@ def test_hanging_probe_times_out_without_delaying_the_others(scripted, mock_serv
     hanging = scripted(lambda conn: release.wait(10))  # accepts, never answers
     (mock,) = mock_servers(1)
     backends = [Backend(BackendSpec("127.0.0.1", hanging.port), fall=1), Backend(BackendSpec("127.0.0.1", mock.port), fall=1)]
-    checker = HealthChecker(backends, path="/health", interval_s=10, timeout_s=0.3)
+    config = ClusterConfig(backends=tuple(b.spec for b in backends), health_interval_s=10, health_timeout_s=0.3)
+    checker = HealthChecker(lambda: (config, backends))
     started = time.monotonic()
-    checker.run_round()
+    checker.run_round(backends)
     took = time.monotonic() - started
     release.set()
     assert not backends[0].healthy
-    assert backends[0].snapshot()["last_probe"] == "no answer within 0.3s"
+    assert backends[0].status()["last_probe"] == "no answer within 0.3s"
     assert backends[1].healthy
     assert took < 2.0  # one probe timeout, not one per backend, and no hang
 
@@ -78,7 +80,9 @@ def test_balancer_takes_a_failing_backend_out_and_brings_it_back(mock_servers, b
 
 def test_health_checker_stops(mock_servers):
     (mock,) = mock_servers(1)
-    checker = HealthChecker([Backend(BackendSpec(mock.host, mock.port))], path="/health", interval_s=0.05, timeout_s=0.05)
+    backends = [Backend(BackendSpec(mock.host, mock.port))]
+    config = ClusterConfig(backends=(backends[0].spec,), health_interval_s=0.05)
+    checker = HealthChecker(lambda: (config, backends))
     checker.start()
     wait_for(lambda: checker.rounds >= 2, what="two rounds")
     checker.stop()

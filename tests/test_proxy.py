@@ -396,7 +396,7 @@ def test_client_disconnecting_mid_response_does_not_disturb_the_balancer(scripte
     # The same balancer is fine and serves the next client, through the same backend.
     assert requests.get(lb.url + "/small", timeout=5).text == "ok"
     assert lb.connections.in_flight == 0
-    assert lb.backends[0].snapshot()["failures"] == 0  # the client left: not the backend's fault
+    assert lb.backends[0].status()["failures"] == 0  # the client left: not the backend's fault
 
 
 def test_concurrent_clients_are_all_served(mock_servers, balancer):

@@ -9,8 +9,9 @@ from collections import Counter
 import pytest
 import requests
 
-from simplelb.backend import Backend
-from simplelb.config import BackendSpec
+from simplelb.backend import Backend, BackendEvents
+from simplelb.config import ClusterConfig
+from simplelb.specs import BackendSpec
 from simplelb.outlier import OutlierDetector
 from simplelb.retry import RetryBudget, RetryPolicy
 
@@ -68,10 +69,20 @@ def test_retry_policy_rules():
 # --- unit: ejection ---------------------------------------------------------------------
 
 
-def detector_for(backends, **kwargs):
-    options = {"eject_after": 3, "eject_time_s": 10, "max_percent": 50, **kwargs}
-    detector = OutlierDetector(backends, **options)
-    detector.attach()
+class ToDetector(BackendEvents):
+    def __init__(self, detector):
+        self.detector = detector
+
+    def failed(self, backend, streak, reason):
+        self.detector.failed(backend, streak, reason)
+
+
+def detector_for(backends, **settings):
+    options = {"eject_after": 3, "eject_time_s": 10, "max_eject_percent": 50, **settings}
+    config = ClusterConfig(backends=tuple(b.spec for b in backends), **options)
+    detector = OutlierDetector(lambda: (config, backends))
+    for backend in backends:
+        backend.events = ToDetector(detector)
     return detector
 
 
@@ -91,7 +102,7 @@ def test_consecutive_failures_eject_for_a_doubling_time():
     assert not a.available()  # second ejection in a row: 20 s
     clock.now += 10
     assert a.available()
-    assert a.snapshot()["ejections"] == 2
+    assert a.status()["ejections"] == 2
 
 
 def test_a_success_breaks_the_streak():
@@ -123,7 +134,7 @@ def test_good_behaviour_resets_the_doubling():
 
 def test_never_more_than_max_percent_ejected():
     pool = [Backend(BackendSpec(f"b{i}", 1)) for i in range(4)]
-    detector_for(pool, max_percent=50)
+    detector_for(pool, max_eject_percent=50)
     for backend in pool:
         for _ in range(3):
             fail_once(backend)
@@ -140,7 +151,7 @@ def test_a_single_backend_is_never_ejected():
 
 def test_eject_until_probes_pass():
     pool = [Backend(BackendSpec("a", 1), rise=2), Backend(BackendSpec("b", 1))]
-    detector_for(pool, until_probes_pass=True)
+    detector_for(pool, eject_return="health")
     for _ in range(3):
         fail_once(pool[0])
     assert not pool[0].available()
@@ -158,7 +169,7 @@ def test_client_side_errors_are_not_held_against_the_backend():
     for _ in range(5):
         with pytest.raises(ClientDisconnected), pool[0].track():
             raise ClientDisconnected("gone")
-    assert not pool[0].ejected and pool[0].snapshot()["failures"] == 0
+    assert not pool[0].ejected and pool[0].status()["failures"] == 0
 
 
 # --- unit: slow start --------------------------------------------------------------------------
@@ -209,7 +220,7 @@ def test_killing_a_backend_under_load_causes_no_client_errors(mock_servers, bala
     for thread in threads:
         thread.join(60)
     assert statuses == {200: 480}
-    snap = lb.backends[1].snapshot()
+    snap = lb.backends[1].status()
     assert snap["failures"] >= 1 or snap["ejected"]  # the crash was noticed, and absorbed
 
 
@@ -221,7 +232,7 @@ def test_get_is_retried_on_another_backend_after_a_reset(scripted, balancer):
     for _ in range(4):
         response = requests.get(lb.url + "/", timeout=5)
         assert response.status_code == 200 and response.headers["X-Upstream"] == good.address
-    assert lb.backends[0].snapshot()["retries"] == 2
+    assert lb.backends[1].status()["retries"] == 2  # counted where the retries went
 
 
 def test_small_put_body_is_replayed_but_a_large_one_is_not(scripted, balancer):
@@ -283,7 +294,7 @@ def test_5xx_backend_is_ejected_and_comes_back_after_the_backoff(mock_servers, b
         requests.post(flaky.url + "/_mock/error-rate?p=0", timeout=5)
         served = {session.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(10)}
     assert served == {good.name, flaky.name}
-    assert lb.backends[1].snapshot()["ejections"] == 1
+    assert lb.backends[1].status()["ejections"] == 1
 
 
 def test_retry_budget_stops_a_retry_storm(scripted, balancer):
@@ -366,10 +377,10 @@ def test_backup_serves_only_when_every_primary_is_down(mock_servers, balancer):
     assert served == {primary_a.name, primary_b.name}
     for mock in (primary_a, primary_b):
         requests.post(mock.url + "/_mock/health", data="down", timeout=5)
-    wait_for(lambda: not any(b.healthy for b in lb.primaries), what="primaries down")
+    wait_for(lambda: not any(b.healthy for b in lb.cluster.view.primaries), what="primaries down")
     assert {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(4)} == {backup.name}
     requests.post(primary_a.url + "/_mock/health", data="up", timeout=5)
-    wait_for(lambda: lb.primaries[0].healthy, what="a primary back")
+    wait_for(lambda: lb.cluster.view.primaries[0].healthy, what="a primary back")
     assert {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(4)} == {primary_a.name}
 
 
@@ -392,4 +403,4 @@ def test_connect_failures_are_retried_for_any_method(balancer, scripted):
     for _ in range(4):
         assert requests.post(lb.url, data=b"x", timeout=5).status_code == 200
     assert len(good.received) == 4
-    assert math.isclose(lb.backends[1].snapshot()["failures"], 0)
+    assert math.isclose(lb.backends[1].status()["failures"], 0)

@@ -35,7 +35,7 @@ def run_compare(
         ]
         if slow_backend_ms is not None:
             mocks[-1].behaviour.set(latency_ms=(slow_backend_ms, slow_backend_ms))
-        balancer = LoadBalancer(Config(backends=",".join(m.address for m in mocks), port=0, algorithm=algorithm))
+        balancer = LoadBalancer(Config.of(backends=",".join(m.address for m in mocks), port=0, algorithm=algorithm))
         balancer.start()
         try:
             say(f"-> {algorithm}: {n} requests, concurrency {concurrency}")

@@ -33,7 +33,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float) -> float:
 
 def run_demo(n: int = 900, concurrency: int = 10, say: Callable[[str], None] = print) -> dict:
     mocks = [MockServer(f"mock-{i}", latency_ms=(1, 3), seed=i).start() for i in (1, 2, 3)]
-    config = Config(
+    config = Config.of(
         backends=",".join(m.address for m in mocks),
         port=0,
         health_interval_s=0.25,  # quick enough to watch; the default is 2 s
@@ -67,7 +67,7 @@ def run_demo(n: int = 900, concurrency: int = 10, say: Callable[[str], None] = p
 
     try:
         say(f"mock backends: {', '.join(f'{m.name} ({m.address})' for m in mocks)}")
-        say(f"balancer: {balancer.url}, round-robin, health checks every {config.health_interval_s:g}s\n")
+        say(f"balancer: {balancer.url}, round-robin, health checks every {config.cluster.health_interval_s:g}s\n")
         phase("phase 1, all backends up")
         say(f"\n-> marking {victim.name} down (POST {victim.url}/_mock/health 'down')")
         control(victim, "/_mock/health", "down")

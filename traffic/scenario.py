@@ -231,7 +231,7 @@ def run_scenario(scenario: Scenario, *, say=print, timeout_s: float = 10.0, stop
     stop = stop or threading.Event()
     mocks = {f"mock-{i + 1}": MockServer(f"mock-{i + 1}", latency_ms=scenario.latency_ms, seed=i).start()
              for i in range(scenario.servers)}
-    balancer = LoadBalancer(Config(
+    balancer = LoadBalancer(Config.of(
         backends=",".join(m.address for m in mocks.values()), port=0, algorithm=scenario.algorithm,
         health_interval_s=scenario.health_interval_s, health_timeout_s=min(0.5, scenario.health_interval_s),
         rise=2, fall=2, eject_time_s=scenario.eject_time_s,

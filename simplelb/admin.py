@@ -1,0 +1,314 @@
+"""The admin listener: status, the backend API, reload, liveness and readiness.
+
+A separate ``ThreadingHTTPServer`` on ``--admin HOST:PORT``, never the
+traffic port, with its own threads: it reads the cluster through a control
+object (``control.LocalControl``, or ``fleet.FleetControl`` in the parent of
+``--workers``) and never holds a lock while it talks to a client, so a slow
+or hostile admin client costs only its own thread (and is dropped after
+``AdminHandler.timeout`` seconds of silence; at most ``MAX_CONNECTIONS`` at
+once).
+
+Routes (JSON unless noted; errors are always ``{"error": "..."}``):
+
+=======  ===================  ===========================================
+GET      /livez               200 while the process runs (no token needed)
+GET      /readyz              200 when a backend is available and we are
+                              not shutting down, else 503 (no token needed)
+GET      /status              the balancer and every backend
+GET      /backends[/NAME]     the backends, or one
+POST     /backends            add one: {"address", "weight", "backup", "name"}
+PATCH    /backends/NAME       {"weight": N} and/or {"state": ready|drain|maint}
+DELETE   /backends/NAME       remove it gracefully (202)
+POST     /reload              re-read the configuration (400: nothing changed)
+=======  ===================  ===========================================
+
+Security, after Caddy's admin endpoint: it listens on loopback unless a
+token is set (``--admin-token-file``, checked in constant time); mutating
+requests need ``Content-Type: application/json``, which a form on another
+site cannot send without a CORS preflight we never answer; a request whose
+``Origin`` is another site, or (on loopback) whose ``Host`` is not a
+loopback name, is refused with 403, so DNS rebinding cannot reach it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from . import changes
+from .config import read_token
+from .convert import is_loopback
+from .errors import ConfigError, HTTPError, ListenError, NotFound
+from .specs import bracket
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 32
+MAX_BODY_BYTES = 64 * 1024
+
+PUBLIC, PRIVATE, MUTATING = "public", "private", "mutating"
+
+# (method, path pattern, handler method, access). "{name}" matches one path segment.
+ROUTES = (
+    ("GET", "/livez", "livez", PUBLIC),
+    ("GET", "/readyz", "readyz", PUBLIC),
+    ("GET", "/status", "status", PRIVATE),
+    ("GET", "/backends", "list_backends", PRIVATE),
+    ("POST", "/backends", "add_backend", MUTATING),
+    ("GET", "/backends/{name}", "get_backend", PRIVATE),
+    ("PATCH", "/backends/{name}", "patch_backend", MUTATING),
+    ("DELETE", "/backends/{name}", "delete_backend", MUTATING),
+    ("POST", "/reload", "reload", MUTATING),
+)
+
+
+class AdminError(HTTPError):
+    """A refused admin request; ``headers`` go with the answer."""
+
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(message, status=status)
+        self.headers = headers or []
+
+
+def match_route(method: str, path: str) -> tuple[str, str, dict[str, str]]:
+    """(handler name, access, path arguments); ``AdminError`` 404 or 405."""
+    segments = path.split("/")
+    allowed = []
+    for route_method, pattern, handler, access in ROUTES:
+        parts = pattern.split("/")
+        if len(parts) != len(segments):
+            continue
+        args = {}
+        for part, segment in zip(parts, segments, strict=True):
+            if part.startswith("{"):
+                if not segment:
+                    break
+                args[part[1:-1]] = unquote(segment)
+            elif part != segment:
+                break
+        else:
+            if route_method == method or method == "HEAD" and route_method == "GET":
+                return handler, access, args
+            allowed.append(route_method)
+    if allowed:
+        raise AdminError(405, f"{method} is not allowed on {path}", [("Allow", ", ".join(allowed))])
+    raise AdminError(404, f"no such admin path: {path}")
+
+
+class AdminHandler(BaseHTTPRequestHandler):
+    """One admin connection; ``admin`` is set on a subclass per server."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "simplelb-admin"
+    timeout = 10  # seconds of silence before a client is dropped: it holds only its own thread
+    admin: AdminServer
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_HEAD = do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
+
+    def _dispatch(self) -> None:
+        try:
+            path = urlsplit(self.path).path
+            handler, access, args = match_route(self.command, path)
+            if access != PUBLIC:
+                self._check_caller()
+            body = self._read_json() if access == MUTATING else None
+            status, payload, headers = getattr(self, handler)(body=body, **args)
+        except HTTPError as exc:
+            status, payload = exc.status, {"error": exc.message}
+            headers = getattr(exc, "headers", [])
+        except Exception:  # a bug: answer, log it, keep serving
+            log.exception("admin request %s %s failed", self.command, self.path)
+            status, payload, headers = 500, {"error": "internal error (logged)"}, []
+        self._send_json(status, payload, headers)
+
+    # --- who may call -------------------------------------------------------------
+
+    def _check_caller(self) -> None:
+        host = self.headers.get("Host")
+        if self.admin.loopback and host is not None and not is_loopback(_host_part(host)):
+            raise AdminError(403, f"Host {host!r} is not a loopback name; use 127.0.0.1 or localhost")
+        origin = self.headers.get("Origin")
+        if origin not in (None, "null") and host is not None and origin != f"http://{host}":
+            raise AdminError(403, f"requests from {origin} are not allowed")
+        token = self.admin.token
+        if token is None:
+            return
+        given = self.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise AdminError(401, "missing or wrong token: send Authorization: Bearer <token>",
+                             [("WWW-Authenticate", 'Bearer realm="simplelb admin"')])
+
+    def _read_json(self) -> Any:
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise AdminError(415, "send Content-Type: application/json")
+        if "Transfer-Encoding" in self.headers:
+            raise AdminError(411, "send the body with a Content-Length")
+        length_text = self.headers.get("Content-Length", "0").strip()
+        if not length_text.isdigit():
+            raise AdminError(400, "invalid Content-Length")
+        length = int(length_text)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the body stays unread
+            raise AdminError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) != length:
+            self.close_connection = True
+            raise AdminError(400, "body shorter than its Content-Length")
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AdminError(400, f"malformed JSON: {exc}") from None
+
+    # --- routes ---------------------------------------------------------------------
+
+    def livez(self, body=None):
+        return 200, {"status": "alive"}, []
+
+    def readyz(self, body=None):
+        ready = self.admin.control.ready()
+        return (200 if ready else 503), {"ready": ready}, []
+
+    def status(self, body=None):
+        return 200, self.admin.control.status(), []
+
+    def list_backends(self, body=None):
+        return 200, self.admin.control.status()["backends"], []
+
+    def get_backend(self, name: str, body=None):
+        return 200, self._backend(name), []
+
+    def add_backend(self, body=None):
+        spec = changes.new_backend(body)
+        generation = self.admin.control.change(lambda config: changes.add_backend(config, spec))
+        return 201, {**self._backend(spec.name), "generation": generation}, [("Location", f"/backends/{spec.name}")]
+
+    def patch_backend(self, name: str, body=None):
+        generation = self.admin.control.change(lambda config: changes.patch_backend(config, name, body))
+        return 200, {**self._backend(name), "generation": generation}, []
+
+    def delete_backend(self, name: str, body=None):
+        generation = self.admin.control.change(lambda config: changes.remove_backend(config, name))
+        return 202, {"name": name, "state": "removing", "generation": generation}, []
+
+    def reload(self, body=None):
+        try:
+            generation = self.admin.control.reload()
+        except ConfigError as exc:
+            return 400, {"error": str(exc), "errors": exc.messages}, []
+        return 200, {"generation": generation}, []
+
+    def _backend(self, name: str) -> dict:
+        found = self.admin.control.backend(name)
+        if found is None:
+            raise NotFound(f"no backend named {name!r}")
+        return found
+
+    # --- answering ----------------------------------------------------------------------
+
+    def _send_json(self, status: int, payload: Any, headers: list[tuple[str, str]]) -> None:
+        body = (json.dumps(payload, indent=1) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (malformed request line, ...), as JSON like every other error."""
+        self.close_connection = True
+        try:
+            self._send_json(code, {"error": message or explain or "bad request"}, [])
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+        log.debug("admin %s: " + format, self.client_address[0], *args)
+
+
+def _host_part(host: str) -> str:
+    """The host of a Host header value (``[::1]:9000`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address, handler):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        import socketserver
+
+        socketserver.TCPServer.server_bind(self)  # not HTTPServer's: it looks up our FQDN, slowly
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many admin connections: this one waits for nothing
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class AdminServer:
+    """The admin listener; binds in the constructor (a taken port fails there), ``start()``/``stop()``."""
+
+    def __init__(self, address: tuple[str, int], control, *, token_file: str | None = None):
+        self.control = control
+        self.token = read_token(token_file) if token_file else None
+        self.loopback = is_loopback(address[0])
+        handler = type("AdminHandler", (AdminHandler,), {"admin": self})
+        try:
+            self._httpd = _Server(address, handler)
+        except OSError as exc:
+            raise ListenError(f"admin {bracket(address[0])}:{address[1]}", exc) from None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{bracket(self._httpd.server_address[0])}:{self.port}"
+
+    def start(self) -> AdminServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name=f"simplelb-admin :{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()

@@ -1,0 +1,184 @@
+"""One attempt at one backend: take a connection, send the request, read the response head.
+
+``send_request`` returns the connection and the final response head, or
+raises ``AttemptFailed`` -- a failure before any response byte reached the
+client, which the retry loop may try elsewhere -- carrying the error the
+client gets if it is not retried and whether any of the request was sent.
+Client-side failures (``ClientSideError``) pass through untouched.
+
+A pooled connection that turns out to be dead before the backend said
+anything (it closed the connection while idle) is replaced by a fresh one to
+the same backend, for idempotent requests that can be sent again in full.
+That is how keep-alive works, not the backend's failure, and not a retry.
+
+Every connection taken here goes back to its pool exactly once: on failure
+here, on success by the caller once the response has been relayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from .backend import Backend
+from .client import ClientConnection
+from .errors import BadGateway, ConnectFailed, GatewayTimeout, HTTPError
+from .gate import Turn
+from .headers import encode_head, request_headers_for_backend, with_content_length
+from .http1 import CHUNKED, LAST_CHUNK, NO_BODY, HeadTooLarge, ResponseHead, chunk, parse_response_head
+from .request import ClientRequest
+from .retry import IDEMPOTENT_METHODS
+from .upstream import PooledConnection
+
+log = logging.getLogger(__name__)
+
+
+class AttemptFailed(Exception):
+    """One attempt failed before any response byte reached the client.
+
+    ``error`` is what the client gets if there is no retry; ``sent`` says
+    whether any of the request reached the backend.
+    """
+
+    def __init__(self, error: HTTPError, *, sent: bool):
+        super().__init__(error.message)
+        self.error = error
+        self.sent = sent
+
+
+class _StaleConnection(Exception):
+    """A connection failed before the backend said anything."""
+
+
+def send_request(
+    backend: Backend, request: ClientRequest, client: ClientConnection, turn: Turn, *, max_head: tuple[int, int]
+) -> tuple[PooledConnection, ResponseHead]:
+    """Send ``request`` to ``backend``; return the connection and the final response head.
+
+    ``max_head`` is (bytes, fields) allowed in the response head.
+    """
+    conn, reused = _connect(backend, turn, fresh=False)
+    try:
+        return conn, _exchange(conn, backend, request, client, turn, max_head)
+    except _StaleConnection as exc:
+        if not (reused and request.method in IDEMPOTENT_METHODS and request.replayable):
+            raise _closed_without_answer(backend, exc) from None
+        log.debug("pooled connection to %s was dead (%s); sending again on a new one", backend.name, exc)
+    conn, _ = _connect(backend, turn, fresh=True)
+    try:
+        return conn, _exchange(conn, backend, request, client, turn, max_head)
+    except _StaleConnection as exc:
+        raise _closed_without_answer(backend, exc) from None
+
+
+def _closed_without_answer(backend: Backend, exc: Exception) -> AttemptFailed:
+    return AttemptFailed(BadGateway(f"backend {backend.name} closed the connection without answering ({exc})"), sent=True)
+
+
+def _connect(backend: Backend, turn: Turn, *, fresh: bool) -> tuple[PooledConnection, bool]:
+    """A connection to ``backend`` (pooled unless ``fresh``), and whether it was reused."""
+    pool = backend.pool
+    if fresh:
+        conn, reused = pool.take_fresh(), False
+    else:
+        conn, reused = pool.take()
+    if not reused:
+        try:
+            with turn.paused():
+                pool.connect(conn)  # on failure it gives the pool slot back itself
+        except ConnectFailed as exc:
+            raise AttemptFailed(BadGateway(f"could not connect to backend {backend.name} ({exc})"), sent=False) from None
+    return conn, reused
+
+
+def _exchange(
+    conn: PooledConnection,
+    backend: Backend,
+    request: ClientRequest,
+    client: ClientConnection,
+    turn: Turn,
+    max_head: tuple[int, int],
+) -> ResponseHead:
+    """Send the request on ``conn`` and read the final response head; on any failure ``conn`` is released."""
+    try:
+        _send_head(conn.sock, backend, request)
+        body_failure = None
+        with turn.paused():  # sending a body and waiting for the answer: no CPU to speak of
+            if request.framing is not NO_BODY:
+                body_failure = _send_body(conn.sock, request, client)
+            try:
+                return _read_head(conn, request.method, backend, max_head)
+            except _StaleConnection:
+                if body_failure is not None:
+                    raise BadGateway(
+                        f"backend {backend.name} stopped reading the request body ({body_failure})"
+                    ) from None
+                raise
+    except BaseException as exc:
+        backend.pool.release(conn, reusable=False)
+        if isinstance(exc, (GatewayTimeout, BadGateway)):
+            raise AttemptFailed(exc, sent=True) from None
+        raise
+
+
+def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest) -> None:
+    headers = request_headers_for_backend(
+        request.headers, request.client_ip, connection=request.connection, default_host=backend.address
+    )
+    if request.framing is CHUNKED:
+        headers.append(("Transfer-Encoding", "chunked"))  # the framing of our hop; we re-chunk
+    elif request.framing.kind == "length":
+        headers = with_content_length(headers, request.framing.length)
+    try:
+        sock.sendall(encode_head(f"{request.method} {request.target} HTTP/1.1", headers))
+    except OSError as exc:
+        raise _StaleConnection(str(exc)) from None
+
+
+def _send_body(sock: socket.socket, request: ClientRequest, client: ClientConnection) -> str | None:
+    """Send the request body to the backend; return why the backend stopped taking it, if it did."""
+    if request.body is not None:
+        pieces = (request.body,)
+    else:
+        client.answer_expectation(request)
+        pieces = client.body(request.framing)
+    chunked = request.framing is CHUNKED
+    for data in pieces:
+        try:
+            sock.sendall(chunk(data) if chunked else data)
+        except OSError as exc:
+            # The backend may have answered early (e.g. 413) and closed; its
+            # answer, if any, is read next. The client's remaining body is unread.
+            request.keep_alive = False
+            return str(exc)
+    if chunked:
+        try:
+            sock.sendall(LAST_CHUNK)
+        except OSError as exc:
+            return str(exc)
+    return None
+
+
+def _read_head(conn: PooledConnection, method: str, backend: Backend, max_head: tuple[int, int]) -> ResponseHead:
+    max_bytes, max_fields = max_head
+    while True:
+        try:
+            raw = conn.reader.read_head(max_bytes)
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"backend {backend.name} did not answer within {backend.pool.read_timeout_s:g}s"
+            ) from None
+        except HeadTooLarge:
+            raise BadGateway(f"backend {backend.name} sent a response head that is too large") from None
+        except EOFError:
+            raise BadGateway(f"backend {backend.name} closed the connection in the middle of its response head") from None
+        except OSError as exc:
+            raise _StaleConnection(str(exc)) from None
+        if raw is None:
+            raise _StaleConnection("connection closed")
+        head = parse_response_head(raw, max_fields)
+        if head.status >= 200:
+            return head
+        if head.status == 101:
+            raise BadGateway(f"backend {backend.name} switched protocols without being asked")
+        # Other 1xx are interim responses for this hop only (see _send_body).

@@ -1,0 +1,96 @@
+"""The client side of an exchange: its socket, its buffered reader, and the timeouts between them.
+
+``ClientConnection`` sends to the client and reads the request body from it,
+turning socket failures into ``ClientDisconnected`` and malformed bodies
+into ``ClientBodyError`` -- the client's doing, never held against a backend.
+One socket timeout serves both directions, so it is switched as the
+exchange moves between reading the body and sending the response (and only
+when it changes: ``settimeout`` is a system call).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+from .errors import BodyTooLarge, ClientBodyError, ClientDisconnected
+from .http1 import BodyError, Framing, SocketReader, iter_body
+
+if TYPE_CHECKING:
+    from .request import ClientRequest
+
+
+class ClientConnection:
+    """One client connection's socket and reader, with the timeouts of each direction."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        reader: SocketReader,
+        *,
+        body_timeout_s: float = 60.0,
+        send_timeout_s: float = 60.0,
+        max_body_bytes: int = 0,
+    ):
+        self.sock = sock
+        self.reader = reader
+        self.body_timeout_s = body_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.continue_sent = False
+        self._timeout: float | None = None
+
+    def use_timeout(self, timeout_s: float) -> None:
+        """Set the socket timeout, making the system call only when the value changes."""
+        if self._timeout != timeout_s or self.reader.timeout_changed:
+            self.sock.settimeout(timeout_s)
+            self._timeout = timeout_s
+            self.reader.timeout_changed = False
+
+    def wait_for_request(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the next request's first bytes; False if none came."""
+        if self.reader.pending:
+            return True
+        self.use_timeout(timeout_s)
+        try:
+            return self.reader.fill()
+        except OSError:  # timeout, reset, or shut down by the server
+            return False
+
+    def send(self, data: bytes) -> None:
+        self.use_timeout(self.send_timeout_s)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from None
+
+    def answer_expectation(self, request: ClientRequest) -> None:
+        """Send ``100 Continue`` once, just before the body is first read.
+
+        We answer the expectation ourselves and forward the Expect field; a
+        backend's own 100 is dropped as an interim response of its hop.
+        """
+        if request.expect_continue and not self.continue_sent:
+            self.continue_sent = True
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def body(self, framing: Framing):
+        """The request body's data; client-side failures become ``ClientBodyError``/``ClientDisconnected``.
+
+        A length-framed body over ``max_body_bytes`` was refused by ``admit``
+        already; a chunked one is counted here as it arrives.
+        """
+        self.use_timeout(self.body_timeout_s)
+        received = 0
+        try:
+            for data in iter_body(self.reader, framing):
+                received += len(data)
+                if self.max_body_bytes and received > self.max_body_bytes:
+                    raise BodyTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+                yield data
+        except BodyError as exc:
+            raise ClientBodyError(f"malformed request body: {exc}") from None
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from None
+
+

@@ -1,0 +1,131 @@
+"""``--config FILE``: the TOML file, merged with the command line into one ``Config``.
+
+Every flag is a top-level key spelled as the flag without its dashes, with
+the same values (``algorithm = "least-connections"``, ``health-interval =
+0.5``, ``max-body = "10M"``). Backends are either ``backends = "a,b"`` or
+``[[backend]]`` tables (``address``, ``weight``, ``backup``, ``name``,
+``state``), not both. Flags given on the command line override the file.
+
+A ``ConfigSource`` remembers the file and the flags, so a reload reads the
+file again and lays the same flags over it: ``load()`` is the whole
+configuration as it stands now, or a ``ConfigError`` listing every problem,
+each naming the file, the line where it can be found, and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import OPTION_BY_FIELD, OPTIONS, Config, build
+from .errors import ConfigError
+from .specs import BackendSpec, backend_from_table
+
+_OPTION_BY_KEY = {option.key: option for option in OPTIONS}
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The line where ``key`` is assigned (or the table named), for messages; None if not found."""
+    pattern = re.compile(rf"^\s*(\[\[\s*{re.escape(key)}\s*\]\]|\"?{re.escape(key)}\"?\s*=)", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def _read(path: str) -> tuple[dict, str]:
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _backend_tables(path: str, text: str, tables: Any, errors: list[str]) -> tuple[BackendSpec, ...]:
+    if not isinstance(tables, list):
+        errors.append(f"{path}: 'backend' must be [[backend]] tables")
+        return ()
+    specs = []
+    for number, table in enumerate(tables, 1):
+        try:
+            specs.append(backend_from_table(table, f"{path}: [[backend]] #{number}"))
+        except ConfigError as exc:
+            errors.append(str(exc))
+    return tuple(specs)
+
+
+def read_file(path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file's settings by field name, and where each was found (``file:line: key``)."""
+    data, text = _read(path)
+    settings: dict[str, Any] = {}
+    places: dict[str, str] = {}
+    errors: list[str] = []
+    for key, value in data.items():
+        line = _line_of(text, key)
+        place = f"{path}:{line}: {key}" if line else f"{path}: {key}"
+        if key == "backend":
+            settings["backends"] = _backend_tables(path, text, value, errors)
+            places["backends"] = place
+            continue
+        option = _OPTION_BY_KEY.get(key)
+        if option is None:
+            close = difflib.get_close_matches(key, [*_OPTION_BY_KEY, "backend"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append(f"{place}: unknown key{hint}")
+            continue
+        if isinstance(value, (dict, list)):
+            errors.append(f"{place}: must be a single value, not a {'table' if isinstance(value, dict) else 'list'}")
+            continue
+        if option.field == "backends" and "backend" in data:
+            errors.append(f"{place}: give [[backend]] tables or 'backends', not both")
+            continue
+        settings[option.field] = value
+        places[option.field] = place
+    if errors:
+        raise ConfigError(errors[0], errors)
+    return settings, places
+
+
+@dataclass
+class ConfigSource:
+    """Where the configuration comes from: an optional file, and flags that override it."""
+
+    path: str | None = None
+    flags: dict[str, Any] = field(default_factory=dict)  # field name -> value; None: not given
+
+    def load(self) -> Config:
+        settings: dict[str, Any] = {}
+        places: dict[str, str] = {}
+        if self.path is not None:
+            settings, places = read_file(self.path)
+        given = {name: value for name, value in self.flags.items() if value is not None}
+        settings.update(given)
+
+        def where(name: str) -> str:
+            if name in given or name not in places:
+                option = OPTION_BY_FIELD.get(name)
+                return option.flag if option else name
+            return places[name]
+
+        return build(settings, where)
+
+
+class FixedSource:
+    """A configuration given as a value (the Python API): a reload gives it back unchanged."""
+
+    path = None
+
+    def __init__(self, config: Config):
+        self._config = config
+
+    def load(self) -> Config:
+        return self._config

@@ -1,0 +1,108 @@
+"""Changing a running balancer: one place that reloads, applies admin edits, and reports.
+
+``LocalControl`` drives the cluster of this process; ``fleet.FleetControl``
+drives the clusters of ``--workers`` processes. Both offer what the admin
+listener and SIGHUP need:
+
+* ``change(edit)`` -- ``edit`` maps the running ``ClusterConfig`` to a new
+  one (raising an ``HTTPError`` when the request is wrong); the result is
+  applied whole. Changes are serialised, so two admin calls never edit the
+  same base.
+* ``reload()`` -- read the configuration source again (file and flags). If
+  anything is wrong nothing changes: the error is logged, counted and
+  raised. Listener settings that changed are logged as needing a restart.
+  A reload replaces changes made through the admin API, as HAProxy's does.
+* ``status()`` / ``backend(name)`` / ``ready()`` -- what ``/status``,
+  ``/backends`` and ``/readyz`` show.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from .cluster import Cluster
+from .config import ClusterConfig, Config
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class ReloadCounter:
+    """Reload outcomes, and the last error (for ``/status`` and the metrics)."""
+
+    def __init__(self) -> None:
+        self.success = 0
+        self.failure = 0
+        self.last_error: list[str] | None = None
+
+    def as_dict(self) -> dict:
+        return {"success": self.success, "failure": self.failure, "last_error": self.last_error}
+
+
+def load_for_reload(source, running: Config, reloads: ReloadCounter) -> Config:
+    """The new configuration from ``source``, or ``ConfigError`` (logged and counted)."""
+    try:
+        config = source.load()
+    except ConfigError as exc:
+        reloads.failure += 1
+        reloads.last_error = exc.messages
+        log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.messages))
+        raise
+    for flag in running.changed_listener_settings(config):
+        log.warning("reload: %s changed; it needs a restart and is not applied", flag)
+    return config
+
+
+class LocalControl:
+    """Reload, admin edits and status for the cluster in this process."""
+
+    def __init__(self, cluster: Cluster, source, running: Config):
+        self.cluster = cluster
+        self.source = source
+        self.running = running
+        self.started = time.monotonic()
+        self.shutting_down = False  # set at SIGTERM: /readyz turns 503 before anything stops
+        self.reloads = ReloadCounter()
+        self._changing = threading.Lock()  # one change at a time: read, edit, apply
+
+    def config(self) -> ClusterConfig:
+        return self.cluster.view.config
+
+    def change(self, edit: Callable[[ClusterConfig], ClusterConfig]) -> int:
+        with self._changing:
+            return self.cluster.update(edit(self.cluster.view.config)).generation
+
+    def reload(self) -> int:
+        with self._changing:
+            config = load_for_reload(self.source, self.running, self.reloads)
+            generation = self.cluster.update(config.cluster).generation
+            self.reloads.success += 1
+            self.reloads.last_error = None
+        log.info("reloaded: generation %d", generation)
+        return generation
+
+    def ready(self) -> bool:
+        return not self.shutting_down and self.cluster.available()
+
+    def backend(self, name: str) -> dict | None:
+        return next((b for b in self.cluster.status() if b["name"] == name and b["state"] != "removing"), None)
+
+    def status(self) -> dict:
+        from . import __version__
+
+        view = self.cluster.view
+        return {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "algorithm": view.config.algorithm,
+            "generation": view.generation,
+            "applied": True,
+            "ready": self.ready(),
+            "workers": [{"pid": os.getpid(), "generation": view.generation}],
+            "reloads": self.reloads.as_dict(),
+            "backends": self.cluster.status(),
+        }

@@ -1,0 +1,166 @@
+"""Converters for settings: text (or a typed value from TOML/JSON) -> a checked value.
+
+Each converter is idempotent (a converted value converts to itself) and
+raises ``ConfigError`` saying what is wrong ("must be ..."); the caller puts
+the flag or the file and key in front. Enumerated values are
+case-insensitive (``Round-Robin``, ``WARNING``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigError
+from .http1 import is_token
+from .specs import HOSTNAME_RE
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_SIZE_RE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
+
+
+def number(low: float, high: float, *, integer: bool = False, above_low: bool = False, what: str = "") -> Callable:
+    """A converter to a number within ``[low, high]`` (``(low, high]`` with ``above_low``)."""
+    kind = "a whole number" if integer else what or "a number"
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool) or integer and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"must be {kind}, not {value!r}")
+        try:
+            result = int(value) if integer else float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"must be {kind}, not {value!r}") from None
+        if (result <= low if above_low else result < low) or not result <= high:  # NaN fails too
+            bound = f"greater than {low:g}" if above_low else f"from {low:g}"
+            raise ConfigError(f"must be {bound} up to {high:g}, not {value!r}")
+        return result
+
+    return convert
+
+
+def seconds(*, zero_ok: bool = False) -> Callable[[Any], float]:
+    return number(0, 86_400, above_low=not zero_ok, what="a number of seconds")
+
+
+def int_range(low: int, high: int) -> Callable[[Any], int]:
+    return number(low, high, integer=True)
+
+
+def optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``None`` (unset) passes; anything else is converted."""
+    return lambda value: None if value is None else convert(value)
+
+
+def size(minimum: int = 0) -> Callable[[Any], int]:
+    """``65536``, ``64K``, ``10M``, ``1G`` (binary multiples) -> bytes, at least ``minimum``."""
+
+    def convert(value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            result = value
+        else:
+            match = _SIZE_RE.fullmatch(str(value).strip())
+            if not match or isinstance(value, (bool, float)):
+                raise ConfigError(f"must be a size like 65536, 64K or 10M, not {value!r}")
+            unit = (match.group(2) or "B")[0].upper()
+            result = int(match.group(1)) * {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit]
+        if result < minimum:
+            raise ConfigError(f"must be at least {minimum} bytes, not {value!r}")
+        return result
+
+    return convert
+
+
+def switch(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"must be true or false, not {value!r}")
+
+
+def choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if isinstance(value, str) and value.lower() in choices:
+            return value.lower()
+        raise ConfigError(f"must be one of {', '.join(choices)}, not {value!r}")
+
+    return convert
+
+
+def algorithm(value: Any) -> str:
+    from .algorithms import ALGORITHMS
+
+    if isinstance(value, str) and value.lower() in ALGORITHMS:
+        return value.lower()
+    raise ConfigError(f"unknown algorithm {value!r}; choose one of: {', '.join(ALGORITHMS)}")
+
+
+def health_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or re.search(r"[\x00-\x20\x7f-\xff]", value):
+        raise ConfigError(f"must start with / and contain no spaces, not {value!r}")
+    return value
+
+
+def listen_host(value: Any) -> str:
+    if not isinstance(value, str) or not value or not (HOSTNAME_RE.fullmatch(value) or _is_ip(value)):
+        raise ConfigError(f"must be a host name or IP address, not {value!r}")
+    return value.strip("[]")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_address(value: Any) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9000``; port 0 picks a free one) -> (host, port)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        value = f"[{value[0]}]:{value[1]}" if ":" in str(value[0]) else f"{value[0]}:{value[1]}"
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"must be HOST:PORT, e.g. 127.0.0.1:9000, not {value!r}")
+    return listen_host(host), int(port)
+
+
+def token_file(value: Any) -> str:
+    """A readable file with a token of at least 16 characters in it."""
+    path = str(value)
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    if len(token) < 16 or any(ch.isspace() for ch in token):
+        raise ConfigError(f"{path} must hold one token of at least 16 characters, without spaces")
+    return os.path.abspath(path)
+
+
+def cookie_name(value: Any) -> str:
+    if not isinstance(value, str) or not is_token(value):
+        raise ConfigError(f"must be a cookie name (letters, digits, -_.), not {value!r}")
+    return value
+
+
+def hash_key(value: Any) -> str:
+    from .affinity import validate_key_spec
+
+    try:
+        return validate_key_spec(str(value))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,239 @@
+"""``--workers N``: N balancer processes on one port, started, fed and watched by one parent.
+
+Python runs one thread at a time per process, so a second core needs a
+second process. The ``Supervisor`` (the parent):
+
+* checks the port is free (a plain bind, without ``SO_REUSEPORT``: another
+  balancer already there is "address in use", exit 2), then holds it with a
+  bound ``SO_REUSEPORT`` socket of its own that never listens, and binds one
+  listening socket per worker (the kernel spreads new connections across
+  them). ``SO_REUSEADDR`` lets a restart bind at once despite old
+  connections in TIME_WAIT.
+* starts each worker as a fresh interpreter (``python -m simplelb.worker``,
+  no fork of a threaded process) with its socket and a control channel, and
+  sends it the configuration; a worker that dies is logged and replaced
+  (after a pause if workers die right after starting). The workers exit when
+  the parent dies (see ``worker``).
+* serves the one admin listener, through ``FleetControl``: a change or a
+  reload is validated once here and sent to every worker; ``/status`` sums
+  what every worker reports.
+* on SIGINT/SIGTERM turns ``/readyz`` to 503, tells every worker to drain,
+  waits for them (killing stragglers after the grace period) and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from .channel import Channel, ChannelClosed, Requests
+from .config import Config
+from .errors import ConfigError, ListenError
+from .fleetcontrol import FleetControl
+from .service import Signals
+from .specs import bracket, describe
+
+log = logging.getLogger(__name__)
+
+# A worker that dies within this many seconds of starting counts as failing to start.
+QUICK_DEATH_S = 2.0
+# How long the parent waits for a new worker to be listening.
+READY_TIMEOUT_S = 15.0
+# How often the parent refreshes what each worker reports.
+STATS_EVERY_S = 1.0
+
+
+def _socket(host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return sock
+
+
+class WorkerHandle:
+    """One worker process, its channel, and what it last told us."""
+
+    def __init__(self, number: int, proc: subprocess.Popen, channel: Channel):
+        self.number = number
+        self.proc = proc
+        self.pid = proc.pid
+        self.channel = channel
+        self.requests = Requests(channel)
+        self.started = time.monotonic()
+        self.ready = threading.Event()
+        self.generation = 0  # the fleet generation it last confirmed
+        self.stats: dict | None = None  # its last report
+        self.stopping = False  # told to stop: its exit is not a death
+        threading.Thread(target=self._read, name=f"worker-{number}-channel", daemon=True).start()
+
+    def _read(self) -> None:
+        while (message := self.channel.receive()) is not None:
+            if self.requests.answered(message):
+                continue
+            if message.get("event") == "ready":
+                self.ready.set()
+            elif message.get("event") == "stats":
+                self.stats = message["stats"]
+        self.requests.fail_all()
+
+    def ask(self, message: dict, timeout_s: float = 1.0) -> dict:
+        return self.requests.ask(message, timeout_s)
+
+
+class Supervisor:
+    def __init__(self, config: Config, source=None):
+        self.config = config
+        self.workers: dict[int, WorkerHandle] = {}  # number -> worker
+        self._lock = threading.Lock()  # guards workers
+        self._secret = secrets.token_bytes(32)
+        self.control = FleetControl(self, source, config)
+        self.signals = Signals()
+        self.port = 0
+
+    def live_workers(self) -> list[WorkerHandle]:
+        with self._lock:
+            return [w for w in self.workers.values() if w.proc.poll() is None]
+
+    def _reserve(self) -> socket.socket:
+        host, port = self.config.listener.host, self.config.listener.port
+        try:
+            with _socket(host) as probe:  # no SO_REUSEPORT: fails if anyone listens there
+                probe.bind((host, port))
+                port = probe.getsockname()[1]
+            reservation = _socket(host)
+            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            reservation.bind((host, port))
+        except OSError as exc:
+            raise ListenError(f"{bracket(host)}:{port}", exc) from None
+        self.port = port
+        return reservation
+
+    def run(self) -> int:
+        reservation = self._reserve()
+        self.signals.install()
+        admin = None
+        try:
+            for number in range(1, self.config.listener.workers + 1):
+                self._spawn(number)
+            if self.config.listener.admin is not None:
+                from .admin import AdminServer
+
+                admin = AdminServer(self.config.listener.admin, self.control,
+                                    token_file=self.config.listener.admin_token_file).start()
+            self._banner(admin)
+            self._watch()
+        finally:
+            self.control.shutting_down = True
+            self._drain()
+            if admin is not None:
+                admin.stop()
+            reservation.close()
+        return 0
+
+    def _banner(self, admin) -> None:
+        # Every worker is listening by now: the banner is a promise that the port answers.
+        listener, cluster = self.config.listener, self.config.cluster
+        print(f"simplelb: listening on http://{bracket(listener.host)}:{self.port}, {cluster.algorithm} over "
+              f"{describe(cluster.backends)}, {listener.workers} workers", flush=True)
+        if admin is not None:
+            print(f"simplelb: admin on {admin.url} (status: {admin.url}/status)", flush=True)
+
+    def _spawn(self, number: int) -> WorkerHandle:
+        """Start worker ``number`` and wait (up to READY_TIMEOUT_S) until it is listening."""
+        listener = self.config.listener
+        sock = _socket(listener.host)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((listener.host, self.port))
+        sock.listen(1024)
+        ours, theirs = socket.socketpair()
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "simplelb.worker", "--listen-fd", str(sock.fileno()),
+                 "--control-fd", str(theirs.fileno()), "--number", str(number)],
+                pass_fds=(sock.fileno(), theirs.fileno()), stdin=subprocess.DEVNULL, env=env,
+            )
+        finally:
+            sock.close()
+            theirs.close()
+        worker = WorkerHandle(number, proc, Channel(ours))
+        with self._lock:
+            self.workers[number] = worker
+        generation, cluster = self.control.current()
+        try:
+            worker.channel.send({"listener": _listener_dict(self.config), "cluster": cluster.to_dict(),
+                                 "generation": generation, "secret": self._secret.hex()})
+        except ChannelClosed:
+            pass
+        worker.generation = generation
+        if not worker.ready.wait(READY_TIMEOUT_S):
+            log.warning("worker %d (pid %d) did not report ready", number, proc.pid)
+        return worker
+
+    def _watch(self) -> None:
+        last_stats = 0.0
+        while not self.signals.stop.is_set():
+            self.signals.wait()
+            if self.signals.reload.is_set():
+                self.signals.reload.clear()
+                try:
+                    self.control.reload()
+                except ConfigError:
+                    pass  # logged and counted; the running configuration stays
+            for worker in list(self.workers.values()):
+                if worker.proc.poll() is not None and not self.signals.stop.is_set():
+                    self._replace(worker)
+            if time.monotonic() - last_stats >= STATS_EVERY_S:
+                last_stats = time.monotonic()
+                self.control.refresh()
+
+    def _replace(self, worker: WorkerHandle) -> None:
+        status = worker.proc.returncode
+        how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+        log.warning("worker %d (pid %d) died (%s); starting a new one", worker.number, worker.pid, how)
+        self.control.retire(worker)
+        if time.monotonic() - worker.started < QUICK_DEATH_S:
+            time.sleep(1.0)
+        worker.channel.close()
+        self._spawn(worker.number)
+
+    def _drain(self) -> None:
+        workers = self.live_workers()
+        log.info("stopping %d workers", len(workers))
+        for worker in workers:
+            worker.stopping = True
+            _signal(worker.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.listener.grace_period_s + 5
+        for worker in workers:
+            try:
+                worker.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d (pid %d) did not stop in time; killing it", worker.number, worker.pid)
+                worker.proc.kill()
+                worker.proc.wait()
+        for worker in workers:
+            worker.channel.close()
+
+
+def _listener_dict(config: Config) -> dict:
+    from dataclasses import asdict
+
+    # A worker serves the port it is given and has no admin listener of its own.
+    return {**asdict(config.listener), "workers": 1, "admin": None, "admin_token_file": None}
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

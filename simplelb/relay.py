@@ -1,0 +1,83 @@
+"""Relaying a backend's response to the client: head, then body, re-framed where needed.
+
+Once the head has been sent nothing can be retried or turned into an error
+response, so a backend that fails mid-body raises ``ResponseAborted`` and
+the client connection is closed: a truncated body never looks complete (no
+final chunk, a short ``Content-Length``).
+
+Framing toward the client: a fixed length is kept; chunked or
+until-close bodies are re-chunked for HTTP/1.1 clients, and an HTTP/1.0
+client learns the end from the close.
+"""
+
+from __future__ import annotations
+
+from .backend import Backend
+from .client import ClientConnection
+from .errors import ResponseAborted
+from .gate import Turn
+from .headers import encode_head, response_headers_for_client, with_content_length
+from .http1 import LAST_CHUNK, BodyError, ResponseHead, chunk, comma_tokens, iter_body, response_framing
+from .request import ClientRequest
+from .upstream import PooledConnection
+
+
+def relay(
+    conn: PooledConnection,
+    backend: Backend,
+    request: ClientRequest,
+    head: ResponseHead,
+    client: ClientConnection,
+    *,
+    closing: bool,
+    extra_headers: list[tuple[str, str]],
+    turn: Turn,
+) -> tuple[bool, bool]:
+    """Send the response to the client; return (keep client connection, reuse backend connection)."""
+    framing = response_framing(request.method, head)
+    connection = comma_tokens(head.headers, "Connection")
+    headers = response_headers_for_client(head.headers, backend.address, connection)
+    if framing.kind == "length":
+        headers = with_content_length(headers, framing.length)
+    headers += extra_headers
+    keep_alive = request.keep_alive and not closing
+    rechunk = False
+    if framing.kind in ("chunked", "close"):
+        if request.head.version >= (1, 1):
+            headers.append(("Transfer-Encoding", "chunked"))
+            rechunk = True
+        else:
+            keep_alive = False  # an HTTP/1.0 client can only learn the end from the close
+    if not keep_alive:
+        headers.append(("Connection", "close"))
+    elif request.head.version < (1, 1):
+        headers.append(("Connection", "keep-alive"))
+    head_bytes = encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers)
+    turn.release()  # what is left is waiting on sockets
+    client.send(head_bytes)
+    _relay_body(conn, backend, framing, client, rechunk)
+    return keep_alive, framing.kind != "close" and _backend_keeps_alive(head, connection)
+
+
+def _relay_body(conn: PooledConnection, backend: Backend, framing, client: ClientConnection, rechunk: bool) -> None:
+    body = iter_body(conn.reader, framing)
+    while True:
+        try:
+            data = next(body, None)
+        except TimeoutError:
+            raise ResponseAborted(
+                f"backend {backend.name} went silent mid-body for {backend.pool.read_timeout_s:g}s"
+            ) from None
+        except (BodyError, OSError) as exc:
+            raise ResponseAborted(f"backend {backend.name} failed mid-body: {exc}") from None
+        if data is None:
+            break
+        client.send(chunk(data) if rechunk else data)
+    if rechunk:
+        client.send(LAST_CHUNK)
+
+
+def _backend_keeps_alive(head: ResponseHead, connection: list[str]) -> bool:
+    if head.version >= (1, 1):
+        return "close" not in connection
+    return "keep-alive" in connection

@@ -1,0 +1,98 @@
+"""Admitting a client request: what may be forwarded, and in what form.
+
+``admit`` takes a parsed request head and either refuses it (``BadRequest``
+with its status: 400, 405, 413, 501) or returns a ``ClientRequest``: the
+target to send, the header fields with ``Host`` settled, the body framing,
+and what the client asked of the connection. The target is kept byte for
+byte; only an absolute-form target is reduced to its path, because the
+balancer never connects to a host a client names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import BadRequest
+from .http1 import NO_BODY, Framing, RequestHead, comma_tokens, header_values, request_framing
+
+
+@dataclass
+class ClientRequest:
+    """A request as received, plus what the forwarder needs to know about its client."""
+
+    head: RequestHead
+    target: str  # the request-target to send (origin-form, or "*")
+    headers: list[tuple[str, str]]  # the client's fields, Host already settled
+    framing: Framing
+    client_ip: str
+    keep_alive: bool  # the client wants the connection kept open
+    expect_continue: bool
+    connection: list[str]  # the Connection header's tokens, lower-cased
+    body: bytes | None = None  # the whole body, when it was small enough to keep for a retry
+
+    @property
+    def method(self) -> str:
+        return self.head.method
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the request could be sent again in full."""
+        return self.framing is NO_BODY or self.body is not None
+
+
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: a Host value is a host and an optional port, nothing else.
+_HOST_RE = re.compile(r"([A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(:[0-9]*)?")
+
+
+def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0) -> ClientRequest:
+    """Decide whether a parsed request may be forwarded, and in what form.
+
+    Raises ``BadRequest`` (400, 405, 501) for what we refuse. The target is
+    kept byte for byte; only an absolute-form target is reduced to its path,
+    because the balancer never connects to a host a client names.
+    """
+    if head.method == "CONNECT":
+        raise BadRequest("CONNECT is not supported: this is a reverse proxy", status=405, close=False)
+    target = head.target
+    headers = list(head.headers)
+    hosts = header_values(headers, "Host")
+    if len(hosts) > 1:
+        raise BadRequest("more than one Host header")
+    if head.version >= (1, 1) and not hosts:
+        raise BadRequest("HTTP/1.1 request without a Host header")
+    if hosts and not _HOST_RE.fullmatch(hosts[0]):
+        raise BadRequest("invalid Host header")
+    if target == "*":
+        if head.method != "OPTIONS":
+            raise BadRequest("the * target is only valid with OPTIONS")
+    elif target.startswith("/"):
+        pass
+    elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
+        # RFC 9112 §3.2.2: the authority in the target replaces Host.
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        query = rest.find("?")
+        cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+        authority, path = rest[:cut], rest[cut:]
+        if not authority or "@" in authority:
+            raise BadRequest("invalid authority in absolute-form target")
+        target = path if path.startswith("/") else "/" + path
+        headers = [(k, v) for k, v in headers if k.lower() != "host"]
+        headers.insert(0, ("Host", authority))
+    else:
+        raise BadRequest("request target must be a path (origin-form)")
+    framing = request_framing(head)
+    if max_body_bytes and framing.kind == "length" and framing.length > max_body_bytes:
+        # Refused before any backend is contacted, and without a 100 Continue.
+        raise BadRequest(f"request body of {framing.length} bytes is larger than {max_body_bytes}", status=413)
+    connection = comma_tokens(headers, "Connection")
+    if head.version >= (1, 1):
+        keep_alive = "close" not in connection
+    else:
+        keep_alive = "keep-alive" in connection
+    expect = [v.strip().lower() for v in header_values(headers, "Expect")]
+    expect_continue = head.version >= (1, 1) and "100-continue" in expect and framing is not NO_BODY
+    return ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue, connection)
+
+

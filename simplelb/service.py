@@ -1,0 +1,78 @@
+"""One balancer process, run until a signal: the signal handling of ``python -m simplelb``.
+
+* SIGINT, SIGTERM: ``/readyz`` turns 503 at once, then the balancer stops
+  accepting and drains (``--grace-period``) and the process exits 0.
+* SIGHUP: reload the configuration (file and flags); never fatal.
+
+Handlers only set flags; the main thread does the work, so nothing runs
+inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+
+from .config import Config
+from .errors import ConfigError
+from .specs import describe
+
+log = logging.getLogger("simplelb")
+
+
+class Signals:
+    """What the process was asked to do, set from signal handlers, read by the main loop."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.wake = threading.Event()  # set with any of the above
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, lambda *_: self._set(self.stop))
+        signal.signal(signal.SIGTERM, lambda *_: self._set(self.stop))
+        signal.signal(signal.SIGHUP, lambda *_: self._set(self.reload))
+
+    def _set(self, event: threading.Event) -> None:
+        event.set()
+        self.wake.set()
+
+    def wait(self) -> None:
+        # Event.wait with a timeout keeps the main thread responsive to signals.
+        self.wake.wait(0.5)
+        self.wake.clear()
+
+
+def serve(config: Config, source=None, *, banner: bool = True, listen_socket=None, sticky_secret=None,
+          on_ready: Callable[[], None] | None = None) -> int:
+    """Run one balancer in this process until SIGINT or SIGTERM, then drain it."""
+    from .server import LoadBalancer  # after logging is set up
+
+    signals = Signals()
+    signals.install()
+    balancer = LoadBalancer(config, source=source, listen_socket=listen_socket, sticky_secret=sticky_secret)
+    balancer.start()
+    if on_ready is not None:
+        on_ready()
+    if banner:
+        # The banner goes to stdout whatever the log level: scripts read the ports from it.
+        cluster = config.cluster
+        print(f"simplelb: listening on {balancer.url}, {cluster.algorithm} over {describe(cluster.backends)}",
+              flush=True)
+        if balancer.admin is not None:
+            print(f"simplelb: admin on {balancer.admin.url} (status: {balancer.admin.url}/status)", flush=True)
+    while not signals.stop.is_set():
+        signals.wait()
+        if signals.reload.is_set():
+            signals.reload.clear()
+            try:
+                balancer.control.reload()
+            except ConfigError:
+                pass  # logged and counted by reload(); the old configuration keeps serving
+    balancer.control.shutting_down = True
+    log.info("shutting down: draining in-flight requests (up to %gs)", config.listener.grace_period_s)
+    balancer.stop()
+    log.info("stopped")
+    return 0

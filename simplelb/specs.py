@@ -1,0 +1,156 @@
+"""What a backend is in the configuration: ``BackendSpec``, and the text forms that produce one.
+
+A spec is a value: name, address, weight, whether it is a backup, and its
+administrative state (``ready``, ``drain`` or ``maint``). The cluster keys
+its live backends by ``name`` (by default the address), so a reload or an
+admin call that keeps a name keeps the backend's state.
+
+Addresses are written ``host:port``, ``http://host:port`` or ``[v6]:port``;
+``bracket`` is the one place that puts an IPv6 literal in brackets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from .errors import ConfigError
+
+MAX_WEIGHT = 1000
+ADMIN_STATES = ("ready", "drain", "maint")
+
+# A DNS name or an IPv4 literal, or an IPv6 literal in brackets.
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+# Names appear in admin URLs (/backends/NAME) and metric labels: no spaces, slashes or quotes.
+NAME_RE = re.compile(r"[A-Za-z0-9._~:\[\]@+-]{1,128}")
+
+
+def bracket(host: str) -> str:
+    """``::1`` -> ``[::1]``; anything else unchanged (RFC 3986 §3.2.2)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Where a backend listens, its share of traffic, and what the operator wants of it."""
+
+    host: str
+    port: int
+    weight: int = 1
+    backup: bool = False
+    name: str = ""  # "" means the address
+    state: str = "ready"  # ready | drain | maint
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.address)
+
+    @property
+    def address(self) -> str:
+        return f"{bracket(self.host)}:{self.port}"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "address": self.address, "weight": self.weight,
+                "backup": self.backup, "state": self.state}
+
+    def but(self, **changes) -> BackendSpec:
+        return replace(self, **changes)
+
+
+def parse_address(text: str, what: str = "backend") -> tuple[str, int]:
+    """``host:port`` or ``http://host:port[/]`` -> (host, port), brackets removed from IPv6."""
+    original = text
+    spec = text.strip()
+    if spec[:7].lower() == "http://":
+        spec = spec[7:].rstrip("/")
+    elif "://" in spec:
+        raise ConfigError(f"{what} {original!r}: only http:// backends are supported")
+    host, sep, port_text = spec.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what} {original!r}: expected host:port")
+    if not HOSTNAME_RE.fullmatch(host):
+        raise ConfigError(f"{what} {original!r}: {host!r} is not a valid host name")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{what} {original!r}: {port_text!r} is not a port number (1-65535)")
+    return host.strip("[]"), int(port_text)
+
+
+def check_weight(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WEIGHT:
+        raise ConfigError(f"{where}: weight must be a whole number from 1 to {MAX_WEIGHT}, not {value!r}")
+    return value
+
+
+def parse_backend(text: str, *, backup: bool = False) -> BackendSpec:
+    """Parse ``host:port``, ``http://host:port`` or either with ``=WEIGHT``."""
+    spec = text.strip()
+    weight = 1
+    if "=" in spec:
+        spec, _, weight_text = spec.rpartition("=")
+        weight = check_weight(int(weight_text) if weight_text.isdigit() else weight_text, f"backend {text.strip()!r}")
+    host, port = parse_address(spec)
+    return BackendSpec(host, port, weight, backup)
+
+
+def backend_from_table(table: dict, where: str) -> BackendSpec:
+    """A ``[[backend]]`` table of a config file, or the JSON body of ``POST /backends``."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table with an address")
+    unknown = sorted(set(table) - {"address", "weight", "backup", "name", "state"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: address, weight, backup, name, state)")
+    address = table.get("address")
+    if not isinstance(address, str):
+        raise ConfigError(f"{where}: 'address' must be a string like \"localhost:8081\", not {address!r}")
+    host, port = parse_address(address)
+    weight = check_weight(table.get("weight", 1), where)
+    backup = table.get("backup", False)
+    if not isinstance(backup, bool):
+        raise ConfigError(f"{where}: 'backup' must be true or false, not {backup!r}")
+    name = table.get("name", "")
+    if not isinstance(name, str) or name and not NAME_RE.fullmatch(name):
+        raise ConfigError(f"{where}: 'name' must be 1-128 letters, digits or ._~:[]@+-, not {name!r}")
+    state = table.get("state", "ready")
+    if state not in ADMIN_STATES:
+        raise ConfigError(f"{where}: 'state' must be one of {', '.join(ADMIN_STATES)}, not {state!r}")
+    return BackendSpec(host, port, weight, backup, name, state)
+
+
+def parse_backends(value: object, *, backup: bool = False) -> tuple[BackendSpec, ...]:
+    """A comma-separated list, or a list of texts or specs, -> specs (empty allowed)."""
+    if isinstance(value, BackendSpec):
+        return (value,)
+    if isinstance(value, (tuple, list)):
+        return tuple(item if isinstance(item, BackendSpec) else parse_backend(str(item), backup=backup) for item in value)
+    if value is None:
+        return ()
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a comma-separated list of host:port, not {value!r}")
+    return tuple(parse_backend(item, backup=backup) for item in value.split(",") if item.strip())
+
+
+def check_unique(specs: tuple[BackendSpec, ...]) -> None:
+    """No two backends with one name or one address."""
+    names: set[str] = set()
+    addresses: dict[str, BackendSpec] = {}
+    for spec in specs:
+        other = addresses.get(spec.address)
+        if other is not None:
+            role = "both a primary and a backup" if other.backup != spec.backup else "listed twice"
+            raise ConfigError(f"backend {spec.address} is {role}")
+        addresses[spec.address] = spec
+        if spec.name in names:
+            raise ConfigError(f"backend name {spec.name!r} is used twice")
+        names.add(spec.name)
+
+
+def describe(specs: tuple[BackendSpec, ...]) -> str:
+    """``a:1, b:2 (weight 3), c:3 (backup)`` for banners and ``--check``."""
+    parts = []
+    for spec in specs:
+        notes = [f"weight {spec.weight}"] if spec.weight != 1 else []
+        notes += ["backup"] if spec.backup else []
+        notes += [spec.state] if spec.state != "ready" else []
+        label = spec.address if spec.name == spec.address else f"{spec.name}={spec.address}"
+        parts.append(label + (f" ({', '.join(notes)})" if notes else ""))
+    return ", ".join(parts)

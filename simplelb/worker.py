@@ -1,0 +1,130 @@
+"""One ``--workers`` process: ``python -m simplelb.worker``, started and fed by the parent.
+
+The parent passes two file descriptors: the listening socket it bound for
+this worker (``SO_REUSEPORT``: the kernel spreads connections across the
+workers) and this worker's end of the control channel. The first message on
+the channel is the configuration (with the fleet's generation and the shared
+sticky-cookie secret); later ones apply new generations or ask for stats.
+
+The worker stops -- draining like a single balancer -- on SIGTERM (the
+parent's shutdown), or when the channel reaches EOF: the parent died, and a
+worker must not serve on without it (``PR_SET_PDEATHSIG`` says the same to
+the kernel, where there is one). SIGINT is the parent's to handle (Ctrl-C
+reaches the whole process group); SIGHUP is the parent's too (it reloads
+and tells every worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from .channel import Channel, ChannelClosed
+from .config import Config, cluster_from_dict, listener_from_dict
+from .errors import ConfigError
+
+log = logging.getLogger("simplelb.worker")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send us SIGTERM when the parent dies (the channel's EOF says it too)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class WorkerLink:
+    """This worker's side of the control channel, served on a named daemon thread."""
+
+    def __init__(self, channel: Channel, balancer, generation: int, stopping: threading.Event):
+        self.channel = channel
+        self.balancer = balancer
+        self.generation = generation  # the fleet generation this worker runs
+        self._stopping = stopping
+
+    def start(self) -> None:
+        threading.Thread(target=self._serve, name="worker-control", daemon=True).start()
+
+    def stats(self) -> dict:
+        return {"pid": os.getpid(), "generation": self.generation, "backends": self.balancer.cluster.status()}
+
+    def _serve(self) -> None:
+        while (message := self.channel.receive()) is not None:
+            try:
+                self.channel.send({"id": message.get("id"), **self._answer(message)})
+            except ChannelClosed:
+                break
+        if not self._stopping.is_set():
+            log.warning("the parent is gone; stopping")
+            self._stopping.set()
+
+    def _answer(self, message: dict) -> dict:
+        op = message.get("op")
+        if op == "apply":
+            try:
+                self.balancer.cluster.update(cluster_from_dict(message["cluster"]))
+            except ConfigError as exc:  # the parent validated it; say so rather than die
+                return {"ok": False, "error": str(exc)}
+            self.generation = message["generation"]
+            return {"ok": True, "generation": self.generation}
+        if op == "stats":
+            return {"ok": True, "stats": self.stats()}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def run(listen_fd: int, control_fd: int, number: int) -> int:
+    from .server import LoadBalancer
+
+    channel = Channel(socket.socket(fileno=control_fd))
+    first = channel.receive()
+    if first is None:
+        return 1
+    config = Config(listener_from_dict(first["listener"]), cluster_from_dict(first["cluster"]))
+    logging.basicConfig(
+        level=getattr(logging, config.listener.log_level.upper()),
+        format=f"%(asctime)s %(levelname)-7s worker {number} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: send it to the parent, which reloads every worker"))
+    listen_socket = socket.socket(fileno=listen_fd)
+    balancer = LoadBalancer(config, listen_socket=listen_socket, sticky_secret=bytes.fromhex(first["secret"]), admin=False)
+    link = WorkerLink(channel, balancer, first["generation"], stopping)
+    balancer.start()
+    channel.send({"event": "ready", "pid": os.getpid()})
+    link.start()
+    while not stopping.wait(0.5):
+        pass
+    balancer.stop()
+    try:
+        channel.send({"event": "stats", "stats": link.stats()})  # the last word: counters up to now
+    except ChannelClosed:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
+    parser = argparse.ArgumentParser(prog="simplelb.worker", description="a worker of simplelb --workers (internal)")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--number", type=int, required=True)
+    args = parser.parse_args(argv)
+    return run(args.listen_fd, args.control_fd, args.number)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
