@@ -36,6 +36,7 @@ import hmac
 import json
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -105,6 +106,8 @@ class AdminHandler(BaseHTTPRequestHandler):
     """One admin connection; ``admin`` is set on a subclass per server."""
 
     protocol_version = "HTTP/1.1"
+    # Answer even a garbage request line with a status line and headers, not HTTP/0.9's bare body.
+    default_request_version = "HTTP/1.1"
     server_version = "simplelb-admin"
     timeout = 10  # seconds of silence before a client is dropped: it holds only its own thread
     admin: AdminServer
@@ -254,6 +257,7 @@ def _host_part(host: str) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # a burst of connections is accepted (and refused past the cap), not SYN-dropped
 
     def __init__(self, address, handler):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -276,6 +280,12 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client went away mid-answer: nothing to say
+            log.debug("admin client %s: %s", client_address[0], sys.exc_info()[1])
+            return
+        log.exception("admin connection from %s failed", client_address[0])
 
 
 class AdminServer:

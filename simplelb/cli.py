@@ -19,11 +19,18 @@ from .errors import ConfigError, ListenError
 from .specs import describe
 
 
-def _shown(value) -> str:
-    if value is None:
+def shown_default(option, value) -> str | None:
+    """A default as ``--help`` and the README show it; None where the help text explains it."""
+    if option.field in ("backends", "health_timeout_s"):
+        return None
+    if value is None or value is False:
         return "off"
-    if isinstance(value, tuple) and not value:
+    if isinstance(value, tuple):
         return "none"
+    if option.metavar == "SIZE" and value:
+        for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value % size == 0:
+                return f"{value // size}{unit}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -37,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true", help="check the configuration, print a summary and exit")
     parser.add_argument("--version", action="version", version=f"simplelb {__version__}")
     for option in OPTIONS:
-        default = "" if option.field in ("backends", "health_timeout_s") else f" (default: {_shown(values[option.field])})"
+        shown = shown_default(option, values[option.field])
+        default = "" if shown is None else f" (default: {shown})"
         if option.switch:
             parser.add_argument(option.flag, dest=option.field, action="store_const", const=True, default=None,
                                 help=option.help)

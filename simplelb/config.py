@@ -78,8 +78,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--health-interval", "health_interval_s", c.seconds(), "seconds between health probes", C, "S"),
     Option("--health-timeout", "health_timeout_s", c.optional(c.seconds()),
            "seconds before a probe counts as failed (default: 1, or the interval if shorter)", C, "S"),
-    Option("--rise", "rise", c.int_range(1, 100), "consecutive passed probes that bring a backend back", C),
-    Option("--fall", "fall", c.int_range(1, 100), "consecutive failed probes that take a backend out", C),
+    Option("--rise", "rise", c.int_range(1, 100), "consecutive passed probes that bring a backend back", C, "N"),
+    Option("--fall", "fall", c.int_range(1, 100), "consecutive failed probes that take a backend out", C, "N"),
     Option("--connect-timeout", "connect_timeout_s", c.seconds(), "seconds to open a backend connection", C, "S"),
     Option("--read-timeout", "read_timeout_s", c.seconds(), "seconds a backend may stay silent while answering (504 after)", C, "S"),
     Option("--client-header-timeout", "client_header_timeout_s", c.seconds(), "seconds a client has to send a whole request head", L, "S"),
@@ -273,15 +273,16 @@ _LISTENER_FIELDS = {f.name for f in fields(ListenerConfig)}
 _CLUSTER_FIELDS = {f.name for f in fields(ClusterConfig)} | {"backups"}
 
 
-def build(settings: dict[str, Any], where: Callable[[str], str] | None = None) -> Config:
+def build(settings: dict[str, Any], where: Callable[[str], str] | None = None, errors: list[str] | None = None) -> Config:
     """Convert and check every setting; raise one ``ConfigError`` listing every problem.
 
     ``settings`` maps field names to values (text or typed; ``None`` means
     unset). ``where(field)`` says where a value came from, for messages
-    (default: the flag).
+    (default: the flag). ``errors`` are problems found before (in a file's
+    tables): they are reported with the rest, and the whole is not built.
     """
     where = where or (lambda name: OPTION_BY_FIELD[name].flag if name in OPTION_BY_FIELD else name)
-    errors: list[str] = []
+    errors = list(errors or [])
     converted: dict[str, Any] = {}
     for name, value in settings.items():
         if value is None:

@@ -29,7 +29,7 @@ _OPTION_BY_KEY = {option.key: option for option in OPTIONS}
 
 def _line_of(text: str, key: str) -> int | None:
     """The line where ``key`` is assigned (or the table named), for messages; None if not found."""
-    pattern = re.compile(rf"^\s*(\[\[\s*{re.escape(key)}\s*\]\]|\"?{re.escape(key)}\"?\s*=)", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*(\[\[[ \t]*{re.escape(key)}[ \t]*\]\]|\"?{re.escape(key)}\"?[ \t]*=)", re.MULTILINE)
     match = pattern.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
 
@@ -63,8 +63,8 @@ def _backend_tables(path: str, text: str, tables: Any, errors: list[str]) -> tup
     return tuple(specs)
 
 
-def read_file(path: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The file's settings by field name, and where each was found (``file:line: key``)."""
+def read_file(path: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The file's settings by field name, where each was found (``file:line: key``), and what is wrong."""
     data, text = _read(path)
     settings: dict[str, Any] = {}
     places: dict[str, str] = {}
@@ -90,9 +90,7 @@ def read_file(path: str) -> tuple[dict[str, Any], dict[str, str]]:
             continue
         settings[option.field] = value
         places[option.field] = place
-    if errors:
-        raise ConfigError(errors[0], errors)
-    return settings, places
+    return settings, places, errors
 
 
 @dataclass
@@ -105,8 +103,9 @@ class ConfigSource:
     def load(self) -> Config:
         settings: dict[str, Any] = {}
         places: dict[str, str] = {}
+        errors: list[str] = []
         if self.path is not None:
-            settings, places = read_file(self.path)
+            settings, places, errors = read_file(self.path)
         given = {name: value for name, value in self.flags.items() if value is not None}
         settings.update(given)
 
@@ -116,7 +115,7 @@ class ConfigSource:
                 return option.flag if option else name
             return places[name]
 
-        return build(settings, where)
+        return build(settings, where, errors)
 
 
 class FixedSource:

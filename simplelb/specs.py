@@ -102,7 +102,10 @@ def backend_from_table(table: dict, where: str) -> BackendSpec:
     address = table.get("address")
     if not isinstance(address, str):
         raise ConfigError(f"{where}: 'address' must be a string like \"localhost:8081\", not {address!r}")
-    host, port = parse_address(address)
+    try:
+        host, port = parse_address(address, "address")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     weight = check_weight(table.get("weight", 1), where)
     backup = table.get("backup", False)
     if not isinstance(backup, bool):

@@ -60,7 +60,7 @@ def mock_servers():
 
 
 # Tests that are not about health checks keep probes out of the way.
-QUIET_HEALTH = {"health_interval_s": 60.0, "health_timeout_s": 1.0}
+QUIET_HEALTH = {"health_interval_s": 60.0}
 
 
 @pytest.fixture
@@ -350,3 +350,91 @@ def process():
 def run_cli(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout_s, env=env)
+
+
+# --- a balancer run as a user runs it ---------------------------------------------------
+
+
+def start_lb_process(process, *args: str, admin: bool = False, timeout_s: float = 20.0) -> tuple[Process, str, str | None]:
+    """``python -m simplelb --port 0 ARGS``; returns the process, its URL and its admin URL (with ``admin``)."""
+    import re
+
+    proc = process("-m", "simplelb", "--port", "0", *args)
+    line = proc.wait_for_output("listening on", timeout_s)
+    match = re.search(r"listening on (http://[^,\s]+),", line)
+    assert match, f"no listening line:\n{proc.stderr}"
+    admin_url = None
+    if admin or "--admin" in args:
+        admin_line = proc.wait_for_output("admin on", timeout_s)
+        admin_url = re.search(r"admin on (http://\S+)", admin_line).group(1)
+    return proc, match.group(1), admin_url
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+# --- steady traffic ----------------------------------------------------------------------
+
+
+class SteadyTraffic:
+    """Clients sending GETs at about ``rate`` per second in total until ``stop()``; records every outcome.
+
+    Each client thread keeps a ``requests.Session`` (keep-alive), as a real
+    client would. ``outcomes`` counts statuses (or exception names) and
+    ``backends`` counts ``X-Backend`` values. Bounded: it stops by itself
+    after ``max_s`` seconds.
+    """
+
+    def __init__(self, url: str, rate: float = 300.0, clients: int = 6, max_s: float = 60.0, path: str = "/"):
+        from collections import Counter
+
+        self.url = url + path
+        self.interval_s = clients / rate
+        self.outcomes: Counter = Counter()
+        self.backends: Counter = Counter()
+        self.errors: list[str] = []
+        self._lock = threading.Lock()  # guards the counters
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + max_s
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def start(self) -> SteadyTraffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _client(self) -> None:
+        import requests
+
+        with requests.Session() as session:
+            next_at = time.monotonic()
+            while not self._stop.is_set() and time.monotonic() < self._deadline:
+                try:
+                    response = session.get(self.url, timeout=10)
+                    outcome, backend = response.status_code, response.headers.get("X-Backend")
+                    if response.status_code != 200:
+                        detail = f"{response.status_code} {response.text.strip()[:200]}"
+                    else:
+                        detail = None
+                except requests.RequestException as exc:
+                    outcome, backend, detail = type(exc).__name__, None, str(exc)[:200]
+                with self._lock:
+                    self.outcomes[outcome] += 1
+                    if backend:
+                        self.backends[backend] += 1
+                    if detail:
+                        self.errors.append(detail)
+                next_at += self.interval_s
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def snapshot(self):
+        from collections import Counter
+
+        with self._lock:
+            return Counter(self.outcomes), Counter(self.backends)
+
+    def stop(self) -> SteadyTraffic:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+        return self

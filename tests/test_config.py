@@ -4,7 +4,7 @@ import pytest
 
 from simplelb.config import ClusterConfig, Config, ListenerConfig
 from simplelb.errors import ConfigError
-from simplelb.specs import BackendSpec, backend_from_table, bracket, parse_backend, parse_backends
+from simplelb.specs import BackendSpec, backend_from_table, bracket, parse_backend
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ import time
 import requests
 
 from simplelb.backend import Backend
-from simplelb.specs import BackendSpec
 from simplelb.config import ClusterConfig
 from simplelb.health import HealthChecker, probe
+from simplelb.specs import BackendSpec
 
 from .conftest import free_port, wait_for
 

@@ -11,9 +11,9 @@ import requests
 
 from simplelb.backend import Backend, BackendEvents
 from simplelb.config import ClusterConfig
-from simplelb.specs import BackendSpec
 from simplelb.outlier import OutlierDetector
 from simplelb.retry import RetryBudget, RetryPolicy
+from simplelb.specs import BackendSpec
 
 from .conftest import free_port, read_then_reset, serve_forever_ok, wait_for
 

@@ -1,0 +1,115 @@
+"""``--workers 2``: one admin listener in the parent, one configuration in every worker, counters summed."""
+
+import os
+import signal
+import time
+
+import requests
+
+from .conftest import JSON, run_cli, start_lb_process, wait_for
+
+
+def write_config(path, mocks, extra=""):
+    tables = "".join(f'\n[[backend]]\nname = "{m.name}"\naddress = "{m.address}"\n' for m in mocks)
+    path.write_text(f'workers = 2\nadmin = "127.0.0.1:0"\nhealth-interval = 60\nlog-level = "warning"\n{extra}\n{tables}')
+
+
+def fresh_get(url: str) -> requests.Response:
+    """A request on a new connection: the kernel may hand it to either worker."""
+    with requests.Session() as session:
+        return session.get(url, timeout=5)
+
+
+def status(admin: str) -> dict:
+    return requests.get(admin + "/status", timeout=5).json()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_share_one_configuration_and_their_counts_add_up(process, mock_servers, tmp_path):
+    mocks = mock_servers(3)
+    path = tmp_path / "lb.toml"
+    write_config(path, mocks[:2])
+    proc, url, admin = start_lb_process(process, "--config", str(path), admin=True)
+    first = status(admin)
+    assert len(first["workers"]) == 2 and first["applied"] is True
+    assert {w["generation"] for w in first["workers"]} == {1}
+    pids = {w["pid"] for w in first["workers"]}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+    assert all(fresh_get(url).status_code == 200 for _ in range(40))
+    assert sum(b["requests"] for b in status(admin)["backends"]) == 40  # each counted once, by its worker
+
+    started = time.monotonic()
+    added = requests.post(admin + "/backends", json={"address": mocks[2].address, "name": "mock-3"}, timeout=5)
+    assert added.status_code == 201
+    after = status(admin)
+    assert time.monotonic() - started < 1.0
+    assert after["applied"] is True and {w["generation"] for w in after["workers"]} == {2}
+    wait_for(lambda: status(admin)["backends"][2]["state"] == "up", what="mock-3 up in the workers")
+    assert "mock-3" in {fresh_get(url).headers["X-Backend"] for _ in range(30)}
+
+    write_config(path, mocks[1:])  # mock-1 out
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: status(admin)["generation"] == 3 and status(admin)["applied"], what="the reload in every worker")
+    wait_for(lambda: "mock-1" not in [b["name"] for b in status(admin)["backends"]], what="mock-1 gone")
+    assert "mock-1" not in {fresh_get(url).headers["X-Backend"] for _ in range(20)}
+
+    path.write_text("workers = 2\nport = 0\nalgorithm = 7\n")
+    bad = requests.post(admin + "/reload", headers=JSON, timeout=5)
+    assert bad.status_code == 400 and "algorithm" in bad.json()["error"]
+    assert status(admin)["generation"] == 3
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0 and "Traceback" not in proc.stderr
+
+
+def test_a_replaced_worker_does_not_take_its_counts_with_it(process, mock_servers):
+    mocks = mock_servers(2)
+    proc, url, admin = start_lb_process(process, "--backends", ",".join(m.address for m in mocks), "--workers", "2",
+                                        "--admin", "127.0.0.1:0", "--health-interval", "60")
+    for _ in range(30):
+        fresh_get(url)
+    before = status(admin)
+    total = sum(b["requests"] for b in before["backends"])
+    assert total == 30
+    victim = before["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    proc.wait_for_output(f"(pid {victim}) died (killed by SIGKILL); starting a new one")
+    wait_for(lambda: len(status(admin)["workers"]) == 2 and victim not in {w["pid"] for w in status(admin)["workers"]},
+             timeout_s=20, what="a replacement worker")
+    assert sum(b["requests"] for b in status(admin)["backends"]) >= total
+    assert all(fresh_get(url).status_code == 200 for _ in range(10))
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_workers_exit_when_the_parent_is_killed(process, mock_servers):
+    (mock,) = mock_servers(1)
+    proc, url, admin = start_lb_process(process, "--backends", mock.address, "--workers", "2", "--admin", "127.0.0.1:0")
+    workers = [w["pid"] for w in status(admin)["workers"]]
+    proc.proc.kill()
+    proc.proc.wait(5)
+    wait_for(lambda: not any(alive(pid) for pid in workers), timeout_s=15, what="the workers to exit with their parent")
+
+
+def test_a_second_balancer_on_the_same_port_is_refused(process, mock_servers):
+    (mock,) = mock_servers(1)
+    proc, url, _ = start_lb_process(process, "--backends", mock.address, "--workers", "2")
+    port = url.rsplit(":", 1)[1]
+    for workers in ("2", "1"):
+        result = run_cli("-m", "simplelb", "--backends", mock.address, "--workers", workers, "--port", port)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == f"simplelb: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    # ...and right after it stopped, the port can be taken again (SO_REUSEADDR despite TIME_WAIT).
+    again, url2, _ = start_lb_process(process, "--backends", mock.address, "--workers", "2", "--port", port)
+    assert fresh_get(url2).status_code == 200
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.wait(30) == 0
