@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .affinity import validate_key_spec
+from .algorithms import ALGORITHMS
 from .errors import ConfigError
 from .http1 import is_token
 from .specs import HOSTNAME_RE
@@ -90,8 +92,6 @@ def choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
 
 
 def algorithm(value: Any) -> str:
-    from .algorithms import ALGORITHMS
-
     if isinstance(value, str) and value.lower() in ALGORITHMS:
         return value.lower()
     raise ConfigError(f"unknown algorithm {value!r}; choose one of: {', '.join(ALGORITHMS)}")
@@ -158,8 +158,6 @@ def cookie_name(value: Any) -> str:
 
 
 def hash_key(value: Any) -> str:
-    from .affinity import validate_key_spec
-
     try:
         return validate_key_spec(str(value))
     except ValueError as exc:

@@ -113,3 +113,33 @@ def test_a_second_balancer_on_the_same_port_is_refused(process, mock_servers):
     assert fresh_get(url2).status_code == 200
     again.proc.send_signal(signal.SIGTERM)
     assert again.wait(30) == 0
+
+
+def test_changes_under_traffic_through_two_workers_cause_no_client_error(process, mock_servers, tmp_path):
+    from .conftest import SteadyTraffic
+
+    mocks = mock_servers(3, latency_ms=(1, 5))
+    path = tmp_path / "lb.toml"
+    write_config(path, mocks[:2])
+    proc, url, admin = start_lb_process(process, "--config", str(path), admin=True)
+    traffic = SteadyTraffic(url, rate=200, clients=8, max_s=60).start()
+    try:
+        steps = [
+            lambda: requests.post(admin + "/backends", json={"address": mocks[2].address, "name": "mock-3"}, timeout=5),
+            lambda: requests.patch(admin + "/backends/mock-1", json={"weight": 4}, timeout=5),
+            lambda: requests.patch(admin + "/backends/mock-2", json={"state": "drain"}, timeout=5),
+            lambda: requests.delete(admin + "/backends/mock-2", headers=JSON, timeout=5),
+            lambda: requests.post(admin + "/reload", headers=JSON, timeout=5),  # back to mock-1 and mock-2
+        ]
+        for step in steps:
+            assert step().status_code in (200, 201, 202)
+            wanted = sum(traffic.snapshot()[0].values()) + 60
+            wait_for(lambda: sum(traffic.snapshot()[0].values()) >= wanted, what="traffic")  # noqa: B023
+            assert status(admin)["applied"]
+    finally:
+        traffic.stop()
+    outcomes, backends = traffic.snapshot()
+    assert set(outcomes) == {200}, traffic.errors[:5]
+    assert set(backends) == {"mock-1", "mock-2", "mock-3"}
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
