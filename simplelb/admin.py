@@ -11,6 +11,9 @@ once).
 Routes (JSON unless noted; errors are always ``{"error": "..."}``):
 
 =======  ===================  ===========================================
+GET      /                    the live status page (HTML; no token needed:
+                              it holds no data and asks for the token)
+GET      /metrics             Prometheus text exposition
 GET      /livez               200 while the process runs (no token needed)
 GET      /readyz              200 when a backend is available and we are
                               not shutting down, else 503 (no token needed)
@@ -39,17 +42,21 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from . import changes
 from .config import read_token
 from .convert import is_loopback
 from .errors import ConfigError, HTTPError, ListenError, NotFound
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import render as render_metrics
 from .specs import bracket
 
 log = logging.getLogger(__name__)
 
+STATUS_PAGE = Path(__file__).with_name("statuspage.html")
 MAX_CONNECTIONS = 32
 MAX_BODY_BYTES = 64 * 1024
 
@@ -57,6 +64,8 @@ PUBLIC, PRIVATE, MUTATING = "public", "private", "mutating"
 
 # (method, path pattern, handler method, access). "{name}" matches one path segment.
 ROUTES = (
+    ("GET", "/", "page", PUBLIC),  # the page holds no data: it asks /status, with the token if one is set
+    ("GET", "/metrics", "metrics", PRIVATE),
     ("GET", "/livez", "livez", PUBLIC),
     ("GET", "/readyz", "readyz", PUBLIC),
     ("GET", "/status", "status", PRIVATE),
@@ -67,6 +76,13 @@ ROUTES = (
     ("DELETE", "/backends/{name}", "delete_backend", MUTATING),
     ("POST", "/reload", "reload", MUTATING),
 )
+
+
+class Raw(NamedTuple):
+    """A response body that is not JSON."""
+
+    body: bytes
+    content_type: str
 
 
 class AdminError(HTTPError):
@@ -177,6 +193,16 @@ class AdminHandler(BaseHTTPRequestHandler):
 
     # --- routes ---------------------------------------------------------------------
 
+    def page(self, body=None):
+        return 200, Raw(STATUS_PAGE.read_bytes(), "text/html; charset=utf-8"), [
+            ("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                        "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'"),
+            ("X-Frame-Options", "DENY"),
+        ]
+
+    def metrics(self, body=None):
+        return 200, Raw(render_metrics(self.admin.control.status()), METRICS_CONTENT_TYPE), []
+
     def livez(self, body=None):
         return 200, {"status": "alive"}, []
 
@@ -222,9 +248,12 @@ class AdminHandler(BaseHTTPRequestHandler):
     # --- answering ----------------------------------------------------------------------
 
     def _send_json(self, status: int, payload: Any, headers: list[tuple[str, str]]) -> None:
-        body = (json.dumps(payload, indent=1) + "\n").encode()
+        if isinstance(payload, Raw):
+            body, content_type = payload
+        else:
+            body, content_type = (json.dumps(payload, indent=1) + "\n").encode(), "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         for name, value in headers:

@@ -24,7 +24,7 @@ from .backend import Backend
 from .client import ClientConnection
 from .errors import BadGateway, ConnectFailed, GatewayTimeout, HTTPError
 from .gate import Turn
-from .headers import encode_head, request_headers_for_backend, with_content_length
+from .headers import encode_head, request_headers_for_backend, with_content_length, with_field
 from .http1 import CHUNKED, LAST_CHUNK, NO_BODY, HeadTooLarge, ResponseHead, chunk, parse_response_head
 from .request import ClientRequest
 from .retry import IDEMPOTENT_METHODS
@@ -44,6 +44,7 @@ class AttemptFailed(Exception):
         super().__init__(error.message)
         self.error = error
         self.sent = sent
+        self.reason = error.reason  # for the metrics: connect, timeout, reset, protocol
 
 
 class _StaleConnection(Exception):
@@ -72,7 +73,9 @@ def send_request(
 
 
 def _closed_without_answer(backend: Backend, exc: Exception) -> AttemptFailed:
-    return AttemptFailed(BadGateway(f"backend {backend.name} closed the connection without answering ({exc})"), sent=True)
+    return AttemptFailed(
+        BadGateway(f"backend {backend.name} closed the connection without answering ({exc})", reason="reset"), sent=True
+    )
 
 
 def _connect(backend: Backend, turn: Turn, *, fresh: bool) -> tuple[PooledConnection, bool]:
@@ -87,7 +90,9 @@ def _connect(backend: Backend, turn: Turn, *, fresh: bool) -> tuple[PooledConnec
             with turn.paused():
                 pool.connect(conn)  # on failure it gives the pool slot back itself
         except ConnectFailed as exc:
-            raise AttemptFailed(BadGateway(f"could not connect to backend {backend.name} ({exc})"), sent=False) from None
+            raise AttemptFailed(
+                BadGateway(f"could not connect to backend {backend.name} ({exc})", reason="connect"), sent=False
+            ) from None
     return conn, reused
 
 
@@ -111,7 +116,7 @@ def _exchange(
             except _StaleConnection:
                 if body_failure is not None:
                     raise BadGateway(
-                        f"backend {backend.name} stopped reading the request body ({body_failure})"
+                        f"backend {backend.name} stopped reading the request body ({body_failure})", reason="reset"
                     ) from None
                 raise
     except BaseException as exc:
@@ -125,6 +130,8 @@ def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest) ->
     headers = request_headers_for_backend(
         request.headers, request.client_ip, connection=request.connection, default_host=backend.address
     )
+    if request.request_id is not None:
+        headers = with_field(headers, *request.request_id)
     if request.framing is CHUNKED:
         headers.append(("Transfer-Encoding", "chunked"))  # the framing of our hop; we re-chunk
     elif request.framing.kind == "length":

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from .errors import ClientSideError
 from .latency import PeakEwma
 from .specs import BackendSpec
+from .stats import STATUS_CLASSES, Histogram, status_class
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 SLOW_START_FLOOR = 0.1
 
 STATES = ("up", "down", "ejected", "draining", "maint", "removing")
+FAILURE_REASONS = ("connect", "timeout", "reset", "protocol", "5xx")
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,12 @@ class Backend:
         self._ejected_until: float | None = None  # None: not ejected; inf: until probes pass
         self._eject_level = 0  # how many ejections in a row; the next lasts base x 2**level
         self._returned_at = 0.0
-        self._responses = 0
-        self._failures = 0
+        self._responses = dict.fromkeys(STATUS_CLASSES, 0)  # responses it gave, by status class
+        self._response_time = Histogram()  # from sending to it to its response head
+        self._failures = dict.fromkeys(FAILURE_REASONS, 0)
         self._retries = 0
         self._ejections = 0
+        self._probes = {"pass": 0, "fail": 0}
         self._last_probe = "not probed yet"
 
     def _set(self, spec, rise, fall, max_conns, slow_start_s, count_5xx_as_failure) -> None:
@@ -266,6 +270,7 @@ class Backend:
         returned = False
         with self._lock:
             self._last_probe = reason
+            self._probes["pass" if ok else "fail"] += 1
             if ok:
                 self._fails = 0
                 if self._healthy and self._ejected_until != math.inf:
@@ -353,27 +358,28 @@ class Backend:
             if self._max_conns and self._in_flight >= self._max_conns:
                 raise BackendFull(self.name)
             self._in_flight += 1
-        failure = ""
+        failure, reason = "", ""
         try:
             yield attempt
         except ClientSideError:
             raise
         except BaseException as exc:
-            failure = str(exc) or exc.__class__.__name__
+            failure, reason = str(exc) or exc.__class__.__name__, getattr(exc, "reason", "protocol")
             raise
         finally:
-            self._finish(attempt, failure)
+            self._finish(attempt, failure, reason)
 
-    def _finish(self, attempt: Attempt, failure: str) -> None:
+    def _finish(self, attempt: Attempt, failure: str, reason: str) -> None:
         now = self._clock()
         if not failure and self._count_5xx and attempt.status >= 500:
-            failure = f"HTTP {attempt.status}"
+            failure, reason = f"HTTP {attempt.status}", "5xx"
         with self._lock:
             self._in_flight -= 1
-            if attempt.status:
-                self._responses += 1
+            if attempt.responded_at is not None:
+                self._responses[status_class(attempt.status)] += 1
+                self._response_time.observe(attempt.responded_at - attempt.started_at)
             if failure:
-                self._failures += 1
+                self._failures[reason if reason in self._failures else "protocol"] += 1
                 self._streak += 1
                 streak = self._streak
             else:
@@ -389,7 +395,8 @@ class Backend:
             self._retries += 1
 
     def status(self) -> dict:
-        """A consistent copy of the state: ``/status``, logs and tests read this."""
+        """A consistent copy of the state: ``/status``, ``/metrics``, logs and tests read this."""
+        up = self.available()
         with self._lock:
             latency = self._latency.value(self._clock())
             spec = self.spec
@@ -399,12 +406,17 @@ class Backend:
                 "weight": spec.weight,
                 "backup": spec.backup,
                 "state": self.state,
+                "up": up,
                 "in_flight": self._in_flight,
-                "requests": self._responses,
-                "failures": self._failures,
+                "requests": sum(self._responses.values()),
+                "failures": sum(self._failures.values()),
                 "ejections": self._ejections,
                 "latency_ms": None if latency is None else round(latency * 1000, 3),
                 "retries": self._retries,
                 "effective_weight": round(self.weight, 3),
                 "last_probe": self._last_probe,
+                "responses": dict(self._responses),
+                "response_time": self._response_time.snapshot(),
+                "failure_reasons": dict(self._failures),
+                "probes": dict(self._probes),
             }

@@ -37,8 +37,15 @@ class ClientConnection:
         self.body_timeout_s = body_timeout_s
         self.send_timeout_s = send_timeout_s
         self.max_body_bytes = max_body_bytes
-        self.continue_sent = False
         self._timeout: float | None = None
+        self.begin_request()
+
+    def begin_request(self) -> None:
+        """Reset what is counted per request (the access log and the metrics read it)."""
+        self.continue_sent = False
+        self.bytes_sent = 0
+        self.body_bytes_received = 0
+        self.status_sent = 0  # the status of the response whose head went out, if one did
 
     def use_timeout(self, timeout_s: float) -> None:
         """Set the socket timeout, making the system call only when the value changes."""
@@ -63,6 +70,12 @@ class ClientConnection:
             self.sock.sendall(data)
         except OSError as exc:
             raise ClientDisconnected(str(exc)) from None
+        self.bytes_sent += len(data)
+
+    def send_head(self, status: int, data: bytes) -> None:
+        """Send a response head (or a whole small response) with its final ``status``."""
+        self.send(data)
+        self.status_sent = status
 
     def answer_expectation(self, request: ClientRequest) -> None:
         """Send ``100 Continue`` once, just before the body is first read.
@@ -85,6 +98,7 @@ class ClientConnection:
         try:
             for data in iter_body(self.reader, framing):
                 received += len(data)
+                self.body_bytes_received = received
                 if self.max_body_bytes and received > self.max_body_bytes:
                     raise BodyTooLarge(f"request body larger than {self.max_body_bytes} bytes")
                 yield data

@@ -68,6 +68,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--admin-token-file", "admin_token_file", c.optional(c.token_file),
            "file holding a token the admin API requires as 'Authorization: Bearer <token>'", L, "FILE"),
     Option("--log-level", "log_level", c.choice(c.LOG_LEVELS), "how much to log: debug, info, warning, error", L, "LEVEL"),
+    Option("--access-log", "access_log", c.optional(c.log_path),
+           "write the access log to this file (- for stdout) instead of one info line per request on stderr", L, "PATH"),
+    Option("--access-log-format", "access_log_format", c.choice(("combined", "json")),
+           "the access log's format with --access-log: combined or json", L, "FORMAT"),
+    Option("--request-id-header", "request_id_header", c.optional(c.header_name),
+           "give each request an id in this header (kept if the client sent a well-formed one), e.g. X-Request-Id",
+           L, "NAME"),
     Option("--algorithm", "algorithm", c.algorithm, "how to choose a backend for each request", C, "NAME"),
     Option("--hash-key", "hash_key", c.hash_key, "what the hash algorithm hashes: ip, path, header:NAME or cookie:NAME", C, "KEY"),
     Option("--hash-balance-factor", "hash_balance_factor", c.optional(c.number(1.0, 100.0)),
@@ -142,6 +149,9 @@ class ListenerConfig:
     admin: tuple[str, int] | None = None  # None: no admin listener
     admin_token_file: str | None = None
     log_level: str = "info"
+    access_log: str | None = None  # None: one line per request through logging, at info
+    access_log_format: str = "combined"
+    request_id_header: str | None = None
     client_header_timeout_s: float = 10.0  # total, not per read: a slow drip cannot hold a thread
     keepalive_timeout_s: float = 60.0  # below common client-side idle limits, above most think times
     client_body_timeout_s: float = 60.0  # per read of a request body, as nginx's client_body_timeout

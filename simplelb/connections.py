@@ -110,9 +110,13 @@ class ConnectionTracker:
         for sock in socks:
             shutdown(sock)
 
-    @property
-    def open_count(self) -> int:
-        return len(self._state)
+    def counts(self) -> dict[str, int]:
+        """Open connections by state."""
+        counts = {IDLE: 0, READING: 0, BUSY: 0}
+        with self._lock:
+            for state, _ in self._state.values():
+                counts[state] += 1
+        return counts
 
     @property
     def in_flight(self) -> int:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from .cluster import Cluster
 from .config import ClusterConfig, Config
 from .errors import ConfigError
+from .stats import BOUNDS_S
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ def load_for_reload(source, running: Config, reloads: ReloadCounter) -> Config:
 class LocalControl:
     """Reload, admin edits and status for the cluster in this process."""
 
-    def __init__(self, cluster: Cluster, source, running: Config):
+    def __init__(self, cluster: Cluster, source, running: Config, snapshot: Callable[[], dict] | None = None):
         self.cluster = cluster
+        self._snapshot = snapshot or (lambda: {"backends": cluster.status()})
         self.source = source
         self.running = running
         self.started = time.monotonic()
@@ -104,5 +106,6 @@ class LocalControl:
             "ready": self.ready(),
             "workers": [{"pid": os.getpid(), "generation": view.generation}],
             "reloads": self.reloads.as_dict(),
-            "backends": self.cluster.status(),
+            "histogram_bounds_s": BOUNDS_S,
+            **self._snapshot(),
         }

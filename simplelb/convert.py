@@ -151,6 +151,25 @@ def token_file(value: Any) -> str:
     return os.path.abspath(path)
 
 
+def log_path(value: Any) -> str:
+    """``-`` (standard output) or a file whose directory exists and is writable."""
+    path = str(value)
+    if path == "-":
+        return path
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise ConfigError(f"cannot write to {path}: {directory} is not a writable directory")
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a directory")
+    return os.path.abspath(path)
+
+
+def header_name(value: Any) -> str:
+    if not isinstance(value, str) or not is_token(value):
+        raise ConfigError(f"must be a header name (letters, digits, -), not {value!r}")
+    return value
+
+
 def cookie_name(value: Any) -> str:
     if not isinstance(value, str) or not is_token(value):
         raise ConfigError(f"must be a cookie name (letters, digits, -_.), not {value!r}")

@@ -18,14 +18,17 @@ class HTTPError(Exception):
 
     status = 500
     close = False
+    reason = "protocol"  # for a backend's failure: connect, timeout, reset, protocol (the metrics' label)
 
-    def __init__(self, message: str, *, status: int | None = None, close: bool | None = None):
+    def __init__(self, message: str, *, status: int | None = None, close: bool | None = None, reason: str | None = None):
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
         if close is not None:
             self.close = close
+        if reason is not None:
+            self.reason = reason
 
 
 class BadRequest(HTTPError):
@@ -76,6 +79,7 @@ class GatewayTimeout(HTTPError):
     """The backend did not answer within the read timeout."""
 
     status = 504
+    reason = "timeout"
 
 
 class ConfigError(ValueError):
@@ -103,7 +107,14 @@ class ConnectFailed(Exception):
 
 
 class ResponseAborted(Exception):
-    """The response started but cannot be completed: the only honest move is to close the client connection."""
+    """The response started but cannot be completed: the only honest move is to close the client connection.
+
+    ``reason`` says how the backend failed (timeout, reset, protocol).
+    """
+
+    def __init__(self, message: str, reason: str = "protocol"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class ClientSideError(Exception):

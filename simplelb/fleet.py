@@ -184,6 +184,10 @@ class Supervisor:
         last_stats = 0.0
         while not self.signals.stop.is_set():
             self.signals.wait()
+            if self.signals.reopen.is_set():
+                self.signals.reopen.clear()
+                for worker in self.live_workers():  # each worker writes the access log itself
+                    _signal(worker.pid, signal.SIGUSR1)
             if self.signals.reload.is_set():
                 self.signals.reload.clear()
                 try:

@@ -27,10 +27,15 @@ from .channel import ChannelClosed
 from .config import ClusterConfig, Config
 from .configfile import FixedSource
 from .control import ReloadCounter, load_for_reload
+from .stats import BOUNDS_S, add_counts
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("requests", "failures", "ejections", "retries")
+# Per backend: these add up over the workers; the rest is the backend's description.
+BACKEND_SUMS = ("in_flight", "requests", "failures", "ejections", "retries", "responses", "response_time",
+                "failure_reasons", "probes")
+# Gauges: what a worker holds now. A dead worker's gauges are gone with it; its counters stay.
+GAUGES = {"connections", "queue.waiting", "in_flight", "tunnels"}
 # When workers disagree and the vote is tied, the state shown is the first of these.
 STATE_PRECEDENCE = ("removing", "maint", "draining", "down", "ejected", "up")
 
@@ -44,7 +49,27 @@ def _each(workers, action: Callable) -> None:
         thread.join()
 
 
-def merge_backends(reports: list[list[dict]], retired: dict[str, Counter]) -> list[dict]:
+def without_gauges(values: dict, prefix: str = "") -> dict:
+    """``values`` with every gauge zeroed: what a dead worker leaves to the sums."""
+    out = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if path in GAUGES or key in GAUGES:
+            out[key] = _zeroed(value)
+        elif isinstance(value, dict):
+            out[key] = without_gauges(value, path + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def _zeroed(value):
+    if isinstance(value, dict):
+        return {k: _zeroed(v) for k, v in value.items()}
+    return 0 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def merge_backends(reports: list[list[dict]], retired: dict[str, dict]) -> list[dict]:
     """One entry per backend (first-seen order): counters and in-flight summed, state by vote."""
     merged: dict[str, dict] = {}
     votes: dict[str, Counter] = {}
@@ -53,12 +78,13 @@ def merge_backends(reports: list[list[dict]], retired: dict[str, Counter]) -> li
         for entry in report:
             name = entry["name"]
             if name not in merged:
-                merged[name] = {**entry, "in_flight": 0, **{key: retired.get(name, Counter())[key] for key in COUNTERS}}
+                base = retired.get(name) or {key: _zeroed(entry[key]) for key in BACKEND_SUMS}
+                merged[name] = {**entry, **{key: base[key] for key in BACKEND_SUMS}}
                 votes[name], latencies[name] = Counter(), []
             row = merged[name]
-            row["in_flight"] += entry["in_flight"]
-            for key in COUNTERS:
-                row[key] += entry[key]
+            for key in BACKEND_SUMS:
+                row[key] = add_counts(row[key], entry[key])
+            row["up"] = row["up"] or entry["up"]
             votes[name][entry["state"]] += 1
             if entry["latency_ms"] is not None:
                 latencies[name].append(entry["latency_ms"])
@@ -69,6 +95,15 @@ def merge_backends(reports: list[list[dict]], retired: dict[str, Counter]) -> li
             row["worker_states"] = dict(votes[name])
         row["latency_ms"] = round(sum(latencies[name]) / len(latencies[name]), 3) if latencies[name] else None
     return list(merged.values())
+
+
+def merge_stats(reports: list[dict], retired: dict | None) -> dict:
+    """The process-wide figures of several workers (and of the dead ones), backends aside."""
+    total = None if retired is None else retired
+    for report in reports:
+        figures = {key: value for key, value in report.items() if key not in ("backends", "pid", "generation")}
+        total = figures if total is None else add_counts(total, figures)
+    return total or {}
 
 
 class FleetControl:
@@ -82,8 +117,9 @@ class FleetControl:
         self._changing = threading.Lock()  # one change at a time; guards _cluster and _generation
         self._cluster = running.cluster
         self._generation = 1
-        self._retired: dict[str, Counter] = {}  # counters of workers that are gone, by backend
-        self._retired_lock = threading.Lock()
+        self._retired_lock = threading.Lock()  # guards the two below: what dead workers counted
+        self._retired_backends: dict[str, dict] = {}
+        self._retired: dict | None = None
 
     def current(self) -> tuple[int, ClusterConfig]:
         with self._changing:
@@ -137,14 +173,16 @@ class FleetControl:
         _each(self._supervisor.live_workers(), ask)
 
     def retire(self, worker) -> None:
-        """A worker is gone: keep its last counters in the sums."""
+        """A worker is gone: keep its last counters in the sums (not its gauges)."""
         if worker.stats is None:
             return
+        stats = without_gauges(worker.stats)
         with self._retired_lock:
-            for entry in worker.stats["backends"]:
-                counts = self._retired.setdefault(entry["name"], Counter())
-                for key in COUNTERS:
-                    counts[key] += entry[key]
+            for entry in stats["backends"]:
+                counts = {key: entry[key] for key in BACKEND_SUMS}
+                earlier = self._retired_backends.get(entry["name"])
+                self._retired_backends[entry["name"]] = counts if earlier is None else add_counts(earlier, counts)
+            self._retired = merge_stats([stats], self._retired)
 
     def ready(self) -> bool:
         if self.shutting_down:
@@ -164,7 +202,8 @@ class FleetControl:
         self.refresh()
         workers = [w for w in self._supervisor.live_workers() if w.stats is not None]
         with self._retired_lock:
-            retired = {name: Counter(counts) for name, counts in self._retired.items()}
+            retired_backends = dict(self._retired_backends)
+            retired = self._retired
         generation, cluster = self.current()
         return {
             "version": __version__,
@@ -175,5 +214,7 @@ class FleetControl:
             "ready": self.ready(),
             "workers": [{"number": w.number, "pid": w.pid, "generation": w.generation} for w in workers],
             "reloads": self.reloads.as_dict(),
-            "backends": merge_backends([w.stats["backends"] for w in workers], retired),
+            "histogram_bounds_s": BOUNDS_S,
+            **merge_stats([w.stats for w in workers], retired),
+            "backends": merge_backends([w.stats["backends"] for w in workers], retired_backends),
         }

@@ -6,7 +6,13 @@ preserved, and nothing here touches a socket, so every rule is unit-tested.
 
 from __future__ import annotations
 
-from .http1 import Headers, comma_tokens
+import re
+import uuid
+
+from .http1 import Headers, comma_tokens, header_values
+
+# A request id a client may choose: short, and safe to echo in a header and a log line.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._~:+/=@-]{1,128}")
 
 # RFC 9110 §7.6.1: fields that describe one connection, not the message. They
 # are dropped in both directions, along with any field named in Connection.
@@ -90,6 +96,31 @@ def response_headers_for_client(headers: Headers, upstream: str, connection: lis
     return [*remove_hop_by_hop(headers, connection), ("X-Upstream", upstream)]
 
 
+def request_id_for(headers: Headers, name: str) -> str:
+    """The client's request id if it sent exactly one well-formed one, else a fresh random one."""
+    values = header_values(headers, name)
+    if len(values) == 1 and _REQUEST_ID_RE.fullmatch(values[0]):
+        return values[0]
+    return str(uuid.uuid4())
+
+
+def with_field(headers: Headers, name: str, value: str) -> Headers:
+    """Exactly one ``name`` field, with ``value``, where the first one stood (else at the end)."""
+    lname = name.lower()
+    out: Headers = []
+    placed = False
+    for key, old in headers:
+        if key.lower() == lname:
+            if not placed:
+                out.append((name, value))
+                placed = True
+            continue
+        out.append((key, old))
+    if not placed:
+        out.append((name, value))
+    return out
+
+
 def encode_head(start_line: str, headers: Headers) -> bytes:
     """Serialise a message head; latin-1 gives back exactly the bytes that were parsed."""
     lines = [start_line, *(f"{k}: {v}" for k, v in headers), "", ""]
@@ -103,15 +134,4 @@ def with_content_length(headers: Headers, length: int) -> Headers:
     (valid when the values agree); the next hop gets one plain value, so no
     two parsers downstream can disagree about it.
     """
-    out: Headers = []
-    placed = False
-    for name, value in headers:
-        if name.lower() == "content-length":
-            if not placed:
-                out.append((name, str(length)))
-                placed = True
-            continue
-        out.append((name, value))
-    if not placed:
-        out.append(("Content-Length", str(length)))
-    return out
+    return with_field(headers, "Content-Length", str(length))

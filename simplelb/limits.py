@@ -21,6 +21,7 @@ class CapacityQueue:
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)  # signalled when any backend frees a slot
         self._waiting = 0
+        self.timeouts = 0  # requests that gave up waiting (503)
 
     @property
     def waiting(self) -> int:
@@ -36,6 +37,7 @@ class CapacityQueue:
         deadline = deadline if deadline is not None else now + timeout_s
         with self._lock:
             if deadline <= now:
+                self.timeouts += 1
                 raise QueueFull(f"every backend is at its connection limit; waited {timeout_s:g}s")
             if self._waiting >= max_waiting:
                 raise QueueFull("every backend is at its connection limit and the queue is full")

@@ -143,8 +143,12 @@ class Forwarder:
         with backend.track() as attempt:
             if retry:
                 backend.count_retry()
+            request.attempts += 1
+            request.backend, request.backend_status, request.backend_duration_s = backend.name, None, None
             conn, head = send_request(backend, request, client, turn, max_head=self.max_response_head)
             attempt.responded(head.status)
+            request.backend_status = head.status
+            request.backend_duration_s = attempt.responded_at - attempt.started_at
             reusable = False
             try:
                 keep_alive, reusable = relay(

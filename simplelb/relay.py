@@ -16,7 +16,7 @@ from .backend import Backend
 from .client import ClientConnection
 from .errors import ResponseAborted
 from .gate import Turn
-from .headers import encode_head, response_headers_for_client, with_content_length
+from .headers import encode_head, response_headers_for_client, with_content_length, with_field
 from .http1 import LAST_CHUNK, BodyError, ResponseHead, chunk, comma_tokens, iter_body, response_framing
 from .request import ClientRequest
 from .upstream import PooledConnection
@@ -33,12 +33,18 @@ def relay(
     extra_headers: list[tuple[str, str]],
     turn: Turn,
 ) -> tuple[bool, bool]:
-    """Send the response to the client; return (keep client connection, reuse backend connection)."""
+    """Send the response to the client; return (keep client connection, reuse backend connection).
+
+    ``extra_headers`` are added (a sticky cookie); the request id, if any,
+    replaces whatever the backend sent under that name.
+    """
     framing = response_framing(request.method, head)
     connection = comma_tokens(head.headers, "Connection")
     headers = response_headers_for_client(head.headers, backend.address, connection)
     if framing.kind == "length":
         headers = with_content_length(headers, framing.length)
+    if request.request_id is not None:
+        headers = with_field(headers, *request.request_id)
     headers += extra_headers
     keep_alive = request.keep_alive and not closing
     rechunk = False
@@ -54,7 +60,7 @@ def relay(
         headers.append(("Connection", "keep-alive"))
     head_bytes = encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers)
     turn.release()  # what is left is waiting on sockets
-    client.send(head_bytes)
+    client.send_head(head.status, head_bytes)
     _relay_body(conn, backend, framing, client, rechunk)
     return keep_alive, framing.kind != "close" and _backend_keeps_alive(head, connection)
 
@@ -66,10 +72,12 @@ def _relay_body(conn: PooledConnection, backend: Backend, framing, client: Clien
             data = next(body, None)
         except TimeoutError:
             raise ResponseAborted(
-                f"backend {backend.name} went silent mid-body for {backend.pool.read_timeout_s:g}s"
+                f"backend {backend.name} went silent mid-body for {backend.pool.read_timeout_s:g}s", "timeout"
             ) from None
-        except (BodyError, OSError) as exc:
-            raise ResponseAborted(f"backend {backend.name} failed mid-body: {exc}") from None
+        except BodyError as exc:
+            raise ResponseAborted(f"backend {backend.name} broke its body framing: {exc}", "protocol") from None
+        except OSError as exc:
+            raise ResponseAborted(f"backend {backend.name} failed mid-body: {exc}", "reset") from None
         if data is None:
             break
         client.send(chunk(data) if rechunk else data)

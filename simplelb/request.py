@@ -30,6 +30,12 @@ class ClientRequest:
     expect_continue: bool
     connection: list[str]  # the Connection header's tokens, lower-cased
     body: bytes | None = None  # the whole body, when it was small enough to keep for a retry
+    request_id: tuple[str, str] | None = None  # with --request-id-header: (name, id), seen by backend and client
+    # What the forwarder learns, for the access log: the last backend tried and how it answered.
+    attempts: int = 0
+    backend: str | None = None
+    backend_status: int | None = None
+    backend_duration_s: float | None = None
 
     @property
     def method(self) -> str:

@@ -42,6 +42,7 @@ class RetryBudget:
         self._second = [0] * window_s  # which second each bucket holds
         self._requests = [0] * window_s
         self._retries = [0] * window_s
+        self.exhausted = 0  # retries refused because the budget was spent
 
     def _bucket(self, now: float) -> int:
         second = int(now)
@@ -65,6 +66,7 @@ class RetryBudget:
             index = self._bucket(now)
             allowed = max(self.min_retries, self.ratio * self._live(self._requests, now))
             if self._live(self._retries, now) >= allowed:
+                self.exhausted += 1
                 return False
             self._retries[index] += 1
             return True

@@ -25,6 +25,7 @@ from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 
 from . import algorithms
+from .accesslog import AccessLog, RequestRecord, format_text
 from .client import ClientConnection
 from .cluster import Cluster
 from .config import Config
@@ -41,11 +42,12 @@ from .errors import (
     TooManyClients,
 )
 from .gate import FairGate
-from .headers import encode_head
+from .headers import encode_head, request_id_for
 from .http1 import HeadTooLarge, SocketReader, parse_request_head
 from .proxy import Forwarder
 from .request import admit
 from .specs import bracket
+from .stats import ServerStats
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("simplelb.access")
@@ -58,7 +60,7 @@ RETRY_AFTER_S = 2
 CLIENT_CLOSED_REQUEST = 499
 
 
-def error_response(exc: HTTPError, *, close: bool) -> bytes:
+def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] = ()) -> bytes:
     """The error funnel: every error response the balancer itself writes is made here."""
     phrase = _phrase(exc.status)
     body = f"{exc.status} {phrase}: {exc.message}\n".encode("utf-8", "replace")
@@ -69,6 +71,7 @@ def error_response(exc: HTTPError, *, close: bool) -> bytes:
     ]
     if exc.status == 503:  # no backend, all at their limit, or too many clients: each passes
         headers.append(("Retry-After", str(RETRY_AFTER_S)))
+    headers += extra
     if close:
         headers.append(("Connection", "close"))
     return encode_head(f"HTTP/1.1 {exc.status} {phrase}", headers) + body
@@ -129,61 +132,66 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     def _serve_one(self) -> bool:
         """Read, forward and log one request; return whether the connection stays open."""
         listener = self.server.config.listener
-        started = time.monotonic()
+        record = RequestRecord(time.monotonic(), time.time(), self.client_address[0])
+        self.client.begin_request()
         request = None
-        head = None
         try:
-            raw = self._read_head(started)
+            raw = self._read_head(record.started)
             if raw is None:
                 return False
+            record.bytes_received = len(raw)
             self.server.connections.busy(self.connection)
             turn = self.server.gate.turn()
             try:
                 head = parse_request_head(raw, listener.max_header_count)
+                _describe_request(record, head)
                 request = admit(head, self.client_address[0], max_body_bytes=listener.max_body_bytes)
+                if listener.request_id_header:
+                    request.request_id = (listener.request_id_header,
+                                          request_id_for(request.headers, listener.request_id_header))
                 outcome = self.server.forwarder.forward(
                     request, self.client, closing=self.server.connections.closing, turn=turn
                 )
             finally:
                 turn.release()
+            keep_alive = outcome.keep_alive
         except HTTPError as exc:
-            close = exc.close or request is None or not request.keep_alive or request.framing.kind != "none"
-            self._send_error(exc, close)
-            self._log_access(head, exc.status, "-", started)
-            return not close
+            keep_alive = not (exc.close or request is None or not request.keep_alive or request.framing.kind != "none")
+            self._send_error(exc, not keep_alive, request)
         except ClientBodyError as exc:
-            self._send_error(BadRequest(str(exc), status=exc.status), close=True)
-            self._log_access(head, exc.status, "-", started)
-            return False
+            keep_alive = False
+            self._send_error(BadRequest(str(exc), status=exc.status), True, request)
         except ResponseAborted as exc:
             log.warning("response aborted, closing client connection: %s", exc)
-            self._log_access(head, 0, "-", started)
-            return False
+            keep_alive, record.aborted = False, True
         except ClientDisconnected as exc:
             log.debug("client %s disconnected: %s", self.client_address[0], exc)
-            if head is not None:
-                self._log_access(head, CLIENT_CLOSED_REQUEST, "-", started)
-            return False
+            keep_alive, record.status = False, CLIENT_CLOSED_REQUEST
+            if record.method == "-":
+                return False  # it left before saying anything: nothing to log
         except OSError as exc:
             log.debug("client %s connection error: %s", self.client_address[0], exc)
             return False
-        self._log_access(head, outcome.status, outcome.backend, started)
-        return outcome.keep_alive
+        self.server.finish(record, request, self.client)
+        return keep_alive
 
-    def _send_error(self, exc: HTTPError, close: bool) -> None:
+    def _send_error(self, exc: HTTPError, close: bool, request) -> None:
+        extra = [request.request_id] if request is not None and request.request_id is not None else []
         try:
-            self.client.send(error_response(exc, close=close))
+            self.client.send_head(exc.status, error_response(exc, close=close, extra=extra))
         except ClientDisconnected:
             pass
 
-    def _log_access(self, head, status: int, backend: str, started: float) -> None:
-        if access_log.isEnabledFor(logging.INFO):
-            method, target = (head.method, head.target) if head else ("-", "-")
-            access_log.info(
-                "%s %s %s %s %s %.1fms",
-                self.client_address[0], method, target, status or "aborted", backend,
-                (time.monotonic() - started) * 1000,
-            )
+
+def _describe_request(record: RequestRecord, head) -> None:
+    record.method, record.target = head.method, head.target
+    record.protocol = f"HTTP/{head.version[0]}.{head.version[1]}"
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname == "user-agent":
+            record.user_agent = value
+        elif lname == "referer":
+            record.referer = value
 
 
 class LoadBalancer(ThreadingHTTPServer):
@@ -215,9 +223,11 @@ class LoadBalancer(ThreadingHTTPServer):
         listener = config.listener
         self.cluster = Cluster(config.cluster, sticky_secret=sticky_secret, algorithm=algorithm)
         self.forwarder = Forwarder(self.cluster, max_response_head=(64 * 1024, listener.max_header_count))
-        self.control = LocalControl(self.cluster, source or FixedSource(config), config)
+        self.control = LocalControl(self.cluster, source or FixedSource(config), config, snapshot=self.snapshot)
         self.connections = ConnectionTracker(listener.max_clients)
         self.gate = FairGate(listener.active_requests)
+        self.stats = ServerStats()
+        self.access_log = None
         self._serve_thread: threading.Thread | None = None
         self.admin = None
         self.address_family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
@@ -236,6 +246,8 @@ class LoadBalancer(ThreadingHTTPServer):
                 from .admin import AdminServer
 
                 self.admin = AdminServer(listener.admin, self.control, token_file=listener.admin_token_file)
+            if listener.access_log is not None:
+                self.access_log = AccessLog(listener.access_log, listener.access_log_format)
         except BaseException:
             self.cluster.stop()
             self.server_close()
@@ -288,7 +300,42 @@ class LoadBalancer(ThreadingHTTPServer):
         self.cluster.stop()
         if self.admin is not None:
             self.admin.stop()
+        if self.access_log is not None:
+            self.access_log.stop()
         return drained
+
+    def finish(self, record: RequestRecord, request, client: ClientConnection) -> None:
+        """Count and log one request: every path through the handler ends here."""
+        record.duration_s = time.monotonic() - record.started
+        record.bytes_sent = client.bytes_sent
+        record.bytes_received += client.body_bytes_received
+        if client.status_sent:
+            self.stats.record(client.status_sent, record.duration_s)
+            record.status = record.status or client.status_sent
+        if request is not None:
+            record.attempts, record.backend = request.attempts, request.backend
+            record.backend_status, record.backend_duration_s = request.backend_status, request.backend_duration_s
+            record.request_id = request.request_id[1] if request.request_id else None
+        if self.access_log is not None:
+            self.access_log.write(record)
+        elif access_log.isEnabledFor(logging.INFO):
+            access_log.info(format_text(record))
+
+    def reopen_logs(self) -> None:
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    def snapshot(self) -> dict:
+        """What this process counted and holds now, as plain values (``/status``, ``/metrics``, the fleet)."""
+        cluster = self.cluster
+        return {
+            **self.stats.snapshot(),
+            "connections": self.connections.counts(),
+            "queue": {"waiting": cluster.queue.waiting, "timeouts": cluster.queue.timeouts},
+            "retry_budget_exhausted": cluster.budget.exhausted,
+            "access_log_dropped": self.access_log.dropped if self.access_log is not None else 0,
+            "backends": cluster.status(),
+        }
 
     def process_request(self, request, client_address) -> None:
         if not self.connections.open(request):
@@ -296,6 +343,7 @@ class LoadBalancer(ThreadingHTTPServer):
             try:
                 request.settimeout(1)
                 request.sendall(error_response(TooManyClients("too many client connections"), close=True))
+                self.stats.record(503, 0.0)
             except OSError:
                 pass
             self.shutdown_request(request)

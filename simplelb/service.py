@@ -3,6 +3,8 @@
 * SIGINT, SIGTERM: ``/readyz`` turns 503 at once, then the balancer stops
   accepting and drains (``--grace-period``) and the process exits 0.
 * SIGHUP: reload the configuration (file and flags); never fatal.
+* SIGUSR1: reopen the access log (after logrotate moved it).
+* SIGUSR2: logged and ignored.
 
 Handlers only set flags; the main thread does the work, so nothing runs
 inside a signal handler.
@@ -28,12 +30,16 @@ class Signals:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.reload = threading.Event()
+        self.reopen = threading.Event()
         self.wake = threading.Event()  # set with any of the above
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, lambda *_: self._set(self.stop))
         signal.signal(signal.SIGTERM, lambda *_: self._set(self.stop))
         signal.signal(signal.SIGHUP, lambda *_: self._set(self.reload))
+        signal.signal(signal.SIGUSR1, lambda *_: self._set(self.reopen))
+        # Not ours to act on, but not fatal either: say so instead of dying without a word.
+        signal.signal(signal.SIGUSR2, lambda *_: log.warning("SIGUSR2 ignored (SIGHUP reloads, SIGUSR1 reopens logs)"))
 
     def _set(self, event: threading.Event) -> None:
         event.set()
@@ -65,6 +71,9 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
             print(f"simplelb: admin on {balancer.admin.url} (status: {balancer.admin.url}/status)", flush=True)
     while not signals.stop.is_set():
         signals.wait()
+        if signals.reopen.is_set():
+            signals.reopen.clear()
+            balancer.reopen_logs()
         if signals.reload.is_set():
             signals.reload.clear()
             try:

@@ -56,7 +56,7 @@ class WorkerLink:
         threading.Thread(target=self._serve, name="worker-control", daemon=True).start()
 
     def stats(self) -> dict:
-        return {"pid": os.getpid(), "generation": self.generation, "backends": self.balancer.cluster.status()}
+        return {"pid": os.getpid(), "generation": self.generation, **self.balancer.snapshot()}
 
     def _serve(self) -> None:
         while (message := self.channel.receive()) is not None:
@@ -102,6 +102,7 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
     signal.signal(signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: send it to the parent, which reloads every worker"))
     listen_socket = socket.socket(fileno=listen_fd)
     balancer = LoadBalancer(config, listen_socket=listen_socket, sticky_secret=bytes.fromhex(first["secret"]), admin=False)
+    signal.signal(signal.SIGUSR1, lambda *_: balancer.reopen_logs())  # passed on by the parent
     link = WorkerLink(channel, balancer, first["generation"], stopping)
     balancer.start()
     channel.send({"event": "ready", "pid": os.getpid()})
