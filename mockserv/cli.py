@@ -9,6 +9,7 @@ import sys
 import threading
 
 from .server import BehaviourError, MockServer, parse_error_rate, parse_latency
+from .tls import MockTls, certificate_names
 
 
 def _count(text: str) -> int:
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--error-rate", type=_behaviour(parse_error_rate), default=0.0, metavar="P",
                         help="fraction of requests answered with 500")
     parser.add_argument("--seed", type=int, default=None, help="seed for latency and error draws")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve HTTPS (and wss) with a certificate from a CA generated at start")
+    parser.add_argument("--tls-ca-file", metavar="PATH", default=None,
+                        help="with --tls: write the CA certificate here (default: a file in a temporary directory)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     # One line, not argparse's usage block: the error is what the user needs to see.
     parser.error = lambda message: parser.exit(2, f"mockserv: error: {message} (see --help)\n")
@@ -59,7 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.base_port + args.n - 1 > 65535:
         parser.exit(2, "mockserv: error: the ports would run past 65535\n")
+    if args.tls_ca_file and not args.tls:
+        parser.exit(2, "mockserv: error: --tls-ca-file needs --tls\n")
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s: %(message)s")
+    tls = None
+    if args.tls:
+        try:
+            tls = MockTls(certificate_names(args.host), args.tls_ca_file)
+        except OSError as exc:
+            parser.exit(2, f"mockserv: error: cannot write the CA certificate to {args.tls_ca_file}: "
+                           f"{exc.strerror or exc}\n")
     servers: list[MockServer] = []
     try:
         for i in range(args.n):
@@ -67,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             port = args.base_port + i if args.base_port else 0
             servers.append(
                 MockServer(f"mock-{i + 1}", args.host, port,
-                           latency_ms=args.latency, error_rate=args.error_rate, seed=seed)
+                           latency_ms=args.latency, error_rate=args.error_rate, seed=seed,
+                           ssl_context=tls and tls.context)
             )
     except OSError as exc:
         for server in servers:
@@ -80,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     for server in servers:
         server.start()
         print(f"{server.name} listening on {server.url}", flush=True)
+    if tls:
+        print(f"tls: CA certificate in {tls.ca_file}  (curl --cacert {tls.ca_file} ...)", flush=True)
     print(f"backends: {','.join(s.address for s in servers)}  (Ctrl-C stops)", flush=True)
     while not stop_requested.wait(0.5):
         pass
     for server in servers:
         server.stop()
+    if tls:
+        tls.close()
     print("mockserv: stopped", file=sys.stderr)
     return 0
