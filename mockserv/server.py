@@ -25,7 +25,9 @@ from http.server import ThreadingHTTPServer
 from .behaviour import Behaviour, BehaviourError, parse_error_rate, parse_health, parse_latency
 from .handler import ROUTES, MockHandler
 
-__all__ = ["BehaviourError", "MockServer", "bracket", "parse_error_rate", "parse_health", "parse_latency"]
+__all__ = [
+    "BehaviourError", "MockServer", "address_family", "bracket", "parse_error_rate", "parse_health", "parse_latency",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _family(host: str) -> socket.AddressFamily:
+def address_family(host: str) -> socket.AddressFamily:
+    """The socket family to listen on ``host`` with: IPv6 for IPv6 literals and names resolving to one."""
     try:
         return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:  # a name: listen on whatever it resolves to first
@@ -48,7 +51,7 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], handler_class, name: str):
-        self.address_family = _family(address[0])
+        self.address_family = address_family(address[0])
         self.name = name
         super().__init__(address, handler_class)
 
@@ -174,7 +177,12 @@ class MockServer:
         return self.state()
 
     def state(self) -> dict:
-        return {"name": self.name, "port": self.port, **self.behaviour.snapshot()}
+        """Who and how this server is now, as JSON-ready values."""
+        with self._lock:
+            counts = {"requests": self.requests, "websockets": self.websockets}
+        return {"name": self.name, "port": self.port, "address": self.address, "url": self.url,
+                "running": self.running, "tls": self.ssl_context is not None,
+                **self.behaviour.snapshot(), **counts}
 
     # --- bookkeeping for the handler --------------------------------------
 
