@@ -17,10 +17,12 @@ import sys
 import threading
 
 from simplelb import __version__
+from simplelb.etcd import EtcdClient, EtcdError, parse_etcd_url
 
 from .behaviour import BehaviourError, parse_error_rate, parse_latency
 from .control import ControlListener
 from .fleet import FleetError, MockFleet
+from .register import Registration, backend_entries
 from .server import address_family
 from .tls import MockTls, certificate_names
 
@@ -53,6 +55,19 @@ def _behaviour(parse):
     return convert
 
 
+def _etcd_url(text: str) -> tuple[str, str]:
+    try:
+        return parse_etcd_url(text)
+    except EtcdError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ttl(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 3600:
+        raise argparse.ArgumentTypeError(f"the TTL must be whole seconds from 1 to 3600, not {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mockserv",
@@ -76,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="port of the process's control endpoints (0: a free port; printed at start)")
     parser.add_argument("--control-host", default=None,
                         help="address of the control endpoints (default: 127.0.0.1, or ::1 if --host is IPv6)")
+    parser.add_argument("--register", type=_etcd_url, default=None, metavar="etcd://HOST:PORT/PREFIX",
+                        help="put each server in etcd as PREFIX/backends/NAME, under a lease kept alive while running")
+    parser.add_argument("--register-ttl", type=_ttl, default=10, metavar="S",
+                        help="seconds the etcd keys outlive this process if it is killed")
     parser.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
                         help="debug, info, warning or error (any case)")
     parser.add_argument("--version", action="version", version=f"mockserv {__version__}")
@@ -98,7 +117,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def start(args: argparse.Namespace, stack: contextlib.ExitStack, say) -> MockFleet:
-    """Start everything ``args`` asks for; each piece is undone by ``stack``."""
+    """Start everything ``args`` asks for, telling ``say`` where; each piece is undone by ``stack``."""
     tls = None
     if args.tls:
         try:
@@ -125,7 +144,23 @@ def start(args: argparse.Namespace, stack: contextlib.ExitStack, say) -> MockFle
     say(f"control: {control.url}/servers  (POST /servers/NAME/start|crash|health|latency|error-rate)")
     if tls:
         say(f"tls: CA certificate in {tls.ca_file}  (curl --cacert {tls.ca_file} ...)")
+    if args.register:
+        say(_register(args, fleet, stack))
     return fleet
+
+
+def _register(args: argparse.Namespace, fleet: MockFleet, stack: contextlib.ExitStack) -> str:
+    endpoint, prefix = args.register
+    client = EtcdClient(endpoint)
+    stack.callback(client.close)
+    registration = Registration(client, backend_entries(fleet, prefix), args.register_ttl)
+    try:
+        registration.start()
+    except EtcdError as exc:
+        raise StartError(f"cannot register in etcd: {exc}") from None
+    stack.callback(registration.stop)
+    return (f"registered: {prefix}/backends/{{{','.join(s.name for s in fleet)}}} in etcd at {endpoint}"
+            f" (lease {registration.lease_id:x}, ttl {args.register_ttl}s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,13 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     with contextlib.ExitStack() as stack:
+        lines: list[str] = []  # printed once everything is up, so a failed start prints only its error
         try:
             _check(args)
-            fleet = start(args, stack, lambda line: print(line, flush=True))
+            fleet = start(args, stack, lines.append)
         except StartError as exc:
             stack.close()
             parser.exit(2, f"mockserv: error: {exc}\n")
-        print(f"backends: {','.join(fleet.addresses)}  (Ctrl-C stops)", flush=True)
+        lines.append(f"backends: {','.join(fleet.addresses)}  (Ctrl-C stops)")
+        print("\n".join(lines), flush=True)
         while not stop_requested.wait(0.5):
             pass
     print("mockserv: stopped", file=sys.stderr)
