@@ -92,7 +92,12 @@ class ControlHandler(BaseHTTPRequestHandler):
         self._route("POST")
 
     def _route(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode("utf-8", "replace")
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit() or int(length) > 64 * 1024:  # control values are a few bytes
+            self.close_connection = True
+            self._reply(400, {"error": "send a Content-Length of at most 64 KiB"})
+            return
+        body = self.rfile.read(int(length)).decode("utf-8", "replace")
         if not request_allowed(self.headers.get("Host"), self.headers.get("Origin"), self.allowed):
             self._reply(403, {"error": "the control listener answers local tools only (Host/Origin refused)"})
             return

@@ -160,3 +160,11 @@ def test_cli_control_restarts_a_crashed_server(process):
     proc.proc.send_signal(signal.SIGINT)
     assert proc.wait() == 0
     assert "Traceback" not in proc.stderr
+
+
+def test_control_refuses_bad_lengths_without_a_traceback(control, raw_client, capfd):
+    client = raw_client(control.port)
+    response = client.request(f"POST /servers/mock-1/health HTTP/1.1\r\nHost: 127.0.0.1:{control.port}\r\n"
+                              "Content-Length: lots\r\n\r\n".encode())
+    assert response.status == 400 and client.is_closed()
+    assert "Traceback" not in capfd.readouterr().err

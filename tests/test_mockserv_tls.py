@@ -12,6 +12,7 @@ import pytest
 import requests
 import trustme
 from cryptography import x509
+from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
 from mockserv import MockServer
@@ -133,3 +134,24 @@ def test_cli_tls_prints_the_ca_file_and_serves_https(process, tmp_path):
     proc.proc.send_signal(signal.SIGINT)
     assert proc.wait() == 0
     assert "Traceback" not in proc.stderr
+
+
+def test_crash_cuts_tls_connections_in_every_state(tls, capfd):
+    server = MockServer("secure-crash", ssl_context=tls.context).start()
+    session = requests.Session()
+    try:
+        assert session.get(server.url + "/", verify=str(tls.ca_file), timeout=5).status_code == 200  # kept alive
+        with connect(server.ws_url, ssl=tls.client_context(), proxy=None, open_timeout=5, ping_interval=None) as ws, \
+                socket.create_connection(("127.0.0.1", server.port), timeout=5) as handshaking:  # never says hello
+            ws.send("x")
+            assert ws.recv(timeout=5) == "x"
+            started = time.monotonic()
+            server.crash()
+            with pytest.raises(ConnectionClosedError):
+                ws.recv(timeout=5)
+            assert handshaking.recv(16) == b""  # cut mid-handshake too, not left to its timeout
+            assert time.monotonic() - started < 2
+    finally:
+        server.stop()
+        session.close()
+    assert "Traceback" not in capfd.readouterr().err
