@@ -265,7 +265,7 @@ def _failure(failure: str, answer: dict, status: int) -> EtcdError:
 
 
 class Watch:
-    """An open watch on a prefix: iterate for ``WatchEvent``s; ``stop()`` ends it from any thread.
+    """An open watch on a prefix: iterate (once) for ``WatchEvent``s; ``stop()`` ends it from any thread.
 
     Iteration raises ``EtcdError`` if the stream breaks (etcd stopped, the
     connection was lost) or etcd cancels it (the start revision has been
@@ -292,8 +292,9 @@ class Watch:
             for message in self._messages():
                 result = message.get("result", {})
                 if result.get("canceled"):
-                    raise EtcdError(f"{failure} canceled: {result.get('cancel_reason') or 'history compacted'}"
-                                    f" (compacted up to revision {result.get('compact_revision', '?')})")
+                    compacted = int(result.get("compact_revision", 0))
+                    raise EtcdError(f"{failure} canceled: history compacted up to revision {compacted}" if compacted
+                                    else f"{failure} canceled: {result.get('cancel_reason') or 'no reason given'}")
                 if result.get("created") and self.next_revision is None:
                     self.next_revision = int(result["header"]["revision"]) + 1
                 events = result.get("events", [])

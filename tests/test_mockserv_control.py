@@ -6,8 +6,8 @@ import socket
 import pytest
 import requests
 
+from mockserv import FleetError, MockFleet, UnknownServer
 from mockserv.control import ControlListener, allowed_hosts, request_allowed
-from mockserv.fleet import FleetError, MockFleet, UnknownServer
 
 from .conftest import wait_for
 
