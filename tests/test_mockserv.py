@@ -125,3 +125,19 @@ def test_json_is_valid_for_head_requests_too(mock_servers):
     response = requests.head(server.url + "/x", timeout=5)
     assert response.status_code == 200 and response.content == b""
     assert json.loads(requests.get(server.url + "/x", timeout=5).text)["method"] == "GET"
+
+
+def test_cli_version():
+    import simplelb
+
+    result = run_cli("-m", "mockserv", "--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"mockserv {simplelb.__version__}"
+
+
+def test_cli_log_level_is_case_insensitive(process):
+    proc = process("-m", "mockserv", "1", "--base-port", "0", "--log-level", "DEBUG")
+    address = proc.wait_for_output("backends:").split()[1]
+    requests.get(f"http://{address}/seen-in-the-debug-log", timeout=5)
+    proc.wait_for_output("GET /seen-in-the-debug-log")  # logged only at debug level
+    result = run_cli("-m", "mockserv", "1", "--log-level", "loud")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--log-level" in result.stderr

@@ -1,0 +1,366 @@
+"""A small etcd v3 client over etcd's JSON gateway, with ``requests``.
+
+etcd serves its gRPC API as JSON over HTTP too (the grpc-gateway, ``/v3/...``
+in etcd 3.4 and later), so no gRPC stack is needed. The gateway's rules,
+which every method here follows:
+
+* keys and values are bytes, sent and received as base64 strings;
+* 64-bit integers (revisions, lease ids, TTLs) are JSON strings;
+* fields at their zero value are left out of answers (no ``kvs`` when nothing
+  matched, no ``type`` on a PUT event, no ``TTL`` for a lease that is gone);
+* a prefix is the range ``[prefix, prefix_range_end(prefix))``;
+* a failed call answers a non-200 status with ``{"error", "message", "code"}``
+  (``code`` is the gRPC status: 5 is NOT_FOUND).
+
+Every failure (no connection, no answer in time, an error answer, a watch
+that breaks or is compacted) raises ``EtcdError`` with a message naming the
+endpoint and the operation. ``watch`` streams ``/v3/watch``: it yields events
+in revision order, can start at any revision still in etcd's history (so a
+watcher that lost its stream resumes without missing a change), and
+``Watch.stop()`` ends it from another thread.
+
+This module imports nothing else from simplelb: the balancer's discovery and
+mockserv's registration both use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+
+__all__ = ["EtcdClient", "EtcdError", "KeyValue", "Lease", "Watch", "WatchEvent", "parse_etcd_url",
+           "prefix_range_end"]
+
+DEFAULT_PORT = 2379
+NOT_FOUND = 5  # gRPC status code
+
+
+class EtcdError(Exception):
+    """An etcd operation failed. ``grpc_code`` is etcd's status code when it answered one."""
+
+    def __init__(self, message: str, grpc_code: int | None = None):
+        super().__init__(message)
+        self.grpc_code = grpc_code
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int = 0
+    mod_revision: int = 0
+    version: int = 0
+    lease: int = 0
+
+    @property
+    def text(self) -> str:
+        return self.value.decode("utf-8")
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # "PUT" or "DELETE"
+    kv: KeyValue  # for a DELETE: the key and the revision of the deletion, no value
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: int
+    ttl_s: int
+
+
+def parse_etcd_url(url: str) -> tuple[str, str]:
+    """``etcd://HOST[:PORT]/PREFIX`` -> (``http://HOST:PORT``, ``PREFIX``).
+
+    The prefix is the path without the slash that separates it from the
+    address (``etcd://h/app`` is ``app``; ``etcd://h//app`` is ``/app``),
+    without a trailing slash. Raises ``EtcdError`` if the URL is not of that form.
+    """
+    parts = urlsplit(url)
+    prefix = parts.path[1:].rstrip("/")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        port = None
+    if parts.scheme != "etcd" or not parts.hostname or port is None or not prefix or parts.query:
+        raise EtcdError(f"expected etcd://HOST[:PORT]/PREFIX, not {url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"http://{host}:{port}", prefix
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The end of the key range holding every key that starts with ``prefix`` (etcd's GetPrefixRangeEnd)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\x00"  # every key
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode("utf-8") if isinstance(data, str) else data).decode("ascii")
+
+
+def _key_value(raw: dict) -> KeyValue:
+    return KeyValue(
+        key=base64.b64decode(raw.get("key", "")).decode("utf-8", "replace"),
+        value=base64.b64decode(raw.get("value", "")),
+        create_revision=int(raw.get("create_revision", 0)),
+        mod_revision=int(raw.get("mod_revision", 0)),
+        version=int(raw.get("version", 0)),
+        lease=int(raw.get("lease", 0)),
+    )
+
+
+class EtcdClient:
+    """etcd v3 at ``endpoint`` (``http://host:port``); every call waits at most ``timeout_s``."""
+
+    def __init__(self, endpoint: str = f"http://127.0.0.1:{DEFAULT_PORT}", timeout_s: float = 5.0):
+        self.endpoint = endpoint.rstrip("/")
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+        self._session.trust_env = False  # etcd is reached directly, never through a proxy from the environment
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- keys ---------------------------------------------------------------
+
+    def put(self, key: str, value: str | bytes, lease: int = 0) -> int:
+        """Set ``key``; the revision it was written at. With ``lease``, it goes when the lease does."""
+        body = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return int(self._call("put", "/v3/kv/put", body)["header"]["revision"])
+
+    def get(self, key: str) -> KeyValue | None:
+        kvs = self._call("get", "/v3/kv/range", {"key": _b64(key)}).get("kvs", [])
+        return _key_value(kvs[0]) if kvs else None
+
+    def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key starting with ``prefix``, in key order, and the revision they were read at."""
+        raw = prefix.encode("utf-8")
+        answer = self._call("get", "/v3/kv/range", {"key": _b64(raw), "range_end": _b64(prefix_range_end(raw))})
+        return [_key_value(kv) for kv in answer.get("kvs", [])], int(answer["header"]["revision"])
+
+    def delete(self, key: str) -> int:
+        """Delete ``key``; how many keys were deleted (0 or 1)."""
+        return int(self._call("delete", "/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", 0))
+
+    def delete_prefix(self, prefix: str) -> int:
+        raw = prefix.encode("utf-8")
+        body = {"key": _b64(raw), "range_end": _b64(prefix_range_end(raw))}
+        return int(self._call("delete", "/v3/kv/deleterange", body).get("deleted", 0))
+
+    def create_if_absent(self, key: str, value: str | bytes, lease: int = 0) -> tuple[bool, KeyValue]:
+        """Write ``key`` only if it does not exist, atomically (a transaction on its create revision).
+
+        Returns (whether this call created it, the value now stored): of many
+        callers racing, exactly one creates it and all get the same value.
+        """
+        put = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        body = {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+            "success": [{"request_put": put}],
+            "failure": [{"request_range": {"key": _b64(key)}}],
+        }
+        answer = self._call("create", "/v3/kv/txn", body)
+        if answer.get("succeeded"):
+            revision = int(answer["header"]["revision"])
+            return True, KeyValue(key, value.encode() if isinstance(value, str) else value,
+                                  revision, revision, 1, lease)
+        kvs = answer["responses"][0]["response_range"].get("kvs", [])
+        if not kvs:  # deleted between the compare and now: cannot happen inside one transaction
+            raise EtcdError(f"etcd at {self.endpoint}: create of {key!r} found neither the key nor room for it")
+        return False, _key_value(kvs[0])
+
+    # --- leases ---------------------------------------------------------------
+
+    def grant(self, ttl_s: int) -> Lease:
+        """A new lease of ``ttl_s`` seconds (etcd may raise a short TTL to its minimum)."""
+        answer = self._call("grant a lease", "/v3/lease/grant", {"TTL": str(int(ttl_s)), "ID": "0"})
+        return Lease(int(answer["ID"]), int(answer["TTL"]))
+
+    def keepalive(self, lease_id: int) -> int:
+        """Renew a lease; its TTL in seconds from now, or 0 if it has expired or been revoked."""
+        answer = self._call("keep a lease alive", "/v3/lease/keepalive", {"ID": str(lease_id)})
+        return int(answer.get("result", {}).get("TTL", 0))
+
+    def time_to_live(self, lease_id: int) -> int:
+        """Seconds a lease has left, or -1 if it is gone."""
+        return int(self._call("read a lease", "/v3/lease/timetolive", {"ID": str(lease_id)}).get("TTL", -1))
+
+    def revoke(self, lease_id: int) -> bool:
+        """End a lease now, deleting its keys; False if it was already gone."""
+        try:
+            self._call("revoke a lease", "/v3/lease/revoke", {"ID": str(lease_id)})
+        except EtcdError as exc:
+            if exc.grpc_code == NOT_FOUND:
+                return False
+            raise
+        return True
+
+    # --- watch -----------------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int | None = None) -> Watch:
+        """Changes to keys starting with ``prefix``, from ``start_revision`` (default: from now on)."""
+        return Watch(self, prefix, start_revision)
+
+    # --- the one way to call the gateway ------------------------------------------
+
+    def _call(self, what: str, path: str, body: dict) -> dict:
+        try:
+            response = self._session.post(self.endpoint + path, json=body, timeout=self.timeout_s)
+        except requests.Timeout:
+            raise EtcdError(f"etcd at {self.endpoint}: no answer within {self.timeout_s:g}s to {what}") from None
+        except requests.RequestException as exc:
+            raise EtcdError(f"etcd at {self.endpoint}: cannot {what}: {_reason(exc)}") from None
+        return _answer(response, f"etcd at {self.endpoint}: cannot {what}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests error: requests wraps urllib3's error, which wraps the socket's."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or exc.__context__ or next((a for a in exc.args if isinstance(a, BaseException)), None)
+        if inner is None:
+            break
+        exc = inner
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _answer(response: requests.Response, failure: str) -> dict:
+    try:
+        answer = response.json()
+    except ValueError:
+        raise EtcdError(f"{failure}: HTTP {response.status_code} with a body that is not JSON") from None
+    if response.status_code == 200 and "error" not in answer:
+        return answer
+    raise _failure(failure, answer, response.status_code)
+
+
+def _failure(failure: str, answer: dict, status: int) -> EtcdError:
+    error = answer.get("error")
+    if isinstance(error, dict):  # the shape of an error inside a stream
+        message, code = error.get("message"), error.get("grpc_code")
+    else:
+        message, code = answer.get("message") or error, answer.get("code")
+    return EtcdError(f"{failure}: {message} (HTTP {status})", code)
+
+
+class Watch:
+    """An open watch on a prefix: iterate (once) for ``WatchEvent``s; ``stop()`` ends it from any thread.
+
+    Iteration raises ``EtcdError`` if the stream breaks (etcd stopped, the
+    connection was lost) or etcd cancels it (the start revision has been
+    compacted away). To resume, watch again from ``next_revision``: nothing
+    is missed, and at most the events of one revision are delivered twice.
+    """
+
+    def __init__(self, client: EtcdClient, prefix: str, start_revision: int | None):
+        self._client = client
+        raw = prefix.encode("utf-8")
+        self._request = {"key": _b64(raw), "range_end": _b64(prefix_range_end(raw))}
+        if start_revision:
+            self._request["start_revision"] = str(start_revision)
+        self.next_revision = start_revision
+        self._stopped = threading.Event()
+        self._session = requests.Session()  # its own connection: the stream holds it for as long as it runs
+        self._session.trust_env = False
+        self._lock = threading.Lock()  # guards _response: the iterating thread opens it, stop() cuts it
+        self._response: requests.Response | None = None
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        failure = f"etcd at {self._client.endpoint}: watch"
+        try:
+            for message in self._messages():
+                result = message.get("result", {})
+                if result.get("canceled"):
+                    compacted = int(result.get("compact_revision", 0))
+                    raise EtcdError(f"{failure} canceled: history compacted up to revision {compacted}" if compacted
+                                    else f"{failure} canceled: {result.get('cancel_reason') or 'no reason given'}")
+                if result.get("created") and self.next_revision is None:
+                    self.next_revision = int(result["header"]["revision"]) + 1
+                events = result.get("events", [])
+                for raw in events:
+                    event = WatchEvent(raw.get("type", "PUT"), _key_value(raw["kv"]))
+                    self.next_revision = event.revision  # this revision may not be fully delivered yet
+                    yield event
+                if events:
+                    self.next_revision += 1
+        except requests.RequestException as exc:
+            if not self._stopped.is_set():
+                raise EtcdError(f"{failure} lost: {_reason(exc)}") from None
+        except ValueError:
+            raise EtcdError(f"{failure}: etcd sent a message that is not JSON") from None
+        finally:
+            self._close()
+        if not self._stopped.is_set():
+            raise EtcdError(f"{failure} ended: etcd closed the stream")
+
+    def _messages(self) -> Iterator[dict]:
+        failure = f"etcd at {self._client.endpoint}: cannot watch"
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            try:
+                # No read timeout: a quiet prefix sends nothing for as long as it stays quiet.
+                self._response = self._session.post(self._client.endpoint + "/v3/watch",
+                                                    json={"create_request": self._request},
+                                                    timeout=(self._client.timeout_s, None), stream=True)
+            except requests.RequestException as exc:
+                raise EtcdError(f"{failure}: {_reason(exc)}") from None
+        if self._response.status_code != 200:
+            _answer(self._response, failure)
+        for line in self._response.iter_lines():
+            if self._stopped.is_set():
+                return
+            if line:
+                message = json.loads(line)
+                if "error" in message:
+                    raise _failure(f"etcd at {self._client.endpoint}: watch failed", message,
+                                   self._response.status_code)
+                yield message
+
+    def stop(self) -> None:
+        """End the watch; an iteration blocked waiting for events returns. Safe from any thread, twice."""
+        self._stopped.set()
+        with self._lock:
+            response = self._response
+        if response is not None:
+            connection = response.raw.connection  # urllib3's connection; its socket is where the reader waits
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the reader now; close() alone would not
+                except OSError:
+                    pass
+
+    def _close(self) -> None:
+        with self._lock:
+            response, self._response = self._response, None
+        if response is not None:
+            response.close()
+        self._session.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
