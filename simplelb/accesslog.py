@@ -27,9 +27,11 @@ queued meanwhile go to the new file.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -124,6 +126,15 @@ class AccessLog:
     def _open(self) -> int:
         if self.path == "-":
             return os.dup(1)
+        if os.path.exists(self.path) and stat.S_ISFIFO(os.stat(self.path).st_mode):
+            # A pipe: never block on it. A write of at most PIPE_BUF is all or nothing, so
+            # a full pipe refuses whole batches (dropped and counted), never half a line.
+            try:
+                return os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    raise OSError(errno.ENXIO, f"nothing reads the pipe {self.path}") from None
+                raise
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def write(self, record: RequestRecord) -> None:
@@ -184,10 +195,10 @@ class AccessLog:
         data = "".join(lines).encode("utf-8", "replace")
         try:
             written = os.write(self._fd, data)
-        except OSError as exc:  # a full disk, a closed pipe: drop the batch, keep going
-            self.dropped += len(lines)
-            if self.dropped == len(lines):  # said once, at the first loss
+        except OSError as exc:  # a full disk, a full or closed pipe: drop the batch, keep going
+            if not self.dropped:  # said once, at the first loss
                 log.error("access log %s: %s; dropping lines (counted)", self.path, exc.strerror or exc)
+            self.dropped += len(lines)
             return
         if written < len(data):  # only where a write is not atomic anyway (a full pipe, a huge line)
             self.dropped += 1

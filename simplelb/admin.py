@@ -328,7 +328,7 @@ class AdminServer:
         try:
             self._httpd = _Server(address, handler)
         except OSError as exc:
-            raise ListenError(f"admin {bracket(address[0])}:{address[1]}", exc) from None
+            raise ListenError(f"cannot listen on admin {bracket(address[0])}:{address[1]}", exc) from None
         self._thread: threading.Thread | None = None
 
     @property

@@ -102,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(config, source)
     except ListenError as exc:
-        parser.exit(2, f"simplelb: error: cannot listen on {exc.where}: {exc.strerror}\n")
+        parser.exit(2, f"simplelb: error: {exc.where}: {exc.strerror}\n")

@@ -95,7 +95,7 @@ class ConfigError(ValueError):
 
 
 class ListenError(OSError):
-    """A listening socket could not be opened; ``where`` names it (``127.0.0.1:8080``, ``admin 127.0.0.1:9000``)."""
+    """Something the process serves on could not be opened; ``where`` says what (``cannot listen on 127.0.0.1:8080``)."""
 
     def __init__(self, where: str, exc: OSError):
         super().__init__(exc.errno, exc.strerror or str(exc))

@@ -113,7 +113,7 @@ class Supervisor:
             reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             reservation.bind((host, port))
         except OSError as exc:
-            raise ListenError(f"{bracket(host)}:{port}", exc) from None
+            raise ListenError(f"cannot listen on {bracket(host)}:{port}", exc) from None
         self.port = port
         return reservation
 

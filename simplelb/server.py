@@ -236,7 +236,7 @@ class LoadBalancer(ThreadingHTTPServer):
                 try:
                     super().__init__((listener.host, listener.port), ProxyRequestHandler)
                 except OSError as exc:
-                    raise ListenError(f"{bracket(listener.host)}:{listener.port}", exc) from None
+                    raise ListenError(f"cannot listen on {bracket(listener.host)}:{listener.port}", exc) from None
             else:
                 super().__init__(listen_socket.getsockname()[:2], ProxyRequestHandler, bind_and_activate=False)
                 self.socket.close()
@@ -247,7 +247,10 @@ class LoadBalancer(ThreadingHTTPServer):
 
                 self.admin = AdminServer(listener.admin, self.control, token_file=listener.admin_token_file)
             if listener.access_log is not None:
-                self.access_log = AccessLog(listener.access_log, listener.access_log_format)
+                try:
+                    self.access_log = AccessLog(listener.access_log, listener.access_log_format)
+                except OSError as exc:
+                    raise ListenError(f"cannot open the access log {listener.access_log}", exc) from None
         except BaseException:
             self.cluster.stop()
             self.server_close()

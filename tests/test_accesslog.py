@@ -1,0 +1,160 @@
+"""The access log (combined, json), request ids, reopening on SIGUSR1, and a log that cannot stall traffic."""
+
+import json
+import os
+import re
+import signal
+import socket
+import stat
+
+import requests
+
+from .conftest import RawClient, free_port, read_then_reset, serve_forever_ok, start_lb_process, wait_for
+
+RFC3339_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+# Apache's combined format, as log analysers parse it, then our three fields.
+COMBINED = re.compile(
+    r'(?P<client>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000)\] "(?P<request>[^"]*)" '
+    r'(?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)" '
+    r'"(?P<backend>[^"]*)" (?P<duration>\d+\.\d{3}) (?P<backend_time>\d+\.\d{3}|-)$'
+)
+
+
+def lines_of(path, count, timeout_s=10.0) -> list[str]:
+    wait_for(lambda: path.exists() and len(path.read_text().splitlines()) >= count, timeout_s, f"{count} log lines")
+    return path.read_text().splitlines()
+
+
+def test_json_lines_have_every_field(scripted, balancer, tmp_path):
+    backend = scripted(serve_forever_ok)
+    log = tmp_path / "access.json"
+    lb = balancer([backend], access_log=str(log), access_log_format="json", request_id_header="X-Request-Id")
+    client = RawClient(lb.port)
+    sent = (b"POST /form?a=1 HTTP/1.1\r\nHost: example\r\nUser-Agent: probe/1.0\r\nReferer: http://r.example/\r\n"
+            b"X-Request-Id: abc-123\r\nContent-Length: 5\r\n\r\nhello")
+    response = client.request(sent, "POST")
+    client.close()
+    (line,) = lines_of(log, 1)
+    record = json.loads(line)
+    assert set(record) == {"time", "client", "method", "target", "protocol", "status", "bytes_sent", "bytes_received",
+                           "duration_ms", "backend", "backend_status", "backend_duration_ms", "attempts", "user_agent",
+                           "referer", "request_id"}
+    assert RFC3339_MS_UTC.fullmatch(record["time"])
+    assert (record["client"], record["method"], record["target"], record["protocol"]) == (
+        "127.0.0.1", "POST", "/form?a=1", "HTTP/1.1")
+    assert (record["status"], record["backend"], record["backend_status"], record["attempts"]) == (
+        200, backend.address, 200, 1)
+    assert record["bytes_received"] == len(sent)
+    head_size = len("\r\n".join(f"{k}: {v}" for k, v in response.headers)) + len("HTTP/1.1 200 X\r\n\r\n\r\n")
+    assert record["bytes_sent"] == head_size + len(response.body)
+    assert 0 < record["backend_duration_ms"] <= record["duration_ms"]
+    assert (record["user_agent"], record["referer"], record["request_id"]) == (
+        "probe/1.0", "http://r.example/", "abc-123")
+
+
+def test_combined_lines_parse_as_apache_combined(scripted, balancer, tmp_path):
+    good = scripted(serve_forever_ok)
+    log = tmp_path / "access.log"
+    lb = balancer([good], access_log=str(log))
+    requests.get(lb.url + "/a?b=c", headers={"User-Agent": 'quote"agent', "Referer": "http://x/"}, timeout=5)
+    with socket.create_connection(("127.0.0.1", lb.port)) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n")  # refused by the balancer
+        raw.recv(100)
+    first, second = (COMBINED.match(line) for line in lines_of(log, 2))
+    assert first and second, log.read_text()
+    assert (first["request"], first["status"], first["referer"], first["agent"], first["backend"]) == (
+        "GET /a?b=c HTTP/1.1", "200", "http://x/", 'quote\\"agent', good.address)
+    assert int(first["bytes"]) > 0 and first["backend_time"] != "-"
+    assert (second["status"], second["backend"], second["backend_time"]) == ("400", "-", "-")
+
+
+def test_a_retried_request_logs_its_attempts(scripted, balancer, tmp_path):
+    bad, good = scripted(read_then_reset), scripted(serve_forever_ok)
+    log = tmp_path / "access.json"
+    lb = balancer([bad, good], access_log=str(log), access_log_format="json", algorithm="round-robin", eject_after=0)
+    assert requests.get(lb.url, timeout=5).status_code == 200
+    record = json.loads(lines_of(log, 1)[0])
+    assert (record["attempts"], record["backend"], record["status"]) == (2, good.address, 200)
+
+
+def test_request_ids_reach_the_backend_and_come_back(scripted, balancer):
+    backend = scripted(serve_forever_ok)
+    lb = balancer([backend], request_id_header="X-Request-Id")
+    fresh = requests.get(lb.url, timeout=5)
+    given = fresh.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", given)
+    assert dict(backend.received[-1].headers)["X-Request-Id"] == given
+    kept = requests.get(lb.url, headers={"X-Request-Id": "client-chosen.42"}, timeout=5)
+    assert kept.headers["X-Request-Id"] == "client-chosen.42"
+    assert [v for k, v in backend.received[-1].headers if k == "X-Request-Id"] == ["client-chosen.42"]
+    for odd in ("x" * 129, "has space", "quote\"d", "ünïcode"):
+        replaced = requests.get(lb.url, headers={"X-Request-Id": odd.encode("utf-8")}, timeout=5)
+        assert replaced.headers["X-Request-Id"] != odd and len(replaced.headers["X-Request-Id"]) == 36
+        assert [v for k, v in backend.received[-1].headers if k == "X-Request-Id"] == [replaced.headers["X-Request-Id"]]
+
+
+def test_an_error_of_the_balancer_carries_the_request_id(balancer):
+    lb = balancer(f"127.0.0.1:{free_port()}", request_id_header="X-Request-Id", retries=0)
+    response = requests.get(lb.url, headers={"X-Request-Id": "trace-me"}, timeout=5)
+    assert response.status_code == 502 and response.headers["X-Request-Id"] == "trace-me"
+
+
+def test_sigusr1_reopens_the_log_and_loses_no_line(process, mock_servers, tmp_path):
+    (mock,) = mock_servers(1)
+    log = tmp_path / "access.log"
+    proc, url, _ = start_lb_process(process, "--backends", mock.address, "--access-log", str(log),
+                                    "--health-interval", "60")
+    with requests.Session() as session:
+        for _ in range(30):
+            session.get(url, timeout=5)
+        lines_of(log, 30)
+        os.rename(log, tmp_path / "access.log.1")  # what logrotate does
+        for _ in range(10):
+            session.get(url, timeout=5)  # still written to the renamed file, until the reopen
+        proc.proc.send_signal(signal.SIGUSR1)
+        wait_for(log.exists, what="the new file")
+        for _ in range(20):
+            session.get(url, timeout=5)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    old, new = (tmp_path / "access.log.1").read_text().splitlines(), log.read_text().splitlines()
+    assert len(old) + len(new) == 60 and len(old) >= 40 and all(COMBINED.match(line) for line in old + new)
+
+
+def test_a_full_disk_drops_and_counts_lines_but_never_stops_traffic(mock_servers, balancer):
+    (mock,) = mock_servers(1)
+    lb = balancer([mock], access_log="/dev/full", admin="127.0.0.1:0")  # every write fails with ENOSPC
+    with requests.Session() as session:
+        assert all(session.get(lb.url, timeout=5).status_code == 200 for _ in range(50))
+    wait_for(lambda: lb.control.status()["access_log_dropped"] == 50, what="50 dropped lines")
+    assert "simplelb_access_log_dropped_total 50.0" in requests.get(lb.admin.url + "/metrics", timeout=5).text
+
+
+def test_a_pipe_nobody_reads_never_stalls_traffic(mock_servers, balancer, tmp_path):
+    (mock,) = mock_servers(1)
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    holder = os.open(fifo, os.O_RDWR)  # keeps the pipe open for reading, and never reads it
+    try:
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        lb = balancer([mock], access_log=str(fifo), access_log_format="json")
+        with requests.Session() as session:  # far more than the pipe's 64 KiB buffer holds
+            statuses = [session.get(lb.url + "/" + "x" * 500, timeout=5).status_code for _ in range(600)]
+        assert statuses == [200] * 600
+        wait_for(lambda: lb.access_log.dropped > 0, what="lines dropped once the pipe is full")
+    finally:
+        os.close(holder)
+
+
+def test_two_workers_write_whole_lines_to_one_file(process, mock_servers, tmp_path):
+    (mock,) = mock_servers(1)
+    log = tmp_path / "access.json"
+    proc, url, _ = start_lb_process(process, "--backends", mock.address, "--workers", "2", "--access-log", str(log),
+                                    "--access-log-format", "json", "--health-interval", "60")
+    for number in range(200):
+        with requests.Session() as session:  # new connections: both workers serve
+            session.get(f"{url}/{number}/{'y' * 300}", timeout=5)
+    records = [json.loads(line) for line in lines_of(log, 200)]  # any interleaving would break a line
+    assert sorted(int(r["target"].split("/")[1]) for r in records) == list(range(200))
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
