@@ -82,6 +82,16 @@ class SocketReader:
         """How many received bytes nobody has read yet."""
         return len(self._buf)
 
+    def peek(self) -> bytes:
+        """The received bytes nobody has read yet, left in place."""
+        return bytes(self._buf)
+
+    def take_pending(self) -> bytes:
+        """Remove and return the received bytes nobody has read yet."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def fill(self, size: int = 65536) -> bool:
         """One ``recv`` into the buffer; False at EOF. Socket errors and timeouts pass through."""
         return self._fill(size)
@@ -333,10 +343,12 @@ def response_framing(request_method: str, head: ResponseHead) -> Framing:
         codings = comma_tokens(head.headers, "Transfer-Encoding")
         if codings == ["chunked"]:
             return CHUNKED
-        if "chunked" in codings:
-            raise BadGateway("backend response has chunked in the wrong place")
-        # A coding we cannot undo, not ending in chunked: the body runs until close.
-        return UNTIL_CLOSE
+        # Another transfer coding (gzip, ...) is of the backend's hop: we would have to
+        # undo it or pass it on, and passing it to an HTTP/1.0 client is impossible.
+        # Relaying the bytes without it would hand the client a coded body as plain:
+        # refused, as nginx does.
+        other = next((c for c in codings if c != "chunked"), codings[-1] if codings else "")
+        raise BadGateway(f"backend response has a transfer coding we do not relay: {other!r}")
     lengths = header_values(head.headers, "Content-Length")
     if lengths:
         return Framing("length", _content_length(lengths, BadGateway))
@@ -399,6 +411,32 @@ def _iter_chunked(reader: SocketReader):
         raise BodyError("chunk size line too long") from exc
     except EOFError as exc:
         raise BodyError(str(exc)) from exc
+
+
+def check_chunked_prefix(data: bytes) -> str | None:
+    """The first framing error in the start of a chunked body, or None if it is valid as far as it goes.
+
+    For a request whose first body bytes came with its head: a malformed
+    body is refused before any backend sees the head (RFC 9112 §7.1).
+    """
+    pos = 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return "chunk size line too long" if len(data) - pos > MAX_CHUNK_LINE else None
+        line = data[pos : end + 1]
+        match = _CHUNK_SIZE_RE.fullmatch(line[:-2]) if line.endswith(b"\r\n") else None
+        if not match:
+            return f"malformed chunk size line {line[:40]!r}"
+        size = int(match.group(1), 16)
+        pos = end + 1
+        if size == 0:
+            return None  # the trailer section is checked as it streams
+        if len(data) < pos + size + 2:
+            return None
+        if data[pos + size : pos + size + 2] != b"\r\n":
+            return "chunk data not followed by CRLF"
+        pos += size + 2
 
 
 def chunk(data: bytes) -> bytes:

@@ -32,15 +32,17 @@ def relay(
     closing: bool,
     extra_headers: list[tuple[str, str]],
     turn: Turn,
+    backend_header: tuple[str, str] | None = None,
 ) -> tuple[bool, bool]:
     """Send the response to the client; return (keep client connection, reuse backend connection).
 
     ``extra_headers`` are added (a sticky cookie); the request id, if any,
-    replaces whatever the backend sent under that name.
+    replaces whatever the backend sent under that name; ``backend_header``
+    names the backend that answered, when the operator asked for it.
     """
     framing = response_framing(request.method, head)
     connection = comma_tokens(head.headers, "Connection")
-    headers = response_headers_for_client(head.headers, backend.address, connection)
+    headers = response_headers_for_client(head.headers, connection, backend_header)
     if framing.kind == "length":
         headers = with_content_length(headers, framing.length)
     if request.request_id is not None:

@@ -105,7 +105,7 @@ def test_without_check_a_bad_file_is_one_line_with_a_count(tmp_path):
 SAMPLES = {
     "backends": '"a:1"', "backups": '"b:2"', "admin": '"127.0.0.1:0"', "hash_balance_factor": "1.5",
     "sticky_cookie": '"lb"', "health_timeout_s": "1", "eject_on_5xx": "true", "access_log": '"-"',
-    "request_id_header": '"X-Request-Id"',
+    "request_id_header": '"X-Request-Id"', "backend_header": '"X-Upstream"',
 }
 
 
