@@ -31,10 +31,10 @@ from .http1 import (
     NO_BODY,
     HeadTooLarge,
     ResponseHead,
-    chunk,
     comma_tokens,
     header_values,
     parse_response_head,
+    send_chunk,
 )
 from .request import ClientRequest, ForwardOptions
 from .retry import IDEMPOTENT_METHODS
@@ -160,7 +160,10 @@ def _send_body(sock: socket.socket, request: ClientRequest, client: ClientConnec
     chunked = request.framing is CHUNKED
     for data in pieces:
         try:
-            sock.sendall(chunk(data) if chunked else data)
+            if chunked:
+                send_chunk(sock, data)
+            else:
+                sock.sendall(data)
         except OSError as exc:
             # The backend may have answered early (e.g. 413) and closed; its
             # answer, if any, is read next. The client's remaining body is unread.

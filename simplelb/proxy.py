@@ -76,7 +76,7 @@ class Forwarder:
         if _should_keep_body(request, view.config.retry_body_limit_bytes):
             with turn.paused():
                 client.answer_expectation(request)
-                request.body = b"".join(client.body(request.framing))
+                request.body = b"".join(bytes(piece) for piece in client.body(request.framing))
         key = view.key_function(request.headers, request.target, request.client_ip) if view.key_function else None
         pinned = view.sticky.lookup(request.headers) if view.sticky is not None else None
         tried: set[Backend] = set()

@@ -17,7 +17,7 @@ from .client import ClientConnection
 from .errors import ResponseAborted
 from .gate import Turn
 from .headers import encode_head, response_headers_for_client, with_content_length, with_field
-from .http1 import LAST_CHUNK, BodyError, ResponseHead, chunk, comma_tokens, iter_body, response_framing
+from .http1 import LAST_CHUNK, SCRATCH, BodyError, ResponseHead, comma_tokens, iter_body, response_framing
 from .request import ClientRequest
 from .upstream import PooledConnection
 
@@ -68,7 +68,13 @@ def relay(
 
 
 def _relay_body(conn: PooledConnection, backend: Backend, framing, client: ClientConnection, rechunk: bool) -> None:
-    body = iter_body(conn.reader, framing)
+    with SCRATCH.borrow() as scratch:
+        _copy_body(iter_body(conn.reader, framing, scratch), backend, client, rechunk)
+    if rechunk:
+        client.send(LAST_CHUNK)
+
+
+def _copy_body(body, backend: Backend, client: ClientConnection, rechunk: bool) -> None:
     while True:
         try:
             data = next(body, None)
@@ -81,10 +87,11 @@ def _relay_body(conn: PooledConnection, backend: Backend, framing, client: Clien
         except OSError as exc:
             raise ResponseAborted(f"backend {backend.name} failed mid-body: {exc}", "reset") from None
         if data is None:
-            break
-        client.send(chunk(data) if rechunk else data)
-    if rechunk:
-        client.send(LAST_CHUNK)
+            return
+        if rechunk:
+            client.send_chunk(data)
+        else:
+            client.send(data)
 
 
 def _backend_keeps_alive(head: ResponseHead, connection: list[str]) -> bool:

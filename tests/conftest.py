@@ -157,7 +157,7 @@ class ScriptedConnection:
         if raw is None:
             return None
         head = parse_request_head(raw)
-        body = b"".join(iter_body(self.reader, request_framing(head)))
+        body = b"".join(bytes(piece) for piece in iter_body(self.reader, request_framing(head)))
         if head.target == "/health":
             self.respond(200, b"ok", [("Connection", "close")])
             self.sock.close()
