@@ -25,8 +25,6 @@ from simplelb.admin import STATUS_PAGE
 from .browser import CHROMIUM, Browser
 from .conftest import JSON, SteadyTraffic
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed: the status page is tested in it")
-
 # Probes every 0.1 s, so a backend marked down is down before the page's next poll. It takes two failed
 # probes in a row, not one: on a busy machine a single probe can outlast its 0.1 s timeout.
 HEALTH = {"health_interval_s": 0.1, "fall": 2}
@@ -84,6 +82,8 @@ def unexpected(problems: list[str], *expected: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed: the status page is tested in it")
     pytest.importorskip("websockets", reason="the status page tests talk to Chromium with the websockets package")
     with Browser() as chromium:
         yield chromium
