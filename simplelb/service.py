@@ -67,8 +67,10 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
         cluster = config.cluster
         print(f"simplelb: listening on {balancer.url}, {cluster.algorithm} over {describe(cluster.backends)}",
               flush=True)
+        if balancer.redirect is not None:
+            print(f"simplelb: redirecting http on port {balancer.redirect.port} to {balancer.url}", flush=True)
         if balancer.admin is not None:
-            print(f"simplelb: admin on {balancer.admin.url} (status: {balancer.admin.url}/status)", flush=True)
+            print(f"simplelb: admin on {balancer.admin.url} (status page: {balancer.admin.url}/)", flush=True)
     while not signals.stop.is_set():
         signals.wait()
         if signals.reopen.is_set():

@@ -28,6 +28,7 @@ import threading
 from .channel import Channel, ChannelClosed
 from .config import Config, cluster_from_dict, listener_from_dict
 from .errors import ConfigError
+from .tls import load_certificates
 
 log = logging.getLogger("simplelb.worker")
 
@@ -73,6 +74,8 @@ class WorkerLink:
         if op == "apply":
             try:
                 self.balancer.cluster.update(cluster_from_dict(message["cluster"]))
+                if message.get("tls") and self.balancer.tls is not None:
+                    self.balancer.tls.install(load_certificates(tuple(map(tuple, message["tls"]))))
             except ConfigError as exc:  # the parent validated it; say so rather than die
                 return {"ok": False, "error": str(exc)}
             self.generation = message["generation"]

@@ -363,7 +363,7 @@ def start_lb_process(process, *args: str, admin: bool = False, timeout_s: float 
 
     proc = process("-m", "simplelb", "--port", "0", *args)
     line = proc.wait_for_output("listening on", timeout_s)
-    match = re.search(r"listening on (http://[^,\s]+),", line)
+    match = re.search(r"listening on (https?://[^,\s]+),", line)
     assert match, f"no listening line:\n{proc.stderr}"
     admin_url = None
     if admin or "--admin" in args:

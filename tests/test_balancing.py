@@ -56,7 +56,7 @@ def test_hash_on_a_header_keeps_each_user_on_one_backend(mock_servers, balancer)
 
 def test_hash_keys_of_surviving_backends_stay_put_when_one_goes_down(mock_servers, balancer):
     mocks = mock_servers(3)
-    lb = balancer(mocks, algorithm="hash", hash_key="path", health_interval_s=0.05, health_timeout_s=0.05, fall=1)
+    lb = balancer(mocks, algorithm="hash", hash_key="path", health_interval_s=0.25, fall=1)
     paths = [f"/item/{i}" for i in range(30)]
     before = {p: requests.get(lb.url + p, timeout=5).headers["X-Backend"] for p in paths}
     requests.post(mocks[0].url + "/_mock/health", data="down", timeout=5)
@@ -71,7 +71,7 @@ def test_hash_keys_of_surviving_backends_stay_put_when_one_goes_down(mock_server
 
 def test_sticky_cookie_pins_a_client_until_its_backend_goes_down(mock_servers, balancer):
     mocks = mock_servers(3)
-    lb = balancer(mocks, sticky_cookie="SLB", health_interval_s=0.05, health_timeout_s=0.05, fall=1)
+    lb = balancer(mocks, sticky_cookie="SLB", health_interval_s=0.25, fall=1)
     session = requests.Session()
     first = session.get(lb.url, timeout=5)
     cookie = session.cookies.get("SLB")
