@@ -10,14 +10,10 @@ Nothing is forwarded from here.
 from __future__ import annotations
 
 import logging
-import socket
-import socketserver
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from .errors import ListenError
 from .request import HOST_RE
-from .specs import bracket
+from .sideserver import SideServer
 
 log = logging.getLogger(__name__)
 
@@ -58,45 +54,9 @@ class RedirectHandler(BaseHTTPRequestHandler):
         log.debug("redirect %s: " + format, self.client_address[0], *args)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-
-    def __init__(self, address, handler):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, handler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # not HTTPServer's: it looks up our FQDN, slowly
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("redirect connection from %s failed", client_address[0])
-
-
-class RedirectServer:
+class RedirectServer(SideServer):
     """Binds in the constructor (a taken port fails there); ``start()`` and ``stop()``."""
 
     def __init__(self, host: str, port: int, https_port: int):
         handler = type("RedirectHandler", (RedirectHandler,), {"https_port": https_port})
-        try:
-            self._httpd = _Server((host, port), handler)
-        except OSError as exc:
-            raise ListenError(f"cannot listen on {bracket(host)}:{port} (--redirect-http)", exc) from None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    def start(self) -> RedirectServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
-                                        name=f"simplelb-redirect :{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join()
-        self._httpd.server_close()
+        super().__init__((host, port), handler, "redirect", max_connections=256)

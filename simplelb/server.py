@@ -73,7 +73,7 @@ def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] 
     ]
     if exc.status == 503:  # no backend, all at their limit, or too many clients: each passes
         headers.append(("Retry-After", str(RETRY_AFTER_S)))
-    headers += extra
+    headers += exc.headers + list(extra)
     if close:
         headers.append(("Connection", "close"))
     return encode_head(f"HTTP/1.1 {exc.status} {phrase}", headers) + body

@@ -1,3 +1,4 @@
+import math
 import random
 from collections import Counter
 from contextlib import ExitStack
@@ -170,17 +171,31 @@ def test_peak_ewma_reacts_to_the_first_slow_answer():
     assert {algorithm.pick(pool) for _ in range(20)} == {pool[1]}
 
 
-def test_peak_ewma_tries_an_avoided_backend_again_as_its_estimate_decays():
+def test_peak_ewma_forgets_a_stale_estimate():
     clock = FakeClock()
     pool = backends(1, 1, clock=clock)
     with pool[0].track():
         clock.now += 0.5
-    with pool[1].track():
-        clock.now += 0.01
     algorithm = PeakEwmaChoices(random.Random(1), clock)
-    assert algorithm.pick(pool) is pool[1]
-    clock.now += 60  # a long quiet spell: both estimates decay, the costs keep their order but shrink
-    assert pool[0].latency_s() < 0.01
+    clock.now += 4
+    assert pool[0].latency_s() == pytest.approx(0.5 * math.exp(-0.4))  # decaying
+    clock.now += 2
+    assert pool[0].latency_s() is None  # five seconds without news: forgotten, so neutral
+    assert algorithm.cost(pool[0], pool) == 0.0
+
+
+def test_peak_ewma_gives_a_slow_backend_that_turned_fast_its_share_back_within_seconds():
+    clock = FakeClock()
+    pool = backends(1, 1, clock=clock)
+    latency = {pool[0]: 0.200, pool[1]: 0.005}
+    algorithm = PeakEwmaChoices(random.Random(3), clock)
+    simulate(algorithm, pool, latency, clock, 300)  # slow: avoided
+    latency[pool[0]] = 0.005  # and fast again
+    turned = clock.now
+    while simulate(algorithm, pool, latency, clock, 1)[pool[0]] == 0:
+        assert clock.now - turned < 10, "starved"
+    assert clock.now - turned < 6
+    assert simulate(algorithm, pool, latency, clock, 400)[pool[0]] > 0.3 * 400  # its share, back
 
 
 def test_peak_ewma_gives_a_new_backend_a_neutral_estimate():
