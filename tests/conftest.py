@@ -35,6 +35,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def state(lb, backend: int | str) -> str:
+    """A backend's state as ``/status`` shows it (by position in the configuration, or by name)."""
+    backends = lb.control.status()["backends"]
+    entry = backends[backend] if isinstance(backend, int) else next(b for b in backends if b["name"] == backend)
+    return entry["state"]
+
+
 def free_port() -> int:
     """A port nothing listens on (bound and released), for 'connection refused' cases."""
     with socket.socket() as sock:

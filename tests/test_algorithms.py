@@ -153,7 +153,7 @@ def test_peak_ewma_steers_away_from_a_slow_backend_one_request_at_a_time():
     clock = FakeClock()
     pool = backends(1, 1, 1, clock=clock)
     latency = {pool[0]: 0.005, pool[1]: 0.100, pool[2]: 0.006}
-    picks = simulate(PeakEwmaChoices(random.Random(7), clock), pool, latency, clock, 600)
+    picks = simulate(PeakEwmaChoices(random.Random(7)), pool, latency, clock, 600)
     assert picks[pool[1]] < 0.05 * 600
     # Round robin, by contrast, gives it a third.
     assert simulate(RoundRobin(), pool, latency, clock, 600)[pool[1]] == 200
@@ -167,7 +167,7 @@ def test_peak_ewma_reacts_to_the_first_slow_answer():
             clock.now += 0.005
     with pool[0].track():
         clock.now += 0.5  # one spike
-    algorithm = PeakEwmaChoices(random.Random(1), clock)
+    algorithm = PeakEwmaChoices(random.Random(1))
     assert {algorithm.pick(pool) for _ in range(20)} == {pool[1]}
 
 
@@ -176,7 +176,7 @@ def test_peak_ewma_forgets_a_stale_estimate():
     pool = backends(1, 1, clock=clock)
     with pool[0].track():
         clock.now += 0.5
-    algorithm = PeakEwmaChoices(random.Random(1), clock)
+    algorithm = PeakEwmaChoices(random.Random(1))
     clock.now += 4
     assert pool[0].latency_s() == pytest.approx(0.5 * math.exp(-0.4))  # decaying
     clock.now += 2
@@ -188,7 +188,7 @@ def test_peak_ewma_gives_a_slow_backend_that_turned_fast_its_share_back_within_s
     clock = FakeClock()
     pool = backends(1, 1, clock=clock)
     latency = {pool[0]: 0.200, pool[1]: 0.005}
-    algorithm = PeakEwmaChoices(random.Random(3), clock)
+    algorithm = PeakEwmaChoices(random.Random(3))
     simulate(algorithm, pool, latency, clock, 300)  # slow: avoided
     latency[pool[0]] = 0.005  # and fast again
     turned = clock.now
@@ -202,7 +202,7 @@ def test_peak_ewma_gives_a_new_backend_a_neutral_estimate():
     clock = FakeClock()
     pool = backends(1, 1, 1, clock=clock)
     latency = {pool[0]: 0.010, pool[1]: 0.030, pool[2]: 0.020}
-    algorithm = PeakEwmaChoices(random.Random(11), clock)
+    algorithm = PeakEwmaChoices(random.Random(11))
     for backend in pool[:2]:
         with backend.track():
             clock.now += latency[backend]

@@ -8,7 +8,7 @@ from simplelb.config import ClusterConfig
 from simplelb.health import HealthChecker, probe
 from simplelb.specs import BackendSpec
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, state, wait_for
 
 
 def test_probe_passes_on_2xx_and_fails_otherwise(mock_servers):
@@ -66,14 +66,14 @@ def test_balancer_takes_a_failing_backend_out_and_brings_it_back(mock_servers, b
     mocks = mock_servers(2)
     lb = balancer(mocks, health_interval_s=0.05, health_timeout_s=0.05, rise=2, fall=2)
     requests.post(mocks[0].url + "/_mock/health", data="down", timeout=5)
-    wait_for(lambda: not lb.backends[0].healthy, what="mock-1 marked down")
+    wait_for(lambda: state(lb, 0) == "down", what="mock-1 marked down")
     before = mocks[0].requests
     answered_by = {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(10)}
     assert answered_by == {"mock-2"}
     assert mocks[0].requests == before  # no traffic to the unhealthy backend
 
     requests.post(mocks[0].url + "/_mock/health", data="up", timeout=5)
-    wait_for(lambda: lb.backends[0].healthy, what="mock-1 back up")
+    wait_for(lambda: state(lb, 0) == "up", what="mock-1 back up")
     answered_by = {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(10)}
     assert answered_by == {"mock-1", "mock-2"}
 
@@ -87,6 +87,6 @@ def test_health_checker_stops(mock_servers):
     wait_for(lambda: checker.rounds >= 2, what="two rounds")
     checker.stop()
     rounds = checker.rounds
-    assert not checker._thread.is_alive()
+    assert "health-checker" not in {thread.name for thread in threading.enumerate()}
     time.sleep(0.2)  # not waiting for a condition: checking that nothing more happens
     assert checker.rounds == rounds
