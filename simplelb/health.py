@@ -144,9 +144,13 @@ class HealthChecker:
         results: dict[Backend, tuple[bool, str]] = {}
 
         def probe_one(backend: Backend) -> None:
-            results[backend] = self._probe(
-                backend.host, backend.port, config.health_path, config.health_timeout_s, backend.pool.tls
-            )
+            tls = backend.pool.tls if backend.pool is not None else None
+            try:
+                results[backend] = self._probe(backend.host, backend.port, config.health_path,
+                                               config.health_timeout_s, tls)
+            except Exception as exc:  # a bug, not the backend's fault: say so, and count it as a failure
+                log.exception("probing %s failed", backend.name)
+                results[backend] = (False, f"probe failed: {exc}")
 
         threads = [
             threading.Thread(target=probe_one, args=(b,), name=f"health-probe {b.name}", daemon=True)
