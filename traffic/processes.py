@@ -17,7 +17,7 @@ Theory of operation:
    and per-backend figures are then built from all of them in this process,
    so merging is exact: the report is the one one process would have made
    from the same results.
-4. Stopping: ``stop`` (Ctrl-C here) sets a shared event; each process stops
+4. Stopping: ``stop`` (Ctrl-C here) sets a shared flag; each process stops
    as the runner does (``STOP_GRACE_S``) and sends back what it has. Ctrl-C
    itself is ignored in the children, so the report comes from this process
    alone; a process that does not answer in time is terminated. No process is
@@ -50,7 +50,9 @@ def run_in_processes(job: Job, count: int, stop: threading.Event,
     ``on_start`` is given a function returning (done, failed) so far, for a progress line.
     """
     context = multiprocessing.get_context("spawn")
-    shared_stop = context.Event()
+    # A plain shared byte, polled: a multiprocessing.Event's set() waits for every process that was
+    # waiting on it to wake, and hangs for ever on one that exited while waiting.
+    shared_stop = context.RawValue("b", 0)
     tallies = context.Array("q", 2 * count, lock=False)  # done, failed per process; each writes its own
     pipes, children = [], []
     try:
@@ -70,7 +72,7 @@ def run_in_processes(job: Job, count: int, stop: threading.Event,
             on_start(lambda: (sum(tallies[0::2]), sum(tallies[1::2])))
         return _gather(pipes, stop, shared_stop, start_at)
     finally:
-        shared_stop.set()
+        shared_stop.value = 1
         for child in children:
             child.join(1.0)
             if child.is_alive():
@@ -97,7 +99,7 @@ def _gather(pipes: list, stop: threading.Event, shared_stop, start_at: float) ->
     deadline = None
     while waiting:
         if stop.is_set():
-            shared_stop.set()
+            shared_stop.value = 1
             deadline = deadline or time.monotonic() + STOP_GRACE_S + GATHER_TIMEOUT_S
         if deadline is not None and time.monotonic() > deadline:
             break  # the report is made from the processes that answered
@@ -120,9 +122,10 @@ def _child(job: Job, shard: Shard, pipe, shared_stop, tallies) -> None:
     parent = multiprocessing.parent_process()
 
     def watch() -> None:
-        while not shared_stop.wait(0.2):
+        while not shared_stop.value:
             if parent is not None and not parent.is_alive():
                 break  # the parent was killed: stop rather than load a server for nobody
+            time.sleep(0.1)
         stop.set()
 
     threading.Thread(target=watch, name="traffic-stop-watch", daemon=True).start()
