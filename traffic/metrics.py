@@ -65,9 +65,13 @@ def parse(text: str) -> dict[str, dict]:
 def check(url: str) -> str | None:
     """None when the URL answers with the balancer's metrics; else a one-line reason."""
     try:
-        backends = parse(fetch(url))
+        text = fetch(url)
     except MetricsError as exc:
         return str(exc)
+    try:
+        backends = parse(text)
+    except MetricsError as exc:
+        return f"--metrics {url}: {exc}"
     if not backends:
         return f"--metrics {url}: no per-backend simplelb_backend_* metrics there"
     return None
