@@ -19,7 +19,8 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf"]
 SIZES = {"wide": (860, 250), "narrow": (380, 240)}
 MAX_X_TICKS = {"wide": 10, "narrow": 4}
-LEFT, RIGHT, TOP, BOTTOM = 56, 14, 22, 30
+LEFT, RIGHT, TOP, BOTTOM = 56, 14, 22, 36
+X_LABEL_DROP = 22  # x labels this far below the axis: clear of the y axis's "0" whatever the font
 DOTS_UP_TO = 40  # series with this few points also get a dot per point, so one point still shows
 
 
@@ -82,7 +83,7 @@ class Frame:
         out, tick = [], 0.0
         while tick <= self.x_max + 1e-9:
             if tick >= self.x_min:
-                out.append(f'<text x="{self.x(tick):.1f}" y="{self.height - BOTTOM + 16}" class="tick" '
+                out.append(f'<text x="{self.x(tick):.1f}" y="{self.height - BOTTOM + X_LABEL_DROP}" class="tick" '
                            f'text-anchor="middle">{tick:g}s</text>')
             tick = round(tick + step, 9)
         return "".join(out)
@@ -203,7 +204,7 @@ def histogram_chart(title: str, bins: Sequence[tuple[float, float, int]]) -> str
                      f'height="{frame.y(0) - frame.y(count):.1f}" fill="{PALETTE[2]}">'
                      f'<title>{low:.2f}-{high:.2f} ms: {count}</title></rect>')
             if i % step == 0:
-                body += (f'<text x="{x0:.1f}" y="{frame.height - BOTTOM + 16}" class="tick" text-anchor="middle">'
+                body += (f'<text x="{x0:.1f}" y="{frame.height - BOTTOM + X_LABEL_DROP}" class="tick" text-anchor="middle">'
                          f'{low:.3g}</text>')
         drawings += frame.svg(title, body)
     return figure(title, drawings, note="milliseconds, log scale; each bar a range of latencies")
