@@ -44,7 +44,7 @@ class Target:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes | None = None
 
-    @property
+    @functools.cached_property
     def origin(self) -> tuple[str, str, int]:
         """Where a connection goes: requests to one origin share a worker's keep-alive connection."""
         return (self.scheme, self.host, self.port)

@@ -106,6 +106,56 @@ def _unknown(where: str, table: dict, allowed: set[str]) -> None:
         raise ScenarioError(f"{where}: unknown field '{extra[0]}' (known: {', '.join(sorted(allowed))})")
 
 
+def _table(where: str, table: Any, allowed: set[str]) -> dict:
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where}: must be a table")
+    _unknown(where, table, allowed)
+    return table
+
+
+def _phase(where: str, number: int, table: dict) -> Phase:
+    if "duration" not in table:
+        raise ScenarioError(f"{where}: 'duration' (seconds) is required")
+    duration = _number(where, "duration", table["duration"], low=0.1, high=3600)
+    rate = table.get("rate")
+    concurrency = table.get("concurrency")
+    if (rate is None) == (concurrency is None):
+        raise ScenarioError(f"{where}: give exactly one of 'rate' (open loop) or 'concurrency' (closed loop)")
+    if rate is not None:
+        rate = _number(where, "rate", rate, low=0.1, high=100_000)
+    if concurrency is not None:
+        concurrency = _number(where, "concurrency", concurrency, integer=True, low=1, high=1000)
+    path = table.get("path", "/")
+    if not isinstance(path, str) or not path.startswith("/") or " " in path:
+        raise ScenarioError(f"{where}: 'path' must start with / and contain no spaces, not {path!r}")
+    method = table.get("method", "GET")
+    if not isinstance(method, str) or not method.isalpha():
+        raise ScenarioError(f"{where}: 'method' must be an HTTP method, not {method!r}")
+    return Phase(str(table.get("name", f"phase {number}")), duration, rate, concurrency, path, method.upper())
+
+
+def _event(where: str, table: dict, names: list[str], total_s: float) -> Event:
+    at = _number(where, "at", table.get("at"), low=0, high=total_s)
+    server = table.get("server")
+    if server not in names:
+        raise ScenarioError(f"{where}: 'server' must be one of {', '.join(names)}, not {server!r}")
+    action = table.get("action")
+    if action not in ACTIONS:
+        raise ScenarioError(f"{where}: 'action' must be one of {', '.join(ACTIONS)}, not {action!r}")
+    value = table.get("value")
+    if action in ("latency", "error-rate"):
+        if value is None:
+            raise ScenarioError(f"{where}: 'value' is required for {action}")
+        try:
+            (parse_latency if action == "latency" else parse_error_rate)(str(value))
+        except BehaviourError as exc:
+            raise ScenarioError(f"{where}: 'value': {exc}") from None
+        value = str(value)
+    elif value is not None:
+        raise ScenarioError(f"{where}: 'value' is only for latency and error-rate")
+    return Event(float(at), server, action, value)
+
+
 def parse_scenario(text: str, source: str = "scenario") -> Scenario:
     try:
         data = tomllib.loads(text)
@@ -122,63 +172,15 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
         raise ScenarioError(f"{source}: 'algorithm' must be one of {', '.join(algorithm_names())}, not {algorithm!r}")
     health_interval = _number(source, "health_interval", data.get("health_interval", 0.25), low=0.05, high=60)
     eject_time = _number(source, "eject_time", data.get("eject_time", 10), low=0.1, high=300)
-
     raw_phases = data.get("phase")
     if not isinstance(raw_phases, list) or not raw_phases:
         raise ScenarioError(f"{source}: needs at least one [[phase]]")
-    phases = []
-    for number, table in enumerate(raw_phases, 1):
-        where = f"{source}: phase {number}"
-        if not isinstance(table, dict):
-            raise ScenarioError(f"{where}: must be a table")
-        _unknown(where, table, _PHASE_KEYS)
-        if "duration" not in table:
-            raise ScenarioError(f"{where}: 'duration' (seconds) is required")
-        duration = _number(where, "duration", table["duration"], low=0.1, high=3600)
-        rate = table.get("rate")
-        concurrency = table.get("concurrency")
-        if (rate is None) == (concurrency is None):
-            raise ScenarioError(f"{where}: give exactly one of 'rate' (open loop) or 'concurrency' (closed loop)")
-        if rate is not None:
-            rate = _number(where, "rate", rate, low=0.1, high=100_000)
-        if concurrency is not None:
-            concurrency = _number(where, "concurrency", concurrency, integer=True, low=1, high=1000)
-        path = table.get("path", "/")
-        if not isinstance(path, str) or not path.startswith("/") or " " in path:
-            raise ScenarioError(f"{where}: 'path' must start with / and contain no spaces, not {path!r}")
-        method = table.get("method", "GET")
-        if not isinstance(method, str) or not method.isalpha():
-            raise ScenarioError(f"{where}: 'method' must be an HTTP method, not {method!r}")
-        phases.append(Phase(str(table.get("name", f"phase {number}")), duration, rate, concurrency, path, method.upper()))
-
+    phases = [_phase(f"{source}: phase {n}", n, _table(f"{source}: phase {n}", table, _PHASE_KEYS))
+              for n, table in enumerate(raw_phases, 1)]
     total = sum(p.duration_s for p in phases)
     names = [f"mock-{i + 1}" for i in range(servers)]
-    events = []
-    for number, table in enumerate(data.get("event", []), 1):
-        where = f"{source}: event {number}"
-        if not isinstance(table, dict):
-            raise ScenarioError(f"{where}: must be a table")
-        _unknown(where, table, _EVENT_KEYS)
-        at = _number(where, "at", table.get("at"), low=0, high=total)
-        server = table.get("server")
-        if server not in names:
-            raise ScenarioError(f"{where}: 'server' must be one of {', '.join(names)}, not {server!r}")
-        action = table.get("action")
-        if action not in ACTIONS:
-            raise ScenarioError(f"{where}: 'action' must be one of {', '.join(ACTIONS)}, not {action!r}")
-        value = table.get("value")
-        if action in ("latency", "error-rate"):
-            if value is None:
-                raise ScenarioError(f"{where}: 'value' is required for {action}")
-            try:
-                (parse_latency if action == "latency" else parse_error_rate)(str(value))
-            except BehaviourError as exc:
-                raise ScenarioError(f"{where}: 'value': {exc}") from None
-            value = str(value)
-        elif value is not None:
-            raise ScenarioError(f"{where}: 'value' is only for latency and error-rate")
-        events.append(Event(float(at), server, action, value))
-    events.sort(key=lambda e: e.at_s)
+    events = sorted((_event(f"{source}: event {n}", _table(f"{source}: event {n}", table, _EVENT_KEYS), names, total)
+                     for n, table in enumerate(data.get("event", []), 1)), key=lambda e: e.at_s)
     return Scenario(
         Path(source).stem, str(data.get("description", "")), servers, latency, algorithm, float(health_interval),
         float(eject_time), tuple(phases), tuple(events),
@@ -224,11 +226,12 @@ def run_scenario(scenario: Scenario, *, say=print, timeout_s: float = 10.0, stop
                     health_interval_s=scenario.health_interval_s, eject_time_s=scenario.eject_time_s)
     fired: list[tuple[float, str]] = []
     results = []
+    halt = threading.Event()  # this run is over (``stop`` may be shared with other runs: it is not set here)
     start = time.perf_counter()
 
     def fire_events() -> None:
         for event in scenario.events:
-            if stop.wait(max(0.0, start + event.at_s - time.perf_counter())):
+            if halt.wait(max(0.0, start + event.at_s - time.perf_counter())):
                 return
             try:
                 apply_event(event, rig)
@@ -253,9 +256,8 @@ def run_scenario(scenario: Scenario, *, say=print, timeout_s: float = 10.0, stop
                 got, _ = run_load(target, None, concurrency=phase.concurrency, **options)
             results.extend(got)
     finally:
-        interrupted = stop.is_set()  # by Ctrl-C: what is still in flight is not waited for
-        stop.set()
+        halt.set()
         events_thread.join(5)
-        rig.stop(grace_s=0.2 if interrupted else 2)
+        rig.stop(grace_s=0.2 if stop.is_set() else 2)  # after Ctrl-C, what is in flight is not waited for
     return {"results": results, "elapsed_s": time.perf_counter() - start, "events": fired,
             "backends": rig.names, "url": rig.url}
