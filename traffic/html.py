@@ -30,7 +30,8 @@ from .svg import Series, colour, histogram_chart, line_chart, stacked_area, stac
 from .thresholds import FAILED_EXIT_STATUS
 
 STATE_COLOURS = {"up": "#2ca02c", "healthy": "#2ca02c", "down": "#d62728", "unhealthy": "#d62728",
-                 "ejected": "#9467bd", "draining": "#ff7f0e", "maintenance": "#7f7f7f"}
+                 "ejected": "#9467bd", "draining": "#ff7f0e", "maint": "#7f7f7f", "maintenance": "#7f7f7f",
+                 "removing": "#8c564b"}
 OK_COLOUR, TRANSPORT_COLOUR, HTTP_5XX_COLOUR = colour(0), colour(1), colour(3)
 
 STYLE = """

@@ -102,8 +102,9 @@ def start_rig(
 
 
 def _start_balancer(addresses: list[str], options: dict) -> LoadBalancer:
-    """The one call into simplelb's configuration API."""
-    return LoadBalancer(Config(backends=",".join(addresses), port=0, **options)).start()
+    """The one call into simplelb's configuration API (``Config.of`` where simplelb has it, else ``Config``)."""
+    make = getattr(Config, "of", Config)
+    return LoadBalancer(make(backends=",".join(addresses), port=0, **options)).start()
 
 
 def version() -> str:
