@@ -81,7 +81,7 @@ def format_timeline(rows: list[dict], backends: Sequence[str], events: Sequence[
     """A compact table: one row a bucket, failures split (transport + 5xx), one share column per backend."""
     shown = list(backends)[:SHARE_COLUMNS]
     width = rows[0]["width_s"] if rows else 1.0
-    header = (f"{'t s':>6}{'req':>6}{'fail':>5}{'=tr':>4}{'+5xx':>5}{'p50 ms':>8}{'p99 ms':>8} "
+    header = (f"{'t s':>6}{'req':>6}{'fail':>5}{'=tr':>4}{'+5xx':>5}{'p50 ms':>7}{'p99 ms':>7} "
               + "".join(f"{name[-6:]:>7}" for name in shown))
     lines = [header]
     marks = defaultdict(list)
@@ -92,9 +92,9 @@ def format_timeline(rows: list[dict], backends: Sequence[str], events: Sequence[
             f"{row['share'].get(name, 0) * 100:>6.0f}%" if row["requests"] else f"{'-':>7}" for name in shown
         )
         line = (f"{_t(row['t_s'], width)}{row['requests']:>6}{row['failed']:>5}{row[TRANSPORT]:>4}{row[HTTP_5XX]:>5}"
-                f"{row['p50_ms']:>8.1f}{row['p99_ms']:>8.1f} {shares}")
+                f"{row['p50_ms']:>7.1f}{row['p99_ms']:>7.1f} {shares}")
         if marks.get(index):
-            line += "  <- " + ", ".join(marks[index])
+            line += " <- " + ", ".join(marks[index])
         lines.append(line if len(line) <= 80 else line[:79] + "~")
     return "\n".join(lines)
 
