@@ -187,3 +187,8 @@ def test_csv_has_a_row_per_request(recorder, tmp_path):  # noqa: F811
         ("200", "rec", "GET", server.url + "/x", "")}
     assert all(float(r["start_s"]) >= float(r["scheduled_s"]) for r in table)
     assert json.loads(report.read_text())["requests"] == 9
+
+
+def test_an_unreadable_cacert_is_one_line(tmp_path):
+    result = run_cli(*TRAFFIC, "--url", "https://127.0.0.1:1", "--cacert", str(tmp_path / "none.pem"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--cacert" in result.stderr

@@ -60,7 +60,7 @@ ul.legend { list-style: none; padding: 0; margin: 6px 0 0; display: flex; flex-w
 .note { color: #666; font-size: 13px; margin: 4px 0; }
 .passed { color: #1a7f37; } .failed { color: #c62828; font-weight: 600; }
 @media (max-width: 640px) { .chart.wide { display: none; } body { padding: 10px; font-size: 14px; }
-                            th, td { padding: 3px 5px; } }
+                            th, td { padding: 3px 4px; } table { font-size: 13px; } }
 @media (min-width: 641px) { .chart.narrow { display: none; } }
 """
 

@@ -76,7 +76,8 @@ def run_mode(mode: str, args, argv: list[str], console, stop, parser) -> int:
 def _job(mode: str, args) -> tuple[Job, str]:
     tls = Tls(args.cacert, bool(args.insecure))
     try:
-        tls.context()
+        if args.cacert:
+            tls.context()  # a CA file that cannot be read is a one-line error now, not a failure per request
     except (OSError, ValueError) as exc:
         raise TargetError(f"--cacert {args.cacert}: {getattr(exc, 'strerror', None) or exc}") from None
     headers = [parse_header(text) for text in args.header]
@@ -104,7 +105,7 @@ def send(mode: str, args, console, stop) -> Run:
 
     job, where = _job(mode, args)
     targets = job.mix.targets if job.mix else [job.schedule[0][1]] if job.schedule else []
-    context = job.tls.context()
+    context = job.tls.context() if any(t.scheme == "https" for t in targets) else None
     for origin in {t.origin: t for t in targets}.values():
         problem = check_reachable(origin, args.timeout, context)
         if problem:

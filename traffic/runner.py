@@ -89,6 +89,11 @@ def _mix(source: Target | Mix) -> Mix:
     return source if isinstance(source, Mix) else Mix([source])
 
 
+def _tls_context(tls: Tls | None, targets: Iterable[Target]):
+    """An ``SSLContext`` only when something is sent over https: making one loads the CA store (milliseconds)."""
+    return tls.context() if tls and any(t.scheme == "https" for t in targets) else None
+
+
 def _wait(threads: Sequence[threading.Thread], stop: threading.Event) -> None:
     """Wait for ``threads``; once ``stop`` is set, give them ``STOP_GRACE_S`` more, then leave them behind."""
     deadline = None
@@ -133,7 +138,7 @@ def run_load(
     ``start_at`` (a ``perf_counter`` value) lets phases of a scenario, or processes, share one clock.
     """
     mix, stop = _mix(source), stop or threading.Event()
-    context = tls.context() if tls else None
+    context = _tls_context(tls, mix.targets)
     mine = shard.share(n) if n is not None else None
     tickets = itertools.count()
     collector = _Collector(on_result)
@@ -176,7 +181,7 @@ def run_open_loop(
     mix = _mix(source)
     total = n if n is not None else max(1, int(rate * (duration_s or 1.0)))
     items = ((i / rate, mix.pick(i)) for i in range(shard.index, total, shard.count))
-    return _run_scheduled(items, max(1, shard.share(max_in_flight)), **options)
+    return _run_scheduled(items, max(1, shard.share(max_in_flight)), targets=mix.targets, **options)
 
 
 def run_schedule(
@@ -188,13 +193,15 @@ def run_schedule(
 ) -> tuple[list[Result], float]:
     """Each request at its own offset (seconds from the start): ``--replay``. ``options`` as for ``run_open_loop``."""
     items = (schedule[i] for i in range(shard.index, len(schedule), shard.count))
-    return _run_scheduled(items, max(1, shard.share(max_in_flight)), **options)
+    targets = {id(target): target for _, target in schedule}.values()
+    return _run_scheduled(items, max(1, shard.share(max_in_flight)), targets=targets, **options)
 
 
 def _run_scheduled(
     items: Iterable[tuple[float, Target]],
     max_in_flight: int,
     *,
+    targets: Iterable[Target] = (),
     timeout_s: float = 10.0,
     on_result: OnResult = None,
     stop: threading.Event | None = None,
@@ -202,7 +209,7 @@ def _run_scheduled(
     tls: Tls | None = None,
 ) -> tuple[list[Result], float]:
     stop = stop or threading.Event()
-    context = tls.context() if tls else None
+    context = _tls_context(tls, targets)
     schedule = time.perf_counter()  # this phase's own start
     started = start_at if start_at is not None else schedule
     collector = _Collector(on_result)

@@ -214,17 +214,17 @@ def state_strip(title: str, rows: Sequence[tuple[str, list[tuple[float, float, s
                 colours: dict[str, str]) -> str:
     """One band per backend, coloured by state over time: ``rows`` of (name, [(from s, to s, state)])."""
     drawings = ""
-    band = 22
+    band, label = 18, 16  # each backend: its name on a line, then its band
     for size in SIZES:
         frame = Frame(size, x_max, 1)
-        frame.height = TOP + band * len(rows) + BOTTOM
+        frame.height = TOP + (band + label) * len(rows) + BOTTOM
         body = frame.time_ticks()
         for i, (name, spans) in enumerate(rows):
-            y = TOP + i * band
-            body += f'<text x="{LEFT - 6}" y="{y + 15}" class="tick" text-anchor="end">{html.escape(name[-8:])}</text>'
+            y = TOP + i * (band + label)
+            body += f'<text x="{LEFT}" y="{y + 12}" class="tick">{html.escape(name)}</text>'
             for start, end, state in spans:
-                body += (f'<rect x="{frame.x(start):.1f}" y="{y + 2}" width="{max(1.0, frame.x(end) - frame.x(start)):.1f}"'
-                         f' height="{band - 4}" fill="{colours.get(state, "#999")}"><title>{html.escape(name)}: '
+                body += (f'<rect x="{frame.x(start):.1f}" y="{y + label}" width="{max(1.0, frame.x(end) - frame.x(start)):.1f}"'
+                         f' height="{band - 2}" fill="{colours.get(state, "#999")}"><title>{html.escape(name)}: '
                          f'{html.escape(state)} {start:g}-{end:g}s</title></rect>')
         drawings += frame.svg(title, body)
     return figure(title, drawings, list(colours.items()))
