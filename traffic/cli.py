@@ -160,6 +160,7 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser, mode:
     """Every given flag applies to the mode; the combinations make sense; output paths can be written."""
     from .export import check_writable
 
+    # argparse keeps its actions in a private list; it is the one place that knows each flag's spelling.
     flags = {action.dest: "/".join(action.option_strings) for action in parser._actions if action.option_strings}
     for dest, modes in APPLIES.items():
         if getattr(args, dest) is not None and mode not in modes:
@@ -196,5 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, dest, value)
     console = Console(notes_to_stderr=bool(args.json))
     stop = threading.Event()
-    with stop_on_signals(stop, console):
-        return run_mode(mode, args, argv, console, stop, parser)
+    try:
+        with stop_on_signals(stop, console):
+            return run_mode(mode, args, argv, console, stop, parser)
+    except KeyboardInterrupt:
+        console.err("traffic: interrupted")  # the second Ctrl-C: no report, no traceback
+        return 130

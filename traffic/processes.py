@@ -64,7 +64,8 @@ def run_in_processes(job: Job, count: int, stop: threading.Event,
             theirs.close()
             pipes.append(ours)
             children.append(child)
-        _wait_ready(pipes, stop)
+        if not _wait_ready(pipes, stop):
+            return [], 0.0  # stopped before anything was sent
         start_at = time.perf_counter() + START_MARGIN_S
         for pipe in pipes:
             pipe.send(start_at)
@@ -80,16 +81,24 @@ def run_in_processes(job: Job, count: int, stop: threading.Event,
                 child.join(1.0)
 
 
-def _wait_ready(pipes: list, stop: threading.Event) -> None:
+def _wait_ready(pipes: list, stop: threading.Event) -> bool:
+    """True when every process is ready; False if ``stop`` came first. ``OSError`` if one cannot start."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     waiting = list(pipes)
     while waiting:
-        if stop.is_set() or time.monotonic() > deadline:
-            raise RuntimeError("the traffic processes did not start" if not stop.is_set() else "stopped")
+        if stop.is_set():
+            return False
+        if time.monotonic() > deadline:
+            raise OSError(f"the traffic processes did not start within {READY_TIMEOUT_S:g}s")
         for pipe in wait(waiting, timeout=0.1):
-            if pipe.recv() != "ready":
-                raise RuntimeError("a traffic process failed to start")
+            try:
+                ready = pipe.recv() == "ready"
+            except EOFError:
+                ready = False
+            if not ready:
+                raise OSError("a traffic process failed to start")
             waiting.remove(pipe)
+    return True
 
 
 def _gather(pipes: list, stop: threading.Event, shared_stop, start_at: float) -> tuple[list[Result], float]:
