@@ -88,3 +88,14 @@ def test_the_text_report_shows_it_per_scrape(recorder, metrics_server):  # noqa:
     assert "up/2/0" in result.stdout and "down/0/0" in result.stdout
     assert f"  {A}: up from 0.0s; in flight at most 3; retries" in result.stdout
     assert all(len(line) <= 80 for line in result.stdout.splitlines())
+
+
+def test_metrics_with_processes_share_the_runs_clock(recorder, metrics_server):  # noqa: F811
+    server = recorder()
+    result = run_cli("-m", "traffic", "--url", server.url, "--duration", "1.5", "--concurrency", "2",
+                     "--processes", "2", "--metrics", metrics_server.url, "--json", timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    samples = report["balancer"]["samples"]
+    assert samples[0]["t_s"] < 0.2 and round(samples[1]["t_s"]) == 1  # t = 0 is when the processes began
+    assert report["requests"] == len(server.received) > 0

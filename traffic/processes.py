@@ -44,10 +44,11 @@ Counters = Callable[[], tuple[int, int]]
 
 
 def run_in_processes(job: Job, count: int, stop: threading.Event,
-                     on_start: Callable[[Counters], None] | None = None) -> tuple[list[Result], float]:
+                     on_start: Callable[[float, Counters], None] | None = None) -> tuple[list[Result], float]:
     """Run ``job`` from ``count`` processes; all results (on one clock) and the wall time of the longest shard.
 
-    ``on_start`` is given a function returning (done, failed) so far, for a progress line.
+    ``on_start`` is given the common start (a ``perf_counter`` value, the results' t = 0) and a function
+    returning (done, failed) so far, for a progress line.
     """
     context = multiprocessing.get_context("spawn")
     # A plain shared byte, polled: a multiprocessing.Event's set() waits for every process that was
@@ -70,7 +71,7 @@ def run_in_processes(job: Job, count: int, stop: threading.Event,
         for pipe in pipes:
             pipe.send(start_at)
         if on_start is not None:
-            on_start(lambda: (sum(tallies[0::2]), sum(tallies[1::2])))
+            on_start(start_at, lambda: (sum(tallies[0::2]), sum(tallies[1::2])))
         return _gather(pipes, stop, shared_stop, start_at)
     finally:
         shared_stop.value = 1
