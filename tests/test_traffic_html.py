@@ -1,7 +1,7 @@
 """The HTML report, rendered in headless Chromium at 1280 and 400 px: measured from inside, and screenshotted.
 
-Screenshots are left in pytest's temporary directory (the paths are printed;
-``pytest -s`` shows them) for a person to look at.
+Screenshots are kept in ``$TMPDIR/traffic-screenshots/`` (the paths are
+printed; ``pytest -s`` shows them) for a person to look at.
 """
 
 import re

@@ -21,6 +21,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -207,11 +208,18 @@ def _run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=90)
 
 
+# Screenshots are copied here too: pytest keeps only its last few temporary directories.
+SHOTS = Path(tempfile.gettempdir()) / "traffic-screenshots"
+
+
 def screenshot(page: Path, out: Path, width: int, height: int = 2400) -> Path:
-    """A PNG of ``page`` at ``width`` px; the path is printed so that a person can look at it."""
+    """A PNG of ``page`` at ``width`` px, also kept in ``SHOTS``; the path is printed for a person to look at."""
     _run_chromium([f"--window-size={width},{height}", f"--screenshot={out}", page.as_uri()], out.parent / f"profile-{width}")
     assert out.exists(), f"chromium wrote no screenshot of {page}"
-    print(f"screenshot: {out}")
+    SHOTS.mkdir(exist_ok=True)
+    kept = SHOTS / out.name
+    shutil.copyfile(out, kept)
+    print(f"screenshot: {kept}")
     return out
 
 
