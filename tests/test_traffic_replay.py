@@ -15,11 +15,11 @@ MIX = [("GET", "/a"), ("GET", "/a"), ("GET", "/a"), ("POST", "/b"), ("POST", "/b
 
 
 def recorded_traffic(seed: int = 7) -> list[tuple[float, str, str]]:
-    """About 200 requests over 2.4 s: bursts with random gaps, then half a second of silence, then more."""
+    """200 requests over about 3.5 s: bursts with random gaps, then half a second of silence, then more."""
     rng = random.Random(seed)
     requests, t = [], 0.0
     while len(requests) < 200:
-        t += rng.expovariate(1 / 0.008)
+        t += rng.expovariate(1 / 0.015)
         if len(requests) == 120:
             t += 0.5  # a quiet stretch that must stay quiet
         method, target = rng.choice(MIX)
