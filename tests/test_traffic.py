@@ -145,13 +145,13 @@ def test_slow_backend_needs_compare():
 def test_compare_on_a_scenario_runs_its_events_for_each_algorithm(tmp_path):
     scenario = tmp_path / "slow.toml"
     scenario.write_text('servers = 2\nalgorithm = "random"\n[[phase]]\nduration = 1.5\nrate = 100\n'
-                        '[[event]]\nat = 0.2\nserver = "mock-2"\naction = "latency"\nvalue = "40"\n')
+                        '[[event]]\nat = 0.2\nserver = "mock-2"\naction = "latency"\nvalue = "150"\n')
     result = run_cli("-m", "traffic", "--compare", "round-robin,peak-ewma", "--scenario", str(scenario), "--json",
                      timeout_s=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["source"] == "scenario slow" and report["backends"] == ["mock-1", "mock-2"]
-    assert [label for _, label in report["events"]["peak-ewma"]] == ["mock-2 latency 40"]
+    assert [label for _, label in report["events"]["peak-ewma"]] == ["mock-2 latency 150"]
     rows = report["algorithms"]
     assert all(row["requests"] == 150 and row["failures"]["failed"] == 0 for row in rows.values())
     slow = {name: row["backends"]["mock-2"]["requests"] for name, row in rows.items()}
