@@ -21,8 +21,6 @@ import threading
 import time
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
 INTERVAL_S = 1.0
 STATE = "simplelb_backend_state"
 IN_FLIGHT = "simplelb_backend_in_flight"
@@ -43,6 +41,8 @@ def fetch(url: str, timeout_s: float = 2.0) -> str:
 
 def parse(text: str) -> dict[str, dict]:
     """Per backend: ``state``, ``in_flight`` and the ``retries_total`` counter, from the exposition text."""
+    from prometheus_client.parser import text_string_to_metric_families  # only runs with --metrics import it
+
     backends: dict[str, dict] = {}
     try:
         for family in text_string_to_metric_families(text):
