@@ -32,7 +32,7 @@ ALL_COMPARE = {COMPARE, COMPARE_SCENARIO, COMPARE_REPLAY}
 # Which modes each flag (by its dest) goes with. Flags not listed go with every mode.
 APPLIES = {
     "url": SENDS, "header": SENDS, "cacert": SENDS, "insecure": SENDS, "processes": SENDS, "metrics": SENDS,
-    "path": {RUN}, "method": {RUN}, "data": {RUN}, "targets": {RUN}, "duration": {RUN}, "rate": {RUN},
+    "path": {RUN}, "method": {RUN}, "data": {RUN}, "targets": {RUN}, "duration": {RUN, DEMO}, "rate": {RUN, DEMO},
     "n": {RUN, DEMO, COMPARE},
     "concurrency": {RUN, REPLAY, DEMO, COMPARE, COMPARE_REPLAY},
     "timeout": SENDS | {SCENARIO} | ALL_COMPARE,
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pass/fail, e.g. 'p99<200ms', 'errors<1%%', 'rps>500' (repeatable); exit 3 if any fails")
     out.add_argument("--max-error-rate", type=_fraction, metavar="F",
                      help="exit with status 3 when more than this fraction of requests failed")
+    from .rig import version
+
+    parser.add_argument("--version", action="version", version=f"traffic {version()}")
     # One line, not argparse's usage block: the error is what the user needs to see.
     parser.error = lambda message: parser.exit(2, f"traffic: error: {message} (see --help)\n")
     return parser

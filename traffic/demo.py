@@ -16,7 +16,7 @@ from collections.abc import Callable
 from .report import distribution_lines, summarize
 from .request import parse_target
 from .rig import start_rig
-from .runner import Result, run_load
+from .runner import Result, run_load, run_open_loop
 
 HEALTH_WAIT_S = 15.0
 HEALTH_INTERVAL_S = 0.25  # quick enough to watch; the balancer's default is 2 s
@@ -33,7 +33,8 @@ def _wait(condition: Callable[[], bool], timeout_s: float, stop: threading.Event
 
 
 def run_demo(n: int = 900, concurrency: int = 10, say: Callable[[str], None] = print,
-             stop: threading.Event | None = None) -> dict:
+             stop: threading.Event | None = None, duration_s: float | None = None, rate: float | None = None) -> dict:
+    """The demo; with ``duration_s`` (and ``rate``) its three phases last that long, to watch it live."""
     stop = stop or threading.Event()
     rig = start_rig(3, health_interval_s=HEALTH_INTERVAL_S)
     victim = rig.names[1]
@@ -49,10 +50,23 @@ def run_demo(n: int = 900, concurrency: int = 10, say: Callable[[str], None] = p
         events.append((round(time.perf_counter() - clock_start, 3), label))
 
     def phase(title: str) -> None:
+        if duration_s is not None:
+            say(f"-> {title}: sending for {duration_s / 3:g}s" + (f" at {rate:g}/s" if rate else ""))
+            if rate:
+                results, elapsed = run_open_loop(target, rate, duration_s=duration_s / 3, start_at=clock_start,
+                                                 stop=stop)
+            else:
+                results, elapsed = run_load(target, None, concurrency=concurrency, duration_s=duration_s / 3,
+                                            start_at=clock_start, stop=stop)
+            _record(title, results, elapsed)
+            return
         per_phase = max(1, next(phase_sizes))
         say(f"-> {title}: sending {per_phase} requests")
         results, elapsed = run_load(target, per_phase, concurrency=concurrency, start_at=clock_start, stop=stop)
-        summary = summarize(results, elapsed, url=rig.url, concurrency=concurrency)
+        _record(title, results, elapsed)
+
+    def _record(title: str, results, elapsed: float) -> None:
+        summary = summarize(results, elapsed, url=rig.url, concurrency=concurrency, rate=rate)
         phases.append({"phase": title, **summary})
         all_results.extend(results)
         sending_s[0] += elapsed

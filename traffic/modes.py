@@ -153,7 +153,8 @@ def demo(args, console, stop) -> Run:
     logging.basicConfig(level=logging.WARNING, format="   %(name)s: %(message)s")
     concurrency = args.concurrency or 10
     try:
-        result = run_demo(args.n or 900, concurrency, say=console.say, stop=stop)
+        result = run_demo(args.n or 900, concurrency, say=console.say, stop=stop, duration_s=args.duration,
+                          rate=args.rate)
     except TimeoutError as exc:
         raise TimeoutError(f"demo failed: {exc}") from None
     except OSError as exc:

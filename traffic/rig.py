@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from mockserv import MockServer
 from mockserv.control import ControlListener
 from mockserv.fleet import MockFleet
-from simplelb import Config, LoadBalancer
+from simplelb import BackendSpec, Config, LoadBalancer
 
 BASE_LATENCY_MS = (1.0, 3.0)  # like a quick real service, so latency differences show
 
@@ -116,7 +116,7 @@ def start_rig(
             options.update(health_interval_s=health_interval_s, rise=2, fall=2)
         if eject_time_s is not None:
             options["eject_time_s"] = eject_time_s
-        rig = Rig(fleet, mock_control, _start_balancer(fleet.addresses, options))
+        rig = Rig(fleet, mock_control, _start_balancer(list(fleet), options))
     except BaseException:
         if mock_control is not None:
             mock_control.stop()
@@ -127,9 +127,10 @@ def start_rig(
     return rig
 
 
-def _start_balancer(addresses: list[str], options: dict) -> LoadBalancer:
-    """The one call into simplelb's configuration API; the admin listener on a free loopback port."""
-    return LoadBalancer(Config.of(backends=",".join(addresses), port=0, admin="127.0.0.1:0", **options)).start()
+def _start_balancer(mocks: list[MockServer], options: dict) -> LoadBalancer:
+    """The one call into simplelb's configuration API: backends named as the mocks are, an admin listener."""
+    backends = tuple(BackendSpec(mock.host, mock.port, name=mock.name) for mock in mocks)
+    return LoadBalancer(Config.of(backends=backends, port=0, admin="127.0.0.1:0", **options)).start()
 
 
 def version() -> str:
