@@ -105,7 +105,8 @@ def test_without_check_a_bad_file_is_one_line_with_a_count(tmp_path):
 SAMPLES = {
     "backends": '"a:1"', "backups": '"b:2"', "admin": '"127.0.0.1:0"', "hash_balance_factor": "1.5",
     "sticky_cookie": '"lb"', "health_timeout_s": "1", "eject_on_5xx": "true", "access_log": '"-"',
-    "request_id_header": '"X-Request-Id"',
+    "request_id_header": '"X-Request-Id"', "discovery": '"etcd://127.0.0.1:2379/app"', "dns_server": '"127.0.0.1:53"',
+    "dns_refresh_s": "5",
 }
 
 
@@ -139,7 +140,7 @@ def test_every_option_is_accepted_in_the_config_file(tmp_path, option):
     token = tmp_path / "token"
     token.write_text("a-token-of-some-length\n")
     values = defaults()
-    sample = f'"{token}"' if option.field == "admin_token_file" else SAMPLES.get(option.field)
+    sample = f'"{token}"' if option.field in ("admin_token_file", "sticky_secret_file") else SAMPLES.get(option.field)
     if sample is None:
         default = values[option.field]
         sample = str(default).lower() if isinstance(default, bool) else repr(default).replace("'", '"')
