@@ -203,7 +203,7 @@ def test_no_client_error_while_dns_adds_and_removes_backends_under_traffic(dns_s
             wait_for(lambda names=names: {n for n, s in states(lb).items() if s == "up"} == names, 5,
                      f"{sorted(names)} up")
             served = traffic.snapshot()[1]
-            wait_for(lambda served=served, current=current: all(traffic.snapshot()[1][m.name] > served[m.name] + 5
+            wait_for(lambda served=served, current=current: all(traffic.snapshot()[1][m.name] > served[m.name] + 20
                                                                 for m in current),
                      5, "traffic to the new set")
     finally:
