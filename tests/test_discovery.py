@@ -166,3 +166,20 @@ def test_an_etcd_value_becomes_a_backend_named_by_its_key():
 def test_a_malformed_etcd_value_says_what_is_wrong(key, value, message):
     with pytest.raises(ValueError, match=message):
         parse_entry(key, value, "app/backends/")
+
+
+def test_balancers_given_one_secret_file_share_the_cookie_secret(tmp_path):
+    from simplelb import LoadBalancer
+
+    path = tmp_path / "secret"
+    path.write_text("a-shared-secret-of-some-length\n")
+    config = Config.of(backends="127.0.0.1:1", sticky_secret_file=str(path), port=0)
+    balancers = [LoadBalancer(config), LoadBalancer(config)]
+    try:
+        assert {lb.cluster._secret for lb in balancers} == {b"a-shared-secret-of-some-length"}
+    finally:
+        for lb in balancers:
+            lb.stop(grace_s=0)
+    path.write_text("short")
+    with pytest.raises(ConfigError, match="one secret of at least 16 characters"):
+        Config.of(backends="127.0.0.1:1", sticky_secret_file=str(path))

@@ -210,3 +210,30 @@ def test_no_client_error_while_dns_adds_and_removes_backends_under_traffic(dns_s
         traffic.stop()
     outcomes, _ = traffic.snapshot()
     assert set(outcomes) == {200} and outcomes[200] > 100, (outcomes, traffic.errors[:5])
+
+
+def test_a_reload_keeps_restarts_or_stops_sources_as_the_file_says(dns_server, mock_servers, tmp_path):
+    from simplelb.configfile import ConfigSource
+
+    mocks = mock_servers(2)
+    srv_records(dns_server, mocks)
+    path = tmp_path / "lb.toml"
+    static = mock_servers(1)[0]
+    text = (f'dns-server = "{dns_server.address}"\nhealth-interval = 60\n\n[[backend]]\naddress = "{static.address}"\n'
+            '\n[[backend]]\naddress = "dns+srv://_http._tcp.svc.test"\n')
+    path.write_text(text)
+    source = ConfigSource(str(path), {"port": "0", "log_level": "warning"})
+    lb = LoadBalancer(source.load(), source=source).start()
+    try:
+        wait_for(lambda: len(states(lb)) == 3 and set(states(lb).values()) == {"up"}, 5, "all up")
+        kept = lb.cluster.view.find(mocks[0].address)
+        path.write_text(text.replace("health-interval = 60", "health-interval = 60\ndns-refresh = 0.5"))
+        lb.control.reload()  # the source restarts with a new refresh, its backends stay as they are
+        assert lb.cluster.view.find(mocks[0].address) is kept and states(lb)[mocks[0].address] == "up"
+        assert lb.control.status()["discovery"][0]["source"] == "dns+srv://_http._tcp.svc.test"
+        path.write_text(text.split("\n[[backend]]\naddress = \"dns+srv")[0])
+        lb.control.reload()
+        wait_for(lambda: states(lb) == {static.address: "up"}, 5, "the source's backends gone with it")
+        assert lb.control.status()["discovery"] == []
+    finally:
+        lb.stop(grace_s=1)
