@@ -156,84 +156,117 @@ def main() -> int:
             etcd.kill()
 
 
-def scenario(etcd: Etcd, processes: list) -> int:
-    url = f"etcd://127.0.0.1:{etcd.port}/demo"
+class Demo:
+    """The processes of the demo, and the steps it takes with them."""
 
-    def mocks(n: int, prefix: str) -> subprocess.Popen:
-        proc, _ = run("-m", "mockserv", str(n), "--base-port", "0", "--name-prefix", prefix, "--register", url,
+    def __init__(self, etcd: Etcd, processes: list):
+        self.etcd, self.processes = etcd, processes
+        self.url = f"etcd://127.0.0.1:{etcd.port}/demo"
+        self.lbs: list[dict] = []
+        self.clients: list[Client] = []
+
+    def mocks(self, n: int, prefix: str) -> subprocess.Popen:
+        proc, _ = run("-m", "mockserv", str(n), "--base-port", "0", "--name-prefix", prefix, "--register", self.url,
                       "--register-ttl", str(TTL_S), expect="registered:")
-        processes.append(proc)
+        self.processes.append(proc)
         return proc
 
-    mocks(2, "a-")
-    b_proc = mocks(1, "b-")
-    lbs = []
-    for number in (1, 2):
-        proc, text = run("-m", "simplelb", "--port", "0", "--discovery", url, "--admin", "127.0.0.1:0",
-                         "--sticky-cookie", "lb", "--log-level", "warning", expect="admin on")
-        processes.append(proc)
-        lbs.append({"number": number, "url": re.search(r"listening on (http://[^,\s]+),", text).group(1),
-                    "admin": re.search(r"admin on (http://\S+)", text).group(1)})
-    print(f"etcd at {etcd.endpoint}; balancers at {lbs[0]['url']} and {lbs[1]['url']}, both --discovery {url}")
-    wait(lambda: all(backends(lb["admin"]) == {"a-1": "up", "a-2": "up", "b-1": "up"} for lb in lbs), 10, "all up")
-    first = requests.get(lbs[0]["url"], timeout=5)
-    pinned = {requests.get(lbs[1]["url"], cookies={"lb": first.cookies["lb"]}, timeout=5).headers["X-Backend"]
-              for _ in range(6)}
-    print(f"a sticky cookie from balancer 1 (for {first.headers['X-Backend']}) sent 6 times to balancer 2: "
-          f"answered by {sorted(pinned)}")
-    clients = [Client(lb["url"]) for lb in lbs]
-    time.sleep(1.5)
-    for lb, client in zip(lbs, clients, strict=True):
-        print(f"balancer {lb['number']}: {dict(sorted(client.served.items()))}")
+    def balancers(self) -> None:
+        for number in (1, 2):
+            proc, text = run("-m", "simplelb", "--port", "0", "--discovery", self.url, "--admin", "127.0.0.1:0",
+                             "--sticky-cookie", "lb", "--log-level", "warning", expect="admin on")
+            self.processes.append(proc)
+            self.lbs.append({"number": number, "url": re.search(r"listening on (http://[^,\s]+),", text).group(1),
+                             "admin": re.search(r"admin on (http://\S+)", text).group(1)})
+        print(f"etcd at {self.etcd.endpoint}; balancers at {self.lbs[0]['url']} and {self.lbs[1]['url']}, "
+              f"both --discovery {self.url}")
 
-    step(f"kill -9 the process of b-1 (its lease: {TTL_S} s)")
-    errors_before = sum(len(c.errors) for c in clients)
-    killed = time.monotonic()
-    b_proc.send_signal(signal.SIGKILL)
-    for lb in lbs:
-        took = wait(lambda lb=lb: "b-1" not in backends(lb["admin"]), 10, "b-1 removed")
-        print(f"balancer {lb['number']}: b-1 gone from /status {time.monotonic() - killed:.1f}s after the kill"
-              f" (waited {took:.1f}s)")
-    print(f"client errors meanwhile: {sum(len(c.errors) for c in clients) - errors_before}"
-          " (a request that found b-1 dead was retried on another backend)")
+    def each(self):
+        return zip(self.lbs, self.clients, strict=True)
 
-    step("start c-1 in a new process")
-    started = time.monotonic()
-    mocks(1, "c-")
-    for lb, client in zip(lbs, clients, strict=True):
-        wait(lambda client=client: "c-1" in client.served, 10, "traffic to c-1")
-        print(f"balancer {lb['number']}: first answer from c-1 {client.last_seen['c-1'] - started:.1f}s after its start")
+    def errors(self) -> int:
+        return sum(len(c.errors) for c in self.clients)
 
-    step("drain a-1 with one write to etcd")
-    client_etcd = EtcdClient(etcd.endpoint)
-    kv = client_etcd.get("demo/backends/a-1")
-    drained = time.monotonic()
-    client_etcd.put("demo/backends/a-1", json.dumps({**json.loads(kv.value), "state": "drain"}), lease=kv.lease)
-    client_etcd.close()
-    for lb in lbs:
-        took = wait(lambda lb=lb: backends(lb["admin"]).get("a-1") == "draining", 5, "a-1 draining")
-        print(f"balancer {lb['number']}: a-1 draining after {took:.2f}s")
-    time.sleep(1.0)
-    for lb, client in zip(lbs, clients, strict=True):
-        print(f"balancer {lb['number']}: last answer from a-1 {client.last_seen['a-1'] - drained:+.2f}s from the write")
+    def start_traffic(self) -> None:
+        wanted = {"a-1": "up", "a-2": "up", "b-1": "up"}
+        wait(lambda: all(backends(lb["admin"]) == wanted for lb in self.lbs), 10, "all up")
+        first = requests.get(self.lbs[0]["url"], timeout=5)
+        pinned = {requests.get(self.lbs[1]["url"], cookies={"lb": first.cookies["lb"]}, timeout=5).headers["X-Backend"]
+                  for _ in range(6)}
+        print(f"a sticky cookie from balancer 1 (for {first.headers['X-Backend']}) sent 6 times to balancer 2: "
+              f"answered by {sorted(pinned)}")
+        self.clients = [Client(lb["url"]) for lb in self.lbs]
+        time.sleep(1.5)
+        for lb, client in self.each():
+            print(f"balancer {lb['number']}: {dict(sorted(client.served.items()))}")
 
-    step("kill etcd")
-    before = [sum(c.served.values()) for c in clients]
-    errors_before = sum(len(c.errors) for c in clients)
-    etcd.kill()
-    time.sleep(3)
-    for lb, client, count in zip(lbs, clients, before, strict=True):
-        source = requests.get(lb["admin"] + "/status", timeout=5).json()["discovery"][0]
-        print(f"balancer {lb['number']}: {sum(client.served.values()) - count} answers in 3 s without etcd; "
-              f"discovery up={source['up']} stale_since={source['stale_since']}; backends {backends(lb['admin'])}")
-    print(f"client errors meanwhile: {sum(len(c.errors) for c in clients) - errors_before}")
+    def kill_b(self, b_proc: subprocess.Popen) -> None:
+        step(f"kill -9 the process of b-1 (its lease: {TTL_S} s)")
+        errors_before, killed = self.errors(), time.monotonic()
+        b_proc.send_signal(signal.SIGKILL)
+        for lb in self.lbs:
+            took = wait(lambda lb=lb: "b-1" not in backends(lb["admin"]), 10, "b-1 removed")
+            print(f"balancer {lb['number']}: b-1 gone from /status {time.monotonic() - killed:.1f}s after the kill"
+                  f" (waited {took:.1f}s)")
+        print(f"client errors meanwhile: {self.errors() - errors_before}"
+              " (a request that found b-1 dead was retried on another backend)")
 
-    for client in clients:
-        client.stop()
-    step("totals")
-    for lb, client in zip(lbs, clients, strict=True):
-        print(f"balancer {lb['number']}: {dict(sorted(client.served.items()))}, errors {Counter(client.errors)}")
-    return 0 if not any(c.errors for c in clients) else 1
+    def add_c(self) -> None:
+        step("start c-1 in a new process")
+        started = time.monotonic()
+        self.mocks(1, "c-")
+        for lb, client in self.each():
+            wait(lambda client=client: "c-1" in client.served, 10, "traffic to c-1")
+            print(f"balancer {lb['number']}: first answer from c-1 {client.last_seen['c-1'] - started:.1f}s "
+                  "after its start")
+
+    def drain_a(self) -> None:
+        step("drain a-1 with one write to etcd")
+        etcd = EtcdClient(self.etcd.endpoint)
+        kv = etcd.get("demo/backends/a-1")
+        drained = time.monotonic()
+        etcd.put("demo/backends/a-1", json.dumps({**json.loads(kv.value), "state": "drain"}), lease=kv.lease)
+        etcd.close()
+        for lb in self.lbs:
+            took = wait(lambda lb=lb: backends(lb["admin"]).get("a-1") == "draining", 5, "a-1 draining")
+            print(f"balancer {lb['number']}: a-1 draining after {took:.2f}s")
+        time.sleep(1.0)
+        for lb, client in self.each():
+            print(f"balancer {lb['number']}: last answer from a-1 {client.last_seen['a-1'] - drained:+.2f}s "
+                  "from the write")
+
+    def kill_etcd(self) -> None:
+        step("kill etcd")
+        before, errors_before = [sum(c.served.values()) for c in self.clients], self.errors()
+        self.etcd.kill()
+        time.sleep(3)
+        for (lb, client), count in zip(self.each(), before, strict=True):
+            source = requests.get(lb["admin"] + "/status", timeout=5).json()["discovery"][0]
+            print(f"balancer {lb['number']}: {sum(client.served.values()) - count} answers in 3 s without etcd; "
+                  f"discovery up={source['up']} stale_since={source['stale_since']}; "
+                  f"backends {backends(lb['admin'])}")
+        print(f"client errors meanwhile: {self.errors() - errors_before}")
+
+    def totals(self) -> int:
+        for client in self.clients:
+            client.stop()
+        step("totals")
+        for lb, client in self.each():
+            print(f"balancer {lb['number']}: {dict(sorted(client.served.items()))}, errors {Counter(client.errors)}")
+        return 0 if not self.errors() else 1
+
+
+def scenario(etcd: Etcd, processes: list) -> int:
+    demo = Demo(etcd, processes)
+    demo.mocks(2, "a-")
+    b_proc = demo.mocks(1, "b-")
+    demo.balancers()
+    demo.start_traffic()
+    demo.kill_b(b_proc)
+    demo.add_c()
+    demo.drain_a()
+    demo.kill_etcd()
+    return demo.totals()
 
 
 if __name__ == "__main__":
