@@ -62,9 +62,9 @@ class EtcdSource(Source):
 
     def __init__(self, url: str, publish):
         super().__init__(url, self.identity_of(url), publish)
-        endpoint, prefix = parse_etcd_url(url)
+        self.endpoint, prefix = parse_etcd_url(url)
         self.directory = prefix + "/backends/"
-        self._client = EtcdClient(endpoint, timeout_s=CALL_TIMEOUT_S)
+        self._client: EtcdClient | None = None  # made by run(), closed when it ends
         self._entries: dict[str, BackendSpec] = {}  # key -> backend; only the source's thread touches it
         self._watch_lock = threading.Lock()  # guards _watch: run() opens it, stop() ends it
         self._watch: Watch | None = None
@@ -74,6 +74,7 @@ class EtcdSource(Source):
         return ("etcd", url)
 
     def run(self) -> None:
+        self._client = EtcdClient(self.endpoint, timeout_s=CALL_TIMEOUT_S)
         delay_s = FIRST_RETRY_S
         while not self.stopping.is_set():
             try:
