@@ -291,7 +291,19 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, handler):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._open: set[socket.socket] = set()  # guarded by _open_lock: closed by close_connections()
+        self._open_lock = threading.Lock()
         super().__init__(address, handler)
+
+    def close_connections(self) -> None:
+        """Shut every open admin connection (a status page polling on keep-alive must see us go)."""
+        with self._open_lock:
+            connections = list(self._open)
+        for sock in connections:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def server_bind(self) -> None:
         import socketserver
@@ -305,9 +317,13 @@ class _Server(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address) -> None:
+        with self._open_lock:
+            self._open.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._open_lock:
+                self._open.discard(request)
             self._slots.release()
 
     def handle_error(self, request, client_address) -> None:
@@ -351,3 +367,4 @@ class AdminServer:
             self._httpd.shutdown()
             self._thread.join()
         self._httpd.server_close()
+        self._httpd.close_connections()

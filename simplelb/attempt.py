@@ -24,9 +24,19 @@ from .backend import Backend
 from .client import ClientConnection
 from .errors import BadGateway, ConnectFailed, GatewayTimeout, HTTPError
 from .gate import Turn
-from .headers import encode_head, request_headers_for_backend, with_content_length, with_field
-from .http1 import CHUNKED, LAST_CHUNK, NO_BODY, HeadTooLarge, ResponseHead, chunk, parse_response_head
-from .request import ClientRequest
+from .headers import encode_head, remove_hop_by_hop, request_headers_for_backend, with_content_length, with_field
+from .http1 import (
+    CHUNKED,
+    LAST_CHUNK,
+    NO_BODY,
+    HeadTooLarge,
+    ResponseHead,
+    comma_tokens,
+    header_values,
+    parse_response_head,
+    send_chunk,
+)
+from .request import ClientRequest, ForwardOptions
 from .retry import IDEMPOTENT_METHODS
 from .upstream import PooledConnection
 
@@ -52,22 +62,19 @@ class _StaleConnection(Exception):
 
 
 def send_request(
-    backend: Backend, request: ClientRequest, client: ClientConnection, turn: Turn, *, max_head: tuple[int, int]
+    backend: Backend, request: ClientRequest, client: ClientConnection, turn: Turn, options: ForwardOptions
 ) -> tuple[PooledConnection, ResponseHead]:
-    """Send ``request`` to ``backend``; return the connection and the final response head.
-
-    ``max_head`` is (bytes, fields) allowed in the response head.
-    """
+    """Send ``request`` to ``backend``; return the connection and the final response head (or a 101)."""
     conn, reused = _connect(backend, turn, fresh=False)
     try:
-        return conn, _exchange(conn, backend, request, client, turn, max_head)
+        return conn, _exchange(conn, backend, request, client, turn, options)
     except _StaleConnection as exc:
         if not (reused and request.method in IDEMPOTENT_METHODS and request.replayable):
             raise _closed_without_answer(backend, exc) from None
         log.debug("pooled connection to %s was dead (%s); sending again on a new one", backend.name, exc)
     conn, _ = _connect(backend, turn, fresh=True)
     try:
-        return conn, _exchange(conn, backend, request, client, turn, max_head)
+        return conn, _exchange(conn, backend, request, client, turn, options)
     except _StaleConnection as exc:
         raise _closed_without_answer(backend, exc) from None
 
@@ -102,17 +109,17 @@ def _exchange(
     request: ClientRequest,
     client: ClientConnection,
     turn: Turn,
-    max_head: tuple[int, int],
+    options: ForwardOptions,
 ) -> ResponseHead:
     """Send the request on ``conn`` and read the final response head; on any failure ``conn`` is released."""
     try:
-        _send_head(conn.sock, backend, request)
+        _send_head(conn.sock, backend, request, options)
         body_failure = None
         with turn.paused():  # sending a body and waiting for the answer: no CPU to speak of
             if request.framing is not NO_BODY:
                 body_failure = _send_body(conn.sock, request, client)
             try:
-                return _read_head(conn, request.method, backend, max_head)
+                return _read_head(conn, request, backend, options.max_response_head, client)
             except _StaleConnection:
                 if body_failure is not None:
                     raise BadGateway(
@@ -126,9 +133,10 @@ def _exchange(
         raise
 
 
-def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest) -> None:
+def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest, options: ForwardOptions) -> None:
     headers = request_headers_for_backend(
-        request.headers, request.client_ip, connection=request.connection, default_host=backend.address
+        request.headers, request.client_ip, connection=request.connection, default_host=backend.address,
+        scheme=options.scheme, allow_underscores=options.allow_underscores, upgrade=request.upgrade,
     )
     if request.request_id is not None:
         headers = with_field(headers, *request.request_id)
@@ -152,7 +160,10 @@ def _send_body(sock: socket.socket, request: ClientRequest, client: ClientConnec
     chunked = request.framing is CHUNKED
     for data in pieces:
         try:
-            sock.sendall(chunk(data) if chunked else data)
+            if chunked:
+                send_chunk(sock, data)
+            else:
+                sock.sendall(data)
         except OSError as exc:
             # The backend may have answered early (e.g. 413) and closed; its
             # answer, if any, is read next. The client's remaining body is unread.
@@ -166,7 +177,10 @@ def _send_body(sock: socket.socket, request: ClientRequest, client: ClientConnec
     return None
 
 
-def _read_head(conn: PooledConnection, method: str, backend: Backend, max_head: tuple[int, int]) -> ResponseHead:
+def _read_head(
+    conn: PooledConnection, request: ClientRequest, backend: Backend, max_head: tuple[int, int], client: ClientConnection
+) -> ResponseHead:
+    """The final response head (or a 101 the client asked for); interim ones are relayed or dropped."""
     max_bytes, max_fields = max_head
     while True:
         try:
@@ -187,5 +201,27 @@ def _read_head(conn: PooledConnection, method: str, backend: Backend, max_head: 
         if head.status >= 200:
             return head
         if head.status == 101:
-            raise BadGateway(f"backend {backend.name} switched protocols without being asked")
-        # Other 1xx are interim responses for this hop only (see _send_body).
+            if request.upgrade and switches_to_offer(head, request.upgrade):
+                return head
+            raise BadGateway(f"backend {backend.name} switched protocols without being asked to (or to another)")
+        _interim(head, request, client)
+
+
+def switches_to_offer(head: ResponseHead, offered: list[str]) -> bool:
+    """Whether a 101 names protocols, all among those the client offered (RFC 9110 §7.8)."""
+    chosen = [p.strip().lower() for value in header_values(head.headers, "Upgrade") for p in value.split(",") if p.strip()]
+    return bool(chosen) and set(chosen) <= {p.lower() for p in offered}
+
+
+def _interim(head: ResponseHead, request: ClientRequest, client: ClientConnection) -> None:
+    """A 1xx other than 101: relayed to an HTTP/1.1 client as it comes (RFC 9110 §15.2).
+
+    A 100 is the one exception: we answered the client's expectation
+    ourselves (``ClientConnection.answer_expectation``), so the backend's is
+    for our hop only. HTTP/1.0 clients know no interim responses.
+    """
+    if head.status == 100 or request.head.version < (1, 1):
+        return
+    headers = remove_hop_by_hop(head.headers, comma_tokens(head.headers, "Connection"))
+    client.send(encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers))
+    request.interim_sent = True

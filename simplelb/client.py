@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from .errors import BodyTooLarge, ClientBodyError, ClientDisconnected
-from .http1 import BodyError, Framing, SocketReader, iter_body
+from .http1 import SCRATCH, BodyError, Framing, SocketReader, iter_body, send_chunk
 
 if TYPE_CHECKING:
     from .request import ClientRequest
@@ -72,6 +72,14 @@ class ClientConnection:
             raise ClientDisconnected(str(exc)) from None
         self.bytes_sent += len(data)
 
+    def send_chunk(self, data) -> None:
+        """One chunk of a re-chunked body (``data`` may be a view of a scratch buffer)."""
+        self.use_timeout(self.send_timeout_s)
+        try:
+            self.bytes_sent += send_chunk(self.sock, data)
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from None
+
     def send_head(self, status: int, data: bytes) -> None:
         """Send a response head (or a whole small response) with its final ``status``."""
         self.send(data)
@@ -94,17 +102,21 @@ class ClientConnection:
         already; a chunked one is counted here as it arrives.
         """
         self.use_timeout(self.body_timeout_s)
-        received = 0
         try:
-            for data in iter_body(self.reader, framing):
-                received += len(data)
-                self.body_bytes_received = received
-                if self.max_body_bytes and received > self.max_body_bytes:
-                    raise BodyTooLarge(f"request body larger than {self.max_body_bytes} bytes")
-                yield data
+            with SCRATCH.borrow() as scratch:
+                yield from self._counted(iter_body(self.reader, framing, scratch))
         except BodyError as exc:
             raise ClientBodyError(f"malformed request body: {exc}") from None
         except OSError as exc:
             raise ClientDisconnected(str(exc)) from None
+
+    def _counted(self, pieces):
+        received = 0
+        for data in pieces:
+            received += len(data)
+            self.body_bytes_received = received
+            if self.max_body_bytes and received > self.max_body_bytes:
+                raise BodyTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+            yield data
 
 

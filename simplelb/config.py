@@ -97,6 +97,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--fall", "fall", c.int_range(1, 100), "consecutive failed probes that take a backend out", C, "N"),
     Option("--connect-timeout", "connect_timeout_s", c.seconds(), "seconds to open a backend connection", C, "S"),
     Option("--read-timeout", "read_timeout_s", c.seconds(), "seconds a backend may stay silent while answering (504 after)", C, "S"),
+    Option("--tunnel-timeout", "tunnel_timeout_s", c.seconds(),
+           "seconds an upgraded connection (WebSocket) may be idle both ways before it is closed", L, "S"),
+    Option("--backend-header", "backend_header", c.optional(c.header_name),
+           "name the backend that answered in this response header, e.g. X-Upstream (off: nothing is added)", L, "NAME"),
+    Option("--allow-underscore-headers", "allow_underscore_headers", c.switch,
+           "forward request header fields whose names contain an underscore (dropped by default)", L, switch=True),
     Option("--client-header-timeout", "client_header_timeout_s", c.seconds(), "seconds a client has to send a whole request head", L, "S"),
     Option("--keepalive-timeout", "keepalive_timeout_s", c.seconds(), "seconds an idle client connection is kept open", L, "S"),
     Option("--client-body-timeout", "client_body_timeout_s", c.seconds(), "seconds a client may pause while sending a request body", L, "S"),
@@ -161,6 +167,9 @@ class ListenerConfig:
     access_log_format: str = "combined"
     request_id_header: str | None = None
     sticky_secret_file: str | None = None  # None: the secret comes from etcd with --discovery, or is random
+    tunnel_timeout_s: float = 3600.0  # an idle WebSocket is usually pinged well within an hour
+    backend_header: str | None = None  # None: clients are not told which backend answered
+    allow_underscore_headers: bool = False  # as nginx's underscores_in_headers off
     client_header_timeout_s: float = 10.0  # total, not per read: a slow drip cannot hold a thread
     keepalive_timeout_s: float = 60.0  # below common client-side idle limits, above most think times
     client_body_timeout_s: float = 60.0  # per read of a request body, as nginx's client_body_timeout

@@ -16,17 +16,18 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._~:+/=@-]{1,128}")
 
 # RFC 9110 §7.6.1: fields that describe one connection, not the message. They
 # are dropped in both directions, along with any field named in Connection.
+# (Proxy-Authorization and Proxy-Authenticate are not among them since RFC
+# 7230: they go end to end unless Connection names them, as HAProxy and nginx
+# forward them.)
 HOP_BY_HOP = frozenset(
     {
         "connection",
         "keep-alive",  # parameters of a persistent connection (RFC 2068 §19.7.1)
         "proxy-connection",  # non-standard, sent by old clients instead of Connection
         "te",  # which transfer codings this hop accepts
-        "trailer",  # announces trailers, which we do not forward
         "transfer-encoding",  # framing of this hop; we re-frame each side ourselves
-        "upgrade",  # we do not switch protocols, so the offer must not reach the backend
-        "proxy-authenticate",  # addressed to a proxy, i.e. to us
-        "proxy-authorization",  # credentials for a proxy, i.e. for us; never leaked onwards
+        "upgrade",  # an offer to this hop; an upgrade we pass on is written anew (upgrade_headers)
+        "trailer",  # announces trailers, which we do not forward (RFC 9110 §6.6.2)
     }
 )
 
@@ -59,6 +60,8 @@ def request_headers_for_backend(
     connection: list[str] | None = None,
     default_host: str = "",
     scheme: str = "http",
+    allow_underscores: bool = False,
+    upgrade: list[str] | None = None,
 ) -> Headers:
     """The client's fields as the backend should see them.
 
@@ -67,13 +70,20 @@ def request_headers_for_backend(
     appended honestly, as in nginx's ``$proxy_add_x_forwarded_for``);
     ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set by us. A request
     without Host (HTTP/1.0 allows it) gets ``Host: default_host``, because our
-    hop to the backend is HTTP/1.1, which requires one.
+    hop to the backend is HTTP/1.1, which requires one. Field names with an
+    underscore are dropped unless ``allow_underscores``: CGI and WSGI turn
+    ``X_Forwarded_For`` and ``X-Forwarded-For`` into one variable, so a
+    client could forge what we set (nginx drops them too). An ``upgrade``
+    offer (the protocols the client asked for) is passed on as
+    ``Connection: Upgrade`` and ``Upgrade``.
     """
     kept: Headers = []
     prior_for: list[str] = []
     host = ""
     for name, value in remove_hop_by_hop(headers, connection):
         lname = name.lower()
+        if "_" in name and not allow_underscores:
+            continue
         if lname == "x-forwarded-for":
             prior_for.append(value)
             continue
@@ -88,12 +98,35 @@ def request_headers_for_backend(
     kept.append(("X-Forwarded-Proto", scheme))
     if host:
         kept.append(("X-Forwarded-Host", host))
+    if upgrade:
+        kept += upgrade_headers(upgrade)
     return kept
 
 
-def response_headers_for_client(headers: Headers, upstream: str, connection: list[str] | None = None) -> Headers:
-    """The backend's fields as the client should see them, naming the backend that served."""
-    return [*remove_hop_by_hop(headers, connection), ("X-Upstream", upstream)]
+def upgrade_headers(protocols: list[str]) -> Headers:
+    """RFC 9110 §7.8: an upgrade, written for the next hop."""
+    return [("Connection", "Upgrade"), ("Upgrade", ", ".join(protocols))]
+
+
+def upgrade_offer(headers: Headers, connection: list[str]) -> list[str] | None:
+    """The protocols a request asks to switch to (RFC 9110 §7.8), or None.
+
+    Only with ``upgrade`` among the Connection tokens. ``h2c`` is never
+    offered on: our hop to the backend speaks HTTP/1.1 and stays so.
+    """
+    if "upgrade" not in connection:
+        return None
+    offered = [p.strip() for value in header_values(headers, "Upgrade") for p in value.split(",") if p.strip()]
+    offered = [p for p in offered if p.split("/")[0].strip().lower() != "h2c"]
+    return offered or None
+
+
+def response_headers_for_client(
+    headers: Headers, connection: list[str] | None = None, backend_header: tuple[str, str] | None = None
+) -> Headers:
+    """The backend's fields as the client should see them; ``backend_header`` names the backend, if asked."""
+    kept = remove_hop_by_hop(headers, connection)
+    return [*kept, backend_header] if backend_header is not None else kept
 
 
 def request_id_for(headers: Headers, name: str) -> str:

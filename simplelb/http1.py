@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import BadGateway, BadRequest, HTTPError
@@ -82,6 +85,16 @@ class SocketReader:
         """How many received bytes nobody has read yet."""
         return len(self._buf)
 
+    def peek(self) -> bytes:
+        """The received bytes nobody has read yet, left in place."""
+        return bytes(self._buf)
+
+    def take_pending(self) -> bytes:
+        """Remove and return the received bytes nobody has read yet."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def fill(self, size: int = 65536) -> bool:
         """One ``recv`` into the buffer; False at EOF. Socket errors and timeouts pass through."""
         return self._fill(size)
@@ -99,6 +112,17 @@ class SocketReader:
             del self._buf[:limit]
             return data
         return self.sock.recv(limit)
+
+    def read_into(self, scratch: bytearray, limit: int = COPY_CHUNK) -> memoryview:
+        """Like ``read``, into ``scratch``: the view is valid until the next read into it."""
+        view = memoryview(scratch)
+        limit = min(limit, len(scratch))
+        if self._buf:
+            count = min(len(self._buf), limit)
+            view[:count] = self._buf[:count]
+            del self._buf[:count]
+            return view[:count]
+        return view[: self.sock.recv_into(scratch, limit)]
 
     def read_exact(self, n: int) -> bytes:
         """Read exactly ``n`` bytes or raise ``EOFError``."""
@@ -333,10 +357,12 @@ def response_framing(request_method: str, head: ResponseHead) -> Framing:
         codings = comma_tokens(head.headers, "Transfer-Encoding")
         if codings == ["chunked"]:
             return CHUNKED
-        if "chunked" in codings:
-            raise BadGateway("backend response has chunked in the wrong place")
-        # A coding we cannot undo, not ending in chunked: the body runs until close.
-        return UNTIL_CLOSE
+        # Another transfer coding (gzip, ...) is of the backend's hop: we would have to
+        # undo it or pass it on, and passing it to an HTTP/1.0 client is impossible.
+        # Relaying the bytes without it would hand the client a coded body as plain:
+        # refused, as nginx does.
+        other = next((c for c in codings if c != "chunked"), codings[-1] if codings else "")
+        raise BadGateway(f"backend response has a transfer coding we do not relay: {other!r}")
     lengths = header_values(head.headers, "Content-Length")
     if lengths:
         return Framing("length", _content_length(lengths, BadGateway))
@@ -350,28 +376,61 @@ class BodyError(Exception):
     """A body ended early or its chunked framing was broken."""
 
 
-def iter_body(reader: SocketReader, framing: Framing):
+class ScratchBuffers:
+    """Copy buffers lent to one body at a time and reused, so memory stays flat.
+
+    A fresh 256 KiB ``bytes`` per piece, from threads in several malloc
+    arenas, fragments the heap: a soak of 1 MiB bodies grew the process
+    without bound. A body borrows one buffer, reads into it (``recv_into``)
+    and sends from a view of it; at most ``keep`` idle ones are kept.
+    """
+
+    def __init__(self, size: int = COPY_CHUNK, keep: int = 32):
+        self.size = size
+        self.keep = keep
+        self._lock = threading.Lock()  # guards _free
+        self._free: list[bytearray] = []
+
+    @contextmanager
+    def borrow(self):
+        with self._lock:
+            buffer = self._free.pop() if self._free else bytearray(self.size)
+        try:
+            yield buffer
+        finally:
+            with self._lock:
+                if len(self._free) < self.keep:
+                    self._free.append(buffer)
+
+
+SCRATCH = ScratchBuffers()
+
+
+def iter_body(reader: SocketReader, framing: Framing, scratch: bytearray | None = None):
     """Yield the body's data (framing removed) in pieces of at most ``COPY_CHUNK``.
 
-    Raises ``BodyError`` if the body is cut short or malformed; socket errors
-    (timeouts, resets) pass through for the caller to classify.
+    With ``scratch``, each piece is a view into it, valid until the next one
+    (use it, or copy it, before asking for more). Raises ``BodyError`` if the
+    body is cut short or malformed; socket errors (timeouts, resets) pass
+    through for the caller to classify.
     """
+    read = reader.read if scratch is None else (lambda limit: reader.read_into(scratch, limit))
     if framing.kind == "length":
         remaining = framing.length
         while remaining:
-            data = reader.read(min(remaining, COPY_CHUNK))
+            data = read(min(remaining, COPY_CHUNK))
             if not data:
                 raise BodyError(f"connection closed with {remaining} of {framing.length} body bytes missing")
             remaining -= len(data)
             yield data
     elif framing.kind == "chunked":
-        yield from _iter_chunked(reader)
+        yield from _iter_chunked(reader, read)
     elif framing.kind == "close":
-        while data := reader.read(COPY_CHUNK):
+        while data := read(COPY_CHUNK):
             yield data
 
 
-def _iter_chunked(reader: SocketReader):
+def _iter_chunked(reader: SocketReader, read):
     try:
         while True:
             line = reader.readline(MAX_CHUNK_LINE)
@@ -382,7 +441,7 @@ def _iter_chunked(reader: SocketReader):
             if size == 0:
                 break
             while size:
-                data = reader.read(min(size, COPY_CHUNK))
+                data = read(min(size, COPY_CHUNK))
                 if not data:
                     raise BodyError("connection closed inside a chunk")
                 size -= len(data)
@@ -401,9 +460,66 @@ def _iter_chunked(reader: SocketReader):
         raise BodyError(str(exc)) from exc
 
 
+def check_chunked_prefix(data: bytes) -> str | None:
+    """The first framing error in the start of a chunked body, or None if it is valid as far as it goes.
+
+    For a request whose first body bytes came with its head: a malformed
+    body is refused before any backend sees the head (RFC 9112 §7.1).
+    """
+    pos = 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return "chunk size line too long" if len(data) - pos > MAX_CHUNK_LINE else None
+        line = data[pos : end + 1]
+        match = _CHUNK_SIZE_RE.fullmatch(line[:-2]) if line.endswith(b"\r\n") else None
+        if not match:
+            return f"malformed chunk size line {line[:40]!r}"
+        size = int(match.group(1), 16)
+        pos = end + 1
+        if size == 0:
+            return None  # the trailer section is checked as it streams
+        if len(data) < pos + size + 2:
+            return None
+        if data[pos + size : pos + size + 2] != b"\r\n":
+            return "chunk data not followed by CRLF"
+        pos += size + 2
+
+
 def chunk(data: bytes) -> bytes:
     """Frame ``data`` as one chunk (RFC 9112 §7.1)."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+# Below this a chunk is framed by copying it; above, it is sent from where it lies.
+_COPY_BELOW = 16 * 1024
+
+
+def send_chunk(sock: socket.socket, data) -> int:
+    """Send ``data`` as one chunk, in one system call where the socket allows; return the bytes sent."""
+    if len(data) < _COPY_BELOW:
+        framed = chunk(data)
+        sock.sendall(framed)
+        return len(framed)
+    parts = [b"%x\r\n" % len(data), data, b"\r\n"]
+    sendall_parts(sock, parts)
+    return sum(len(p) for p in parts)
+
+
+def sendall_parts(sock: socket.socket, parts: list) -> None:
+    """``sendall`` of several buffers without joining them (``sendmsg``; one by one where not available)."""
+    if isinstance(sock, ssl.SSLSocket):  # (it has sendmsg, which raises NotImplementedError)
+        for part in parts:
+            sock.sendall(part)
+        return
+    views = [memoryview(part).cast("B") for part in parts]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
 
 
 LAST_CHUNK = b"0\r\n\r\n"

@@ -53,6 +53,8 @@ def _traffic(status: dict) -> Iterator[Metric]:
     for state, count in status["connections"].items():
         connections.add_metric([state], count)
     yield connections
+    yield GaugeMetricFamily("simplelb_tunnels_active", "Upgraded connections (WebSocket) open now",
+                            value=status["tunnels"])
     yield CounterMetricFamily("simplelb_access_log_dropped", "Access-log lines dropped rather than stall a request",
                               value=status["access_log_dropped"])
     reloads = CounterMetricFamily("simplelb_config_reloads", "Configuration reloads", labels=["result"])

@@ -42,8 +42,10 @@ from .cluster import Cluster, ClusterView
 from .errors import NoHealthyBackend
 from .gate import NO_TURN, Turn
 from .relay import relay
-from .request import ClientRequest
+from .request import ClientRequest, ForwardOptions
 from .retry import IDEMPOTENT_METHODS
+from .stats import Gauge
+from .tunnel import switch_protocols
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,10 @@ class Outcome:
 class Forwarder:
     """Forwards requests to the backends of a cluster."""
 
-    def __init__(self, cluster: Cluster, *, max_response_head: tuple[int, int] = (64 * 1024, 100)):
+    def __init__(self, cluster: Cluster, options: ForwardOptions | None = None, tunnels: Gauge | None = None):
         self.cluster = cluster
-        self.max_response_head = max_response_head  # (bytes, fields)
+        self.options = options or ForwardOptions()
+        self.tunnels = tunnels or Gauge()  # upgraded connections open now
 
     def forward(
         self, request: ClientRequest, client: ClientConnection, *, closing: bool = False, turn: Turn = NO_TURN
@@ -73,7 +76,7 @@ class Forwarder:
         if _should_keep_body(request, view.config.retry_body_limit_bytes):
             with turn.paused():
                 client.answer_expectation(request)
-                request.body = b"".join(client.body(request.framing))
+                request.body = b"".join(bytes(piece) for piece in client.body(request.framing))
         key = view.key_function(request.headers, request.target, request.client_ip) if view.key_function else None
         pinned = view.sticky.lookup(request.headers) if view.sticky is not None else None
         tried: set[Backend] = set()
@@ -99,9 +102,10 @@ class Forwarder:
             except AttemptFailed as failure:
                 tried.add(backend)
                 last_failure = failure
-                if not view.retry.may_retry(
+                if request.interim_sent or (failure.sent and request.upgrade) or not view.retry.may_retry(
                     method=request.method, sent=failure.sent, replayable=request.replayable, retries_so_far=retries
                 ):
+                    # (A 1xx already went to the client; an upgrade that reached a backend is never sent twice.)
                     raise failure.error from None
                 retries += 1
                 log.info("retrying %s %s on another backend: %s", request.method, request.target, failure)
@@ -140,23 +144,37 @@ class Forwarder:
         *,
         retry: bool,
     ) -> Outcome:
-        with backend.track() as attempt:
+        with backend.track() as attempt:  # the whole exchange, body and tunnel included, is in flight
             if retry:
                 backend.count_retry()
             request.attempts += 1
             request.backend, request.backend_status, request.backend_duration_s = backend.name, None, None
-            conn, head = send_request(backend, request, client, turn, max_head=self.max_response_head)
+            conn, head = send_request(backend, request, client, turn, self.options)
             attempt.responded(head.status)
             request.backend_status = head.status
             request.backend_duration_s = attempt.responded_at - attempt.started_at
+            named = (self.options.backend_header, backend.name) if self.options.backend_header else None
+            if head.status == 101:
+                return self._tunnel(conn, backend, request, head, client, named, turn)
             reusable = False
             try:
-                keep_alive, reusable = relay(
-                    conn, backend, request, head, client, closing=closing, extra_headers=extra_headers, turn=turn
-                )
+                keep_alive, reusable = relay(conn, backend, request, head, client, closing=closing,
+                                             extra_headers=extra_headers, turn=turn, backend_header=named)
             finally:
                 backend.pool.release(conn, reusable)
             return Outcome(head.status, backend.name, keep_alive)
+
+    def _tunnel(self, conn, backend, request, head, client, named, turn: Turn) -> Outcome:
+        """The backend switched protocols: join the two connections until both are done."""
+        turn.release()  # a tunnel only waits on sockets
+        self.tunnels.add(1)
+        try:
+            switch_protocols(conn, backend, request, head, client, backend_header=named,
+                             idle_timeout_s=self.options.tunnel_timeout_s)
+        finally:
+            self.tunnels.add(-1)
+            backend.pool.release(conn, reusable=False)
+        return Outcome(101, backend.name, keep_alive=False)
 
 
 def _candidates(view: ClusterView, tried: set[Backend], *, keyed: bool) -> list[Backend]:

@@ -17,7 +17,7 @@ from .client import ClientConnection
 from .errors import ResponseAborted
 from .gate import Turn
 from .headers import encode_head, response_headers_for_client, with_content_length, with_field
-from .http1 import LAST_CHUNK, BodyError, ResponseHead, chunk, comma_tokens, iter_body, response_framing
+from .http1 import LAST_CHUNK, SCRATCH, BodyError, ResponseHead, comma_tokens, iter_body, response_framing
 from .request import ClientRequest
 from .upstream import PooledConnection
 
@@ -32,15 +32,17 @@ def relay(
     closing: bool,
     extra_headers: list[tuple[str, str]],
     turn: Turn,
+    backend_header: tuple[str, str] | None = None,
 ) -> tuple[bool, bool]:
     """Send the response to the client; return (keep client connection, reuse backend connection).
 
     ``extra_headers`` are added (a sticky cookie); the request id, if any,
-    replaces whatever the backend sent under that name.
+    replaces whatever the backend sent under that name; ``backend_header``
+    names the backend that answered, when the operator asked for it.
     """
     framing = response_framing(request.method, head)
     connection = comma_tokens(head.headers, "Connection")
-    headers = response_headers_for_client(head.headers, backend.address, connection)
+    headers = response_headers_for_client(head.headers, connection, backend_header)
     if framing.kind == "length":
         headers = with_content_length(headers, framing.length)
     if request.request_id is not None:
@@ -66,7 +68,13 @@ def relay(
 
 
 def _relay_body(conn: PooledConnection, backend: Backend, framing, client: ClientConnection, rechunk: bool) -> None:
-    body = iter_body(conn.reader, framing)
+    with SCRATCH.borrow() as scratch:
+        _copy_body(iter_body(conn.reader, framing, scratch), backend, client, rechunk)
+    if rechunk:
+        client.send(LAST_CHUNK)
+
+
+def _copy_body(body, backend: Backend, client: ClientConnection, rechunk: bool) -> None:
     while True:
         try:
             data = next(body, None)
@@ -79,10 +87,11 @@ def _relay_body(conn: PooledConnection, backend: Backend, framing, client: Clien
         except OSError as exc:
             raise ResponseAborted(f"backend {backend.name} failed mid-body: {exc}", "reset") from None
         if data is None:
-            break
-        client.send(chunk(data) if rechunk else data)
-    if rechunk:
-        client.send(LAST_CHUNK)
+            return
+        if rechunk:
+            client.send_chunk(data)
+        else:
+            client.send(data)
 
 
 def _backend_keeps_alive(head: ResponseHead, connection: list[str]) -> bool:

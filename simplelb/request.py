@@ -14,7 +14,28 @@ import re
 from dataclasses import dataclass
 
 from .errors import BadRequest
-from .http1 import NO_BODY, Framing, RequestHead, comma_tokens, header_values, request_framing
+from .headers import upgrade_offer
+from .http1 import (
+    CHUNKED,
+    NO_BODY,
+    Framing,
+    RequestHead,
+    check_chunked_prefix,
+    comma_tokens,
+    header_values,
+    request_framing,
+)
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """Listener settings that shape what is forwarded (from ``ListenerConfig``)."""
+
+    max_response_head: tuple[int, int] = (64 * 1024, 100)  # bytes and fields of a backend's response head
+    scheme: str = "http"  # how clients reach us, for X-Forwarded-Proto
+    allow_underscores: bool = False  # forward request fields whose names have an underscore
+    backend_header: str | None = None  # name the backend that answered in this response field
+    tunnel_timeout_s: float = 3600.0  # an upgraded connection idle this long both ways is closed
 
 
 @dataclass
@@ -30,6 +51,8 @@ class ClientRequest:
     expect_continue: bool
     connection: list[str]  # the Connection header's tokens, lower-cased
     body: bytes | None = None  # the whole body, when it was small enough to keep for a retry
+    upgrade: list[str] | None = None  # the protocols it asks to switch to (RFC 9110 §7.8)
+    interim_sent: bool = False  # a 1xx went to the client: the response has begun
     request_id: tuple[str, str] | None = None  # with --request-id-header: (name, id), seen by backend and client
     # What the forwarder learns, for the access log: the last backend tried and how it answered.
     attempts: int = 0
@@ -51,8 +74,12 @@ class ClientRequest:
 _HOST_RE = re.compile(r"([A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(:[0-9]*)?")
 
 
-def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0) -> ClientRequest:
+def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffered: bytes = b"") -> ClientRequest:
     """Decide whether a parsed request may be forwarded, and in what form.
+
+    ``buffered`` is what arrived with the head (the body's first bytes, if
+    any): a chunked body already malformed there is refused before any
+    backend is contacted.
 
     Raises ``BadRequest`` (400, 405, 501) for what we refuse. The target is
     kept byte for byte; only an absolute-form target is reduced to its path,
@@ -89,6 +116,8 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0) -> Clie
     else:
         raise BadRequest("request target must be a path (origin-form)")
     framing = request_framing(head)
+    if framing is CHUNKED and buffered and (error := check_chunked_prefix(buffered)):
+        raise BadRequest(f"malformed chunked body: {error}")
     if max_body_bytes and framing.kind == "length" and framing.length > max_body_bytes:
         # Refused before any backend is contacted, and without a 100 Continue.
         raise BadRequest(f"request body of {framing.length} bytes is larger than {max_body_bytes}", status=413)
@@ -99,6 +128,9 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0) -> Clie
         keep_alive = "keep-alive" in connection
     expect = [v.strip().lower() for v in header_values(headers, "Expect")]
     expect_continue = head.version >= (1, 1) and "100-continue" in expect and framing is not NO_BODY
-    return ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue, connection)
+    request = ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue, connection)
+    if head.version >= (1, 1):
+        request.upgrade = upgrade_offer(headers, connection)
+    return request
 
 

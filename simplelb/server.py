@@ -46,9 +46,9 @@ from .gate import FairGate
 from .headers import encode_head, request_id_for
 from .http1 import HeadTooLarge, SocketReader, parse_request_head
 from .proxy import Forwarder
-from .request import admit
+from .request import ForwardOptions, admit
 from .specs import bracket
-from .stats import ServerStats
+from .stats import Gauge, ServerStats
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("simplelb.access")
@@ -146,7 +146,8 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             try:
                 head = parse_request_head(raw, listener.max_header_count)
                 _describe_request(record, head)
-                request = admit(head, self.client_address[0], max_body_bytes=listener.max_body_bytes)
+                request = admit(head, self.client_address[0], max_body_bytes=listener.max_body_bytes,
+                                buffered=self.reader.peek() if self.reader.pending else b"")
                 if listener.request_id_header:
                     request.request_id = (listener.request_id_header,
                                           request_id_for(request.headers, listener.request_id_header))
@@ -228,7 +229,13 @@ class LoadBalancer(ThreadingHTTPServer):
         if sticky_secret is None and discover:
             sticky_secret = shared_secret(config)
         self.cluster = Cluster(config.cluster, sticky_secret=sticky_secret, algorithm=algorithm)
-        self.forwarder = Forwarder(self.cluster, max_response_head=(64 * 1024, listener.max_header_count))
+        self.tunnels = Gauge()  # upgraded connections open now
+        self.forwarder = Forwarder(self.cluster, ForwardOptions(
+            max_response_head=(64 * 1024, listener.max_header_count),
+            allow_underscores=listener.allow_underscore_headers,
+            backend_header=listener.backend_header,
+            tunnel_timeout_s=listener.tunnel_timeout_s,
+        ), self.tunnels)
         self.control = LocalControl(self.cluster, source or FixedSource(config), config, snapshot=self.snapshot,
                                     discover=discover)
         self.connections = ConnectionTracker(listener.max_clients)
@@ -346,6 +353,7 @@ class LoadBalancer(ThreadingHTTPServer):
             "queue": {"waiting": cluster.queue.waiting, "timeouts": cluster.queue.timeouts},
             "retry_budget_exhausted": cluster.budget.exhausted,
             "access_log_dropped": self.access_log.dropped if self.access_log is not None else 0,
+            "tunnels": self.tunnels.value,
             "backends": cluster.status(),
         }
 

@@ -106,6 +106,7 @@ class ScriptedBackend:
     script: Callable
     received: list[Received] = field(default_factory=list)
     connections: int = 0
+    accepted: int = 0  # every connection, probes and empty ones included
     events: dict[str, threading.Event] = field(default_factory=dict)
 
     def event(self, name: str) -> threading.Event:
@@ -120,6 +121,7 @@ class ScriptedBackend:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                backend.accepted += 1
                 self.request.settimeout(10)
                 conn = ScriptedConnection(self.request, SocketReader(self.request), backend)
                 try:
@@ -155,7 +157,7 @@ class ScriptedConnection:
         if raw is None:
             return None
         head = parse_request_head(raw)
-        body = b"".join(iter_body(self.reader, request_framing(head)))
+        body = b"".join(bytes(piece) for piece in iter_body(self.reader, request_framing(head)))
         if head.target == "/health":
             self.respond(200, b"ok", [("Connection", "close")])
             self.sock.close()

@@ -214,3 +214,13 @@ def test_no_admin_listener_unless_asked(mock_servers, balancer):
     (mock,) = mock_servers(1)
     assert balancer([mock]).admin is None
     assert free_port()  # (nothing else to check: there is no listener to reach)
+
+
+def test_stopping_closes_open_admin_connections(mock_servers, balancer):
+    (mock,) = mock_servers(1)
+    lb = balancer([mock], admin="127.0.0.1:0")
+    with requests.Session() as session:  # a status page polling on one keep-alive connection
+        assert session.get(lb.admin.url + "/livez", timeout=5).status_code == 200
+        lb.admin.stop()
+        with pytest.raises(requests.ConnectionError):
+            session.get(lb.admin.url + "/livez", timeout=5)

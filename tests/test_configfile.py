@@ -105,8 +105,8 @@ def test_without_check_a_bad_file_is_one_line_with_a_count(tmp_path):
 SAMPLES = {
     "backends": '"a:1"', "backups": '"b:2"', "admin": '"127.0.0.1:0"', "hash_balance_factor": "1.5",
     "sticky_cookie": '"lb"', "health_timeout_s": "1", "eject_on_5xx": "true", "access_log": '"-"',
-    "request_id_header": '"X-Request-Id"', "discovery": '"etcd://127.0.0.1:2379/app"', "dns_server": '"127.0.0.1:53"',
-    "dns_refresh_s": "5",
+    "request_id_header": '"X-Request-Id"', "backend_header": '"X-Upstream"',
+    "discovery": '"etcd://127.0.0.1:2379/app"', "dns_server": '"127.0.0.1:53"', "dns_refresh_s": "5",
 }
 
 

@@ -53,7 +53,7 @@ def target():
     backend = ScriptedBackend(serve_forever_ok).start()
     lb = LoadBalancer(Config.of(
         backends=backend.address, port=0, health_interval_s=60, client_header_timeout_s=2,
-        keepalive_timeout_s=2, max_url_bytes=1024, max_header_bytes=4096, retries=0,
+        keepalive_timeout_s=2, max_url_bytes=1024, max_header_bytes=4096, retries=0, backend_header="X-Upstream",
     )).start()
     yield lb, backend
     lb.stop(grace_s=1)

@@ -133,7 +133,7 @@ def test_options_asterisk_is_forwarded_as_is(setup, raw_client):
 
 
 def test_absolute_form_never_connects_to_the_named_host(setup, raw_client):
-    lb, backend = setup()
+    lb, backend = setup(backend_header="X-Upstream")
     response = raw_client(lb.port).request(b"GET http://127.0.0.1:1/x?y HTTP/1.1\r\nHost: h\r\n\r\n")
     assert response.status == 200 and response.header("X-Upstream") == backend.address
     assert backend.received[0].target == "/x?y"

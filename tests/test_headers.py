@@ -15,7 +15,7 @@ def test_hop_by_hop_and_connection_named_fields_are_removed():
         ("Trailer", "X"),
         ("X-Kept", "1"),
     ]
-    assert remove_hop_by_hop(headers) == [("Host", "h"), ("X-Kept", "1")]
+    assert remove_hop_by_hop(headers) == [("Host", "h"), ("Proxy-Authorization", "Basic eA=="), ("X-Kept", "1")]
 
 
 def test_request_headers_keep_order_and_duplicates_and_add_forwarding():
@@ -41,14 +41,40 @@ def test_client_cannot_spoof_proto_or_host():
     assert out["X-Forwarded-Host"] == "real"
 
 
-def test_response_headers_name_the_upstream_and_keep_duplicates():
+def test_response_headers_keep_duplicates_and_name_the_backend_only_when_asked():
     headers = [("Set-Cookie", "a=1"), ("Connection", "close"), ("Set-Cookie", "b=2"), ("Content-Length", "3")]
-    assert response_headers_for_client(headers, "127.0.0.1:9") == [
-        ("Set-Cookie", "a=1"),
-        ("Set-Cookie", "b=2"),
-        ("Content-Length", "3"),
-        ("X-Upstream", "127.0.0.1:9"),
-    ]
+    kept = [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Content-Length", "3")]
+    assert response_headers_for_client(headers) == kept
+    assert response_headers_for_client(headers, backend_header=("X-Served-By", "web-1")) == [
+        *kept, ("X-Served-By", "web-1")]
+
+
+def test_proxy_authorization_goes_end_to_end_unless_connection_names_it():
+    """RFC 9110 §7.6.1 lists no Proxy-* field as hop-by-hop (RFC 2616 did)."""
+    headers = [("Host", "h"), ("Proxy-Authorization", "Basic eDp5")]
+    assert ("Proxy-Authorization", "Basic eDp5") in request_headers_for_backend(headers, "1.2.3.4")
+    named = [*headers, ("Connection", "Proxy-Authorization")]
+    assert not any(k == "Proxy-Authorization" for k, _ in request_headers_for_backend(named, "1.2.3.4"))
+    assert response_headers_for_client([("Proxy-Authenticate", "Basic")]) == [("Proxy-Authenticate", "Basic")]
+
+
+def test_underscored_names_are_dropped_unless_allowed():
+    headers = [("Host", "h"), ("X_Forwarded_For", "6.6.6.6"), ("X_Custom", "1"), ("X-Custom", "2")]
+    out = request_headers_for_backend(headers, "1.2.3.4")
+    assert not any("_" in k for k, _ in out) and ("X-Custom", "2") in out
+    assert ("X_Custom", "1") in request_headers_for_backend(headers, "1.2.3.4", allow_underscores=True)
+
+
+def test_an_upgrade_offer_is_written_anew_and_h2c_is_never_offered():
+    from simplelb.headers import upgrade_offer
+
+    headers = [("Host", "h"), ("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket, h2c")]
+    assert upgrade_offer(headers, ["keep-alive", "upgrade"]) == ["websocket"]
+    assert upgrade_offer([("Upgrade", "h2c")], ["upgrade"]) is None
+    assert upgrade_offer([("Upgrade", "websocket")], ["keep-alive"]) is None  # not named in Connection
+    out = request_headers_for_backend(headers, "1.2.3.4", connection=["keep-alive", "upgrade"], upgrade=["websocket"])
+    assert out[-2:] == [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    assert [k for k, _ in out].count("Upgrade") == 1
 
 
 def test_encode_head_round_trips_latin1():

@@ -164,7 +164,6 @@ def test_response_framing_rules():
     assert response_framing("GET", response(200, [("Transfer-Encoding", "chunked")])) is CHUNKED
     assert response_framing("GET", response(200, [("Content-Length", "7")])) == Framing("length", 7)
     assert response_framing("GET", response(200, [])) is UNTIL_CLOSE
-    assert response_framing("GET", response(200, [("Transfer-Encoding", "gzip")])) is UNTIL_CLOSE
 
 
 @pytest.mark.parametrize(
@@ -174,6 +173,8 @@ def test_response_framing_rules():
         [("Content-Length", "3"), ("Content-Length", "4")],
         [("Content-Length", "-1")],
         [("Transfer-Encoding", "chunked, gzip")],
+        [("Transfer-Encoding", "gzip")],  # a coding we would pass on as plain bytes: refused
+        [("Transfer-Encoding", "gzip, chunked")],
     ],
 )
 def test_conflicting_response_framing_is_bad_gateway(headers):

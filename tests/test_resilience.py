@@ -228,7 +228,7 @@ def test_get_is_retried_on_another_backend_after_a_reset(scripted, balancer):
 
     bad = scripted(read_then_reset)
     good = scripted(serve_forever_ok)
-    lb = balancer([bad, good], algorithm="round-robin", eject_after=0)
+    lb = balancer([bad, good], algorithm="round-robin", eject_after=0, backend_header="X-Upstream")
     for _ in range(4):
         response = requests.get(lb.url + "/", timeout=5)
         assert response.status_code == 200 and response.headers["X-Upstream"] == good.address

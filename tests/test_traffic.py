@@ -65,7 +65,7 @@ def test_cli_text_report_uses_upstream_when_there_is_no_x_backend(scripted, bala
     from .conftest import serve_forever_ok
 
     backend = scripted(serve_forever_ok)
-    lb = balancer([backend])
+    lb = balancer([backend], backend_header="X-Upstream")
     result = run_cli("-m", "traffic", "--n", "10", "--url", lb.url, "--method", "post", "--path", "/p")
     assert result.returncode == 0
     assert backend.address in result.stdout
