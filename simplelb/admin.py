@@ -38,10 +38,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import socket
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -49,10 +46,10 @@ from urllib.parse import unquote, urlsplit
 from . import changes
 from .config import read_token
 from .convert import is_loopback
-from .errors import ConfigError, HTTPError, ListenError, NotFound
+from .errors import ConfigError, HTTPError, NotFound
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render as render_metrics
-from .specs import bracket
+from .sideserver import SideServer
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +82,13 @@ class Raw(NamedTuple):
     content_type: str
 
 
-class AdminError(HTTPError):
-    """A refused admin request; ``headers`` go with the answer."""
-
-    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None):
-        super().__init__(message, status=status)
-        self.headers = headers or []
+def refused(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> HTTPError:
+    """A refused admin request (its answer is JSON, and the connection stays open)."""
+    return HTTPError(message, status=status, close=False, headers=headers)
 
 
 def match_route(method: str, path: str) -> tuple[str, str, dict[str, str]]:
-    """(handler name, access, path arguments); ``AdminError`` 404 or 405."""
+    """(handler name, access, path arguments); 404 or 405."""
     segments = path.split("/")
     allowed = []
     for route_method, pattern, handler, access in ROUTES:
@@ -114,8 +108,8 @@ def match_route(method: str, path: str) -> tuple[str, str, dict[str, str]]:
                 return handler, access, args
             allowed.append(route_method)
     if allowed:
-        raise AdminError(405, f"{method} is not allowed on {path}", [("Allow", ", ".join(allowed))])
-    raise AdminError(404, f"no such admin path: {path}")
+        raise refused(405, f"{method} is not allowed on {path}", [("Allow", ", ".join(allowed))])
+    raise refused(404, f"no such admin path: {path}")
 
 
 class AdminHandler(BaseHTTPRequestHandler):
@@ -142,8 +136,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             body = self._read_json() if access == MUTATING else None
             status, payload, headers = getattr(self, handler)(body=body, **args)
         except HTTPError as exc:
-            status, payload = exc.status, {"error": exc.message}
-            headers = getattr(exc, "headers", [])
+            status, payload, headers = exc.status, {"error": exc.message}, exc.headers
         except Exception:  # a bug: answer, log it, keep serving
             log.exception("admin request %s %s failed", self.command, self.path)
             status, payload, headers = 500, {"error": "internal error (logged)"}, []
@@ -154,42 +147,42 @@ class AdminHandler(BaseHTTPRequestHandler):
     def _check_caller(self) -> None:
         host = self.headers.get("Host")
         if self.admin.loopback and host is not None and not is_loopback(_host_part(host)):
-            raise AdminError(403, f"Host {host!r} is not a loopback name; use 127.0.0.1 or localhost")
+            raise refused(403, f"Host {host!r} is not a loopback name; use 127.0.0.1 or localhost")
         origin = self.headers.get("Origin")
         if origin not in (None, "null") and host is not None and origin != f"http://{host}":
-            raise AdminError(403, f"requests from {origin} are not allowed")
+            raise refused(403, f"requests from {origin} are not allowed")
         token = self.admin.token
         if token is None:
             return
         given = self.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise AdminError(401, "missing or wrong token: send Authorization: Bearer <token>",
+            raise refused(401, "missing or wrong token: send Authorization: Bearer <token>",
                              [("WWW-Authenticate", 'Bearer realm="simplelb admin"')])
 
     def _read_json(self) -> Any:
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
-            raise AdminError(415, "send Content-Type: application/json")
+            raise refused(415, "send Content-Type: application/json")
         if "Transfer-Encoding" in self.headers:
-            raise AdminError(411, "send the body with a Content-Length")
+            raise refused(411, "send the body with a Content-Length")
         length_text = self.headers.get("Content-Length", "0").strip()
         if not length_text.isdigit():
-            raise AdminError(400, "invalid Content-Length")
+            raise refused(400, "invalid Content-Length")
         length = int(length_text)
         if length > MAX_BODY_BYTES:
             self.close_connection = True  # the body stays unread
-            raise AdminError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            raise refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
         raw = self.rfile.read(length) if length else b""
         if len(raw) != length:
             self.close_connection = True
-            raise AdminError(400, "body shorter than its Content-Length")
+            raise refused(400, "body shorter than its Content-Length")
         if not raw.strip():
             return None
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise AdminError(400, f"malformed JSON: {exc}") from None
+            raise refused(400, f"malformed JSON: {exc}") from None
 
     # --- routes ---------------------------------------------------------------------
 
@@ -283,57 +276,7 @@ def _host_part(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128  # a burst of connections is accepted (and refused past the cap), not SYN-dropped
-
-    def __init__(self, address, handler):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._open: set[socket.socket] = set()  # guarded by _open_lock: closed by close_connections()
-        self._open_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def close_connections(self) -> None:
-        """Shut every open admin connection (a status page polling on keep-alive must see us go)."""
-        with self._open_lock:
-            connections = list(self._open)
-        for sock in connections:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def server_bind(self) -> None:
-        import socketserver
-
-        socketserver.TCPServer.server_bind(self)  # not HTTPServer's: it looks up our FQDN, slowly
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # too many admin connections: this one waits for nothing
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._open_lock:
-                self._open.discard(request)
-            self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], OSError):  # the client went away mid-answer: nothing to say
-            log.debug("admin client %s: %s", client_address[0], sys.exc_info()[1])
-            return
-        log.exception("admin connection from %s failed", client_address[0])
-
-
-class AdminServer:
+class AdminServer(SideServer):
     """The admin listener; binds in the constructor (a taken port fails there), ``start()``/``stop()``."""
 
     def __init__(self, address: tuple[str, int], control, *, token_file: str | None = None):
@@ -341,30 +284,4 @@ class AdminServer:
         self.token = read_token(token_file) if token_file else None
         self.loopback = is_loopback(address[0])
         handler = type("AdminHandler", (AdminHandler,), {"admin": self})
-        try:
-            self._httpd = _Server(address, handler)
-        except OSError as exc:
-            raise ListenError(f"cannot listen on admin {bracket(address[0])}:{address[1]}", exc) from None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{bracket(self._httpd.server_address[0])}:{self.port}"
-
-    def start(self) -> AdminServer:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.1,), name=f"simplelb-admin :{self.port}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join()
-        self._httpd.server_close()
-        self._httpd.close_connections()
+        super().__init__(address, handler, "admin", max_connections=MAX_CONNECTIONS)

@@ -3,9 +3,10 @@
 Each algorithm is a small class with one method, ``pick(backends, key)``. It
 receives only healthy backends (never an empty list), does no I/O, and reads
 load from the ``Backend`` objects (``weight``, ``in_flight``,
-``latency_s()``); randomness and the clock are injected so tests are
-deterministic. ``key`` is the request's affinity key (see ``affinity``), used
-only by ``hash``. ``ALGORITHMS`` maps the ``--algorithm`` names to the
+``latency_s()``); randomness is injected so tests are deterministic (the
+clock is each backend's own: peak-ewma reads it through ``latency_s()``).
+``key`` is the request's affinity key (see ``affinity``), used only by
+``hash``. ``ALGORITHMS`` maps the ``--algorithm`` names to the
 classes and ``create`` builds one by name: the proxy never knows which one it
 is using.
 
@@ -20,15 +21,12 @@ import hashlib
 import math
 import random
 import threading
-import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # algorithms read backends; they never need the module to run
     from .backend import Backend
-
-Clock = Callable[[], float]
 
 
 class Algorithm(Protocol):
@@ -51,7 +49,7 @@ class RoundRobin:
     not a a a a a b c). Equal weights give a plain rotation.
     """
 
-    def __init__(self, rng: random.Random | None = None, clock: Clock = time.monotonic):
+    def __init__(self, rng: random.Random | None = None):
         self._lock = threading.Lock()  # guards _current
         # Weak keys: a backend removed from the cluster takes its score with it.
         self._current: weakref.WeakKeyDictionary[Backend, float] = weakref.WeakKeyDictionary()
@@ -79,7 +77,7 @@ class LeastConnections:
     first backend.
     """
 
-    def __init__(self, rng: random.Random | None = None, clock: Clock = time.monotonic):
+    def __init__(self, rng: random.Random | None = None):
         self._rng = rng or random.Random()
         self._lock = threading.Lock()  # guards _rng (random.Random is not documented thread-safe)
 
@@ -96,7 +94,7 @@ class LeastConnections:
 class WeightedRandom:
     """A backend drawn at random, in proportion to its weight."""
 
-    def __init__(self, rng: random.Random | None = None, clock: Clock = time.monotonic):
+    def __init__(self, rng: random.Random | None = None):
         self._rng = rng or random.Random()
         self._lock = threading.Lock()  # guards _rng
 
@@ -113,9 +111,8 @@ class PowerOfTwoChoices:
     Subclasses change only ``cost``.
     """
 
-    def __init__(self, rng: random.Random | None = None, clock: Clock = time.monotonic):
+    def __init__(self, rng: random.Random | None = None):
         self._rng = rng or random.Random()
-        self._clock = clock
         self._lock = threading.Lock()  # guards _rng
 
     def cost(self, backend: Backend, backends: Sequence[Backend]) -> float:
@@ -181,7 +178,6 @@ class RendezvousHash:
     def __init__(
         self,
         rng: random.Random | None = None,
-        clock: Clock = time.monotonic,
         *,
         balance_factor: float | None = None,
     ):
@@ -221,11 +217,10 @@ def create(
     name: str,
     *,
     rng: random.Random | None = None,
-    clock: Clock = time.monotonic,
     hash_balance_factor: float | None = None,
 ) -> Algorithm:
     """Build the algorithm registered as ``name``."""
     cls = ALGORITHMS[name]
     if cls is RendezvousHash:
-        return cls(rng or random.Random(), clock, balance_factor=hash_balance_factor)
-    return cls(rng=rng or random.Random(), clock=clock)
+        return cls(rng, balance_factor=hash_balance_factor)
+    return cls(rng=rng or random.Random())

@@ -92,6 +92,7 @@ def _connect(backend: Backend, turn: Turn, *, fresh: bool) -> tuple[PooledConnec
         conn, reused = pool.take_fresh(), False
     else:
         conn, reused = pool.take()
+    log.debug("%s connection to %s", "reusing a pooled" if reused else "opening a new", backend.name)
     if not reused:
         try:
             with turn.paused():

@@ -402,7 +402,7 @@ class Backend:
             spec = self.spec
             return {
                 "name": spec.name,
-                "address": spec.address,
+                "address": spec.location,
                 "weight": spec.weight,
                 "backup": spec.backup,
                 "state": self.state,

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from .health import HealthChecker
 from .limits import CapacityQueue
 from .outlier import OutlierDetector
 from .retry import RetryBudget, RetryPolicy
+from .tls import backend_context
 from .upstream import BackendPool
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,9 @@ class Cluster(BackendEvents):
         self.outliers = OutlierDetector(lambda: (self._view.config, self._view.backends))
         self.health = HealthChecker(lambda: (self._view.config, [b for b in self._view.backends if b.probed]))
         self._retiring: dict[Backend, None] = {}  # removed, finishing their in-flight requests
+        self._tls_settings = None  # (ca file, insecure) the context below was made for
+        self._tls: ssl.SSLContext | None = None  # how https:// backends are verified
+        self._tls_context(config)
         backends = [self._new_backend(spec, config) for spec in config.backends]
         chosen = algorithm or algorithms.create(config.algorithm, hash_balance_factor=config.hash_balance_factor)
         self._view = self._make_view(1, config, backends, chosen)
@@ -127,12 +132,25 @@ class Cluster(BackendEvents):
 
     # --- building --------------------------------------------------------------
 
+    def _tls_context(self, config: ClusterConfig) -> bool:
+        """Make the backends' TLS context if its settings changed; return whether they did."""
+        settings = (config.backend_ca, config.backend_tls_insecure)
+        if settings == self._tls_settings:
+            return False
+        self._tls_settings, self._tls = settings, backend_context(*settings)
+        if config.backend_tls_insecure and any(spec.tls for spec in config.backends):
+            log.warning("--backend-tls-insecure: the certificates of https:// backends are NOT verified")
+        return True
+
+    def _pool(self, spec, config: ClusterConfig) -> BackendPool:
+        return BackendPool(
+            spec.host, spec.port, size=config.pool_size, connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s, tls=self._tls if spec.tls else None,
+        )
+
     def _new_backend(self, spec, config: ClusterConfig) -> Backend:
         backend = Backend(spec, events=self, **_policy(config))
-        backend.pool = BackendPool(
-            spec.host, spec.port, size=config.pool_size,
-            connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.read_timeout_s,
-        )
+        backend.pool = self._pool(spec, config)
         return backend
 
     def _make_view(self, generation: int, config: ClusterConfig, backends: Sequence[Backend], algorithm) -> ClusterView:
@@ -154,6 +172,7 @@ class Cluster(BackendEvents):
         """Apply ``config`` (already validated) atomically; return the new view."""
         with self._lock:
             old = self._view
+            tls_changed = self._tls_context(config)
             current = {b.name: b for b in old.backends}
             retiring = {b.name: b for b in self._retiring}
             backends, to_probe, notes = [], [], []
@@ -174,6 +193,9 @@ class Cluster(BackendEvents):
                     notes += _describe_change(backend.spec, spec)
                     if backend.reconfigure(spec, **_policy(config)):
                         to_probe.append(backend)
+                    if tls_changed and spec.tls:  # verified otherwise now: no connection made before is kept
+                        backend.pool.close()
+                        backend.pool = self._pool(spec, config)
                     backend.pool.configure(config.connect_timeout_s, config.read_timeout_s)
                 backends.append(backend)
             removed = [b for b in old.backends if b not in backends]

@@ -97,6 +97,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("--fall", "fall", c.int_range(1, 100), "consecutive failed probes that take a backend out", C, "N"),
     Option("--connect-timeout", "connect_timeout_s", c.seconds(), "seconds to open a backend connection", C, "S"),
     Option("--read-timeout", "read_timeout_s", c.seconds(), "seconds a backend may stay silent while answering (504 after)", C, "S"),
+    Option("--tls-cert", "tls_cert", c.optional(c.readable_file),
+           "serve HTTPS with this PEM certificate (the file may hold the chain); needs --tls-key", L, "FILE"),
+    Option("--tls-key", "tls_key", c.optional(c.readable_file), "the private key of --tls-cert (PEM)", L, "FILE"),
+    Option("--redirect-http", "redirect_http", c.optional(c.int_range(0, 65535)),
+           "with TLS: also listen on this port for plain HTTP and answer every request with 308 to HTTPS", L, "PORT"),
+    Option("--backend-ca", "backend_ca", c.optional(c.readable_file),
+           "verify https:// backends against the CA certificates in this PEM file (default: the system's)", C, "FILE"),
+    Option("--backend-tls-insecure", "backend_tls_insecure", c.switch,
+           "do not verify the certificates of https:// backends (a warning says so at start-up)", C, switch=True),
     Option("--tunnel-timeout", "tunnel_timeout_s", c.seconds(),
            "seconds an upgraded connection (WebSocket) may be idle both ways before it is closed", L, "S"),
     Option("--backend-header", "backend_header", c.optional(c.header_name),
@@ -130,9 +139,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--slow-start", "slow_start_s", c.seconds(zero_ok=True), "seconds over which a returning backend's share ramps up to full (0: at once)", C, "S"),
 )
 OPTION_BY_FIELD = {option.field: option for option in OPTIONS}
+# Listener settings a reload does apply: certificates are read again, whoever named them.
+RELOADABLE_LISTENER = {"tls"}
 
 # Settings without a flag: internal, but validated like the rest.
 _INTERNAL: dict[str, Callable[[Any], Any]] = {
+    "tls": c.certificate_pairs,
     "max_header_count": c.int_range(1, 10_000),
     "active_requests": c.int_range(1, 64),
     "pool_size": c.int_range(1, 10_000),
@@ -167,6 +179,8 @@ class ListenerConfig:
     access_log_format: str = "combined"
     request_id_header: str | None = None
     sticky_secret_file: str | None = None  # None: the secret comes from etcd with --discovery, or is random
+    tls: tuple[tuple[str, str], ...] = ()  # (certificate, key) files; the first is for clients without SNI
+    redirect_http: int | None = None  # None: no plain-HTTP listener redirecting to HTTPS
     tunnel_timeout_s: float = 3600.0  # an idle WebSocket is usually pinged well within an hour
     backend_header: str | None = None  # None: clients are not told which backend answered
     allow_underscore_headers: bool = False  # as nginx's underscores_in_headers off
@@ -193,6 +207,8 @@ class ListenerConfig:
                 f"--max-header-bytes {self.max_header_bytes} is smaller than --max-url {self.max_url_bytes}: "
                 "a request head must have room for its request line"
             )
+        if self.redirect_http is not None and not self.tls:
+            raise ConfigError("--redirect-http goes with TLS: give --tls-cert and --tls-key (or [[tls]] tables)")
         if self.admin is not None and self.admin_token_file is None and not c.is_loopback(self.admin[0]):
             raise ConfigError(
                 f"--admin {self.admin[0]}: an admin listener off loopback needs --admin-token-file"
@@ -231,6 +247,8 @@ class ClusterConfig:
     queue_timeout_s: float = 5.0
     max_queue: int = 1024
     slow_start_s: float = 0.0
+    backend_ca: str | None = None  # None: the system's CA certificates
+    backend_tls_insecure: bool = False
     # Idle connections kept per backend. Connections beyond it are still opened
     # under load, just not kept afterwards.
     pool_size: int = 128
@@ -294,7 +312,8 @@ def cluster_from_dict(values: dict) -> ClusterConfig:
 
 def listener_from_dict(values: dict) -> ListenerConfig:
     admin = values.get("admin")
-    return ListenerConfig(**{**values, "admin": tuple(admin) if admin else None})
+    tls = tuple(tuple(pair) for pair in values.get("tls", ()))
+    return ListenerConfig(**{**values, "admin": tuple(admin) if admin else None, "tls": tls})
 
 
 @dataclass(frozen=True)
@@ -314,11 +333,11 @@ class Config:
         return [
             OPTION_BY_FIELD[f.name].flag if f.name in OPTION_BY_FIELD else f.name
             for f in fields(ListenerConfig)
-            if getattr(self.listener, f.name) != getattr(other.listener, f.name)
+            if f.name not in RELOADABLE_LISTENER and getattr(self.listener, f.name) != getattr(other.listener, f.name)
         ]
 
 
-_LISTENER_FIELDS = {f.name for f in fields(ListenerConfig)}
+_LISTENER_FIELDS = {f.name for f in fields(ListenerConfig)} | {"tls_cert", "tls_key"}
 _CLUSTER_FIELDS = {f.name for f in fields(ClusterConfig)} | {"backups"}
 
 
@@ -348,6 +367,11 @@ def build(settings: dict[str, Any], where: Callable[[str], str] | None = None, e
         raise ConfigError(errors[0], errors)
     backups = converted.pop("backups", ())
     converted["backends"] = tuple(converted.get("backends", ())) + tuple(backups)
+    cert, key = converted.pop("tls_cert", None), converted.pop("tls_key", None)
+    if (cert is None) != (key is None):
+        errors.append("--tls-cert and --tls-key go together: give both")
+    elif cert is not None:
+        converted["tls"] = ((cert, key), *converted.get("tls", ()))
     try:
         listener = ListenerConfig(**{k: v for k, v in converted.items() if k in _LISTENER_FIELDS})
     except ConfigError as exc:
@@ -371,5 +395,5 @@ def defaults() -> dict[str, Any]:
     """Every field's default, for ``--help`` and the README check."""
     values = {f.name: f.default for f in fields(ListenerConfig)}
     values.update({f.name: f.default for f in fields(ClusterConfig)})
-    values["backups"] = ()
+    values.update(backups=(), tls_cert=None, tls_key=None)
     return values

@@ -15,6 +15,7 @@ each naming the file, the line where it can be found, and the key.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -63,6 +64,23 @@ def _backend_tables(path: str, text: str, tables: Any, errors: list[str]) -> tup
     return tuple(specs)
 
 
+def _tls_tables(path: str, tables: Any, errors: list[str]) -> tuple[tuple[str, str], ...]:
+    """``[[tls]]`` tables: ``cert`` and ``key`` files, relative to the config file's folder."""
+    if not isinstance(tables, list):
+        errors.append(f"{path}: 'tls' must be [[tls]] tables")
+        return ()
+    base = os.path.dirname(os.path.abspath(path))
+    pairs = []
+    for number, table in enumerate(tables, 1):
+        where = f"{path}: [[tls]] #{number}"
+        if not isinstance(table, dict) or set(table) != {"cert", "key"} or not all(
+                isinstance(v, str) for v in table.values()):
+            errors.append(f"{where}: needs exactly 'cert' and 'key', each a file name")
+            continue
+        pairs.append((os.path.join(base, table["cert"]), os.path.join(base, table["key"])))
+    return tuple(pairs)
+
+
 def read_file(path: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """The file's settings by field name, where each was found (``file:line: key``), and what is wrong."""
     data, text = _read(path)
@@ -76,9 +94,13 @@ def read_file(path: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
             settings["backends"] = _backend_tables(path, text, value, errors)
             places["backends"] = place
             continue
+        if key == "tls":
+            settings["tls"] = _tls_tables(path, value, errors)
+            places["tls"] = place
+            continue
         option = _OPTION_BY_KEY.get(key)
         if option is None:
-            close = difflib.get_close_matches(key, [*_OPTION_BY_KEY, "backend"], n=1)
+            close = difflib.get_close_matches(key, [*_OPTION_BY_KEY, "backend", "tls"], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             errors.append(f"{place}: unknown key{hint}")
             continue

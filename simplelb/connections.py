@@ -84,6 +84,12 @@ class ConnectionTracker:
             if sock in self._state:
                 self._state[sock] = (BUSY, time.monotonic())
 
+    def replace(self, old: socket.socket, new: socket.socket) -> None:
+        """The connection is now ``new`` (a TLS socket over ``old``): closing it must reach the new one."""
+        with self._lock:
+            if old in self._state:
+                self._state[new] = self._state.pop(old)
+
     def remove(self, sock: socket.socket) -> None:
         with self._lock:
             self._state.pop(sock, None)

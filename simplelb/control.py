@@ -31,6 +31,7 @@ from .config import ClusterConfig, Config
 from .discovery import Discovery
 from .errors import ConfigError
 from .stats import BOUNDS_S
+from .tls import Certificates, load_certificates
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,17 @@ class ReloadCounter:
         return {"success": self.success, "failure": self.failure, "last_error": self.last_error}
 
 
-def load_for_reload(source, running: Config, reloads: ReloadCounter) -> Config:
-    """The new configuration from ``source``, or ``ConfigError`` (logged and counted)."""
+def load_for_reload(source, running: Config, reloads: ReloadCounter) -> tuple[Config, Certificates | None]:
+    """The new configuration from ``source`` and its certificates, loaded; or ``ConfigError`` (logged, counted).
+
+    Certificates are read again at every reload, whoever named them; a
+    balancer that started without TLS (or with) needs a restart to change that.
+    """
     try:
         config = source.load()
+        certificates = None
+        if running.listener.tls and config.listener.tls:
+            certificates = load_certificates(config.listener.tls)
     except ConfigError as exc:
         reloads.failure += 1
         reloads.last_error = exc.messages
@@ -58,15 +66,19 @@ def load_for_reload(source, running: Config, reloads: ReloadCounter) -> Config:
         raise
     for flag in running.changed_listener_settings(config):
         log.warning("reload: %s changed; it needs a restart and is not applied", flag)
-    return config
+    if bool(running.listener.tls) != bool(config.listener.tls):
+        log.warning("reload: TLS was turned %s; that needs a restart and is not applied",
+                    "on" if config.listener.tls else "off")
+    return config, certificates
 
 
 class LocalControl:
     """Reload, admin edits and status for the cluster in this process."""
 
     def __init__(self, cluster: Cluster, source, running: Config, snapshot: Callable[[], dict] | None = None,
-                 *, discover: bool = True):
+                 tls=None, *, discover: bool = True):
         self.cluster = cluster
+        self.tls = tls  # the TLS front end, whose certificates a reload reads again
         self._snapshot = snapshot or (lambda: {"backends": cluster.status()})
         self.source = source
         self.running = running
@@ -97,8 +109,10 @@ class LocalControl:
 
     def reload(self) -> int:
         with self._changing:
-            config = load_for_reload(self.source, self.running, self.reloads)
+            config, certificates = load_for_reload(self.source, self.running, self.reloads)
             generation = self.cluster.update(self.discovery.configure(config.cluster)).generation
+            if certificates is not None and self.tls is not None:
+                self.tls.install(certificates)
             self.reloads.success += 1
             self.reloads.last_error = None
         log.info("reloaded: generation %d", generation)

@@ -179,6 +179,28 @@ def dns_server(value: Any) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def readable_file(value: Any) -> str:
+    path = str(value)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return os.path.abspath(path)
+
+
+def certificate_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    """(certificate, key) file pairs, each loaded once to check it (a mismatched pair is an error here)."""
+    from .tls import load_certificates  # not at import time: tls needs the cryptography package
+
+    if not isinstance(value, (tuple, list)) or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in value):
+        raise ConfigError(f"must be (certificate, key) pairs, not {value!r}")
+    pairs = tuple((readable_file(cert), readable_file(key)) for cert, key in value)
+    if pairs:
+        load_certificates(pairs)
+    return pairs
+
+
 def log_path(value: Any) -> str:
     """``-`` (standard output) or a file whose directory exists and is writable."""
     path = str(value)

@@ -20,9 +20,18 @@ class HTTPError(Exception):
     close = False
     reason = "protocol"  # for a backend's failure: connect, timeout, reset, protocol (the metrics' label)
 
-    def __init__(self, message: str, *, status: int | None = None, close: bool | None = None, reason: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        close: bool | None = None,
+        reason: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ):
         super().__init__(message)
         self.message = message
+        self.headers = headers or []  # fields the answer must carry (Allow, WWW-Authenticate, ...)
         if status is not None:
             self.status = status
         if close is not None:

@@ -38,6 +38,7 @@ from .config import Config
 from .discovery import shared_secret
 from .errors import ConfigError, ListenError
 from .fleetcontrol import FleetControl
+from .redirect import RedirectServer
 from .service import Signals
 from .specs import bracket, describe
 
@@ -123,34 +124,40 @@ class Supervisor:
     def run(self) -> int:
         reservation = self._reserve()
         self.signals.install()
-        admin = None
+        admin = redirect = None
+        listener = self.config.listener
         try:
             self.control.start()  # discovery first: the workers start with what it found
-            for number in range(1, self.config.listener.workers + 1):
+            for number in range(1, listener.workers + 1):
                 self._spawn(number)
-            if self.config.listener.admin is not None:
+            if listener.admin is not None:
                 from .admin import AdminServer
 
-                admin = AdminServer(self.config.listener.admin, self.control,
-                                    token_file=self.config.listener.admin_token_file).start()
-            self._banner(admin)
+                admin = AdminServer(listener.admin, self.control, token_file=listener.admin_token_file).start()
+            if listener.redirect_http is not None:
+                redirect = RedirectServer(listener.host, listener.redirect_http, self.port).start()
+            self._banner(admin, redirect)
             self._watch()
         finally:
             self.control.shutting_down = True
             self.control.stop()
             self._drain()
-            if admin is not None:
-                admin.stop()
+            for server in (admin, redirect):
+                if server is not None:
+                    server.stop()
             reservation.close()
         return 0
 
-    def _banner(self, admin) -> None:
+    def _banner(self, admin, redirect) -> None:
         # Every worker is listening by now: the banner is a promise that the port answers.
         listener, cluster = self.config.listener, self.control.current()[1]
-        print(f"simplelb: listening on http://{bracket(listener.host)}:{self.port}, {cluster.algorithm} over "
-              f"{describe(cluster.backends, cluster.source_urls)}, {listener.workers} workers", flush=True)
+        url = f"{'https' if listener.tls else 'http'}://{bracket(listener.host)}:{self.port}"
+        print(f"simplelb: listening on {url}, {cluster.algorithm} over {describe(cluster.backends, cluster.source_urls)}, "
+              f"{listener.workers} workers", flush=True)
+        if redirect is not None:
+            print(f"simplelb: redirecting http on port {redirect.port} to {url}", flush=True)
         if admin is not None:
-            print(f"simplelb: admin on {admin.url} (status: {admin.url}/status)", flush=True)
+            print(f"simplelb: admin on {admin.url} (status page: {admin.url}/)", flush=True)
 
     def _spawn(self, number: int) -> WorkerHandle:
         """Start worker ``number`` and wait (up to READY_TIMEOUT_S) until it is listening."""
@@ -239,7 +246,8 @@ def _listener_dict(config: Config) -> dict:
     from dataclasses import asdict
 
     # A worker serves the port it is given and has no admin listener of its own.
-    return {**asdict(config.listener), "workers": 1, "admin": None, "admin_token_file": None}
+    # The redirect listener, like the admin one, is the parent's.
+    return {**asdict(config.listener), "workers": 1, "admin": None, "admin_token_file": None, "redirect_http": None}
 
 
 def _signal(pid: int, signum: int) -> None:

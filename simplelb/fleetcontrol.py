@@ -153,18 +153,19 @@ class FleetControl:
 
     def reload(self) -> int:
         with self._changing:
-            config = load_for_reload(self.source, self.running, self.reloads)
-            generation = self._apply(self.discovery.configure(config.cluster))
+            config, certificates = load_for_reload(self.source, self.running, self.reloads)
+            tls = config.listener.tls if certificates is not None else None
+            generation = self._apply(self.discovery.configure(config.cluster), tls)
             self.reloads.success += 1
             self.reloads.last_error = None
         log.info("reloaded: generation %d sent to every worker", generation)
         return generation
 
-    def _apply(self, cluster: ClusterConfig) -> int:
-        # Caller holds _changing.
+    def _apply(self, cluster: ClusterConfig, tls: tuple | None = None) -> int:
+        # Caller holds _changing. ``tls``: certificate files every worker reads again (checked here already).
         self._generation += 1
         self._cluster = cluster
-        message = {"op": "apply", "generation": self._generation, "cluster": cluster.to_dict()}
+        message = {"op": "apply", "generation": self._generation, "cluster": cluster.to_dict(), "tls": tls}
 
         def apply(worker) -> None:
             try:

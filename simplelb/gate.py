@@ -44,6 +44,16 @@ class FairGate:
             else:
                 self._free += 1
 
+    @property
+    def waiting(self) -> int:
+        """Requests in line for a slot."""
+        return len(self._waiters)
+
+    @property
+    def free(self) -> int:
+        """Slots nobody holds."""
+        return self._free
+
     def turn(self) -> Turn:
         return Turn(self)
 

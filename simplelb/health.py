@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,11 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def probe(host: str, port: int, path: str, timeout_s: float) -> tuple[bool, str]:
-    """Probe one backend; return (passed, what happened) within ``timeout_s`` in total."""
+def probe(host: str, port: int, path: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> tuple[bool, str]:
+    """Probe one backend (over TLS with ``tls``); return (passed, what happened) within ``timeout_s`` in total."""
     deadline = time.monotonic() + timeout_s
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        with _connect(host, port, timeout_s, tls) as sock:
             request = f"GET {path} HTTP/1.1\r\nHost: {bracket(host)}:{port}\r\nUser-Agent: simplelb-health\r\nConnection: close\r\n\r\n"
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(request.encode("ascii"))
@@ -49,6 +50,10 @@ def probe(host: str, port: int, path: str, timeout_s: float) -> tuple[bool, str]
                     return False, "status line too long"
     except TimeoutError:
         return False, f"no answer within {timeout_s:g}s"
+    except ssl.SSLCertVerificationError as exc:
+        return False, f"TLS certificate not accepted: {exc.verify_message or exc.reason}"
+    except ssl.SSLError as exc:
+        return False, f"TLS failed: {exc.reason or exc}"
     except OSError as exc:
         return False, f"connection failed: {exc.strerror or exc}"
     status_line = received.split(b"\n", 1)[0].rstrip(b"\r")
@@ -57,6 +62,17 @@ def probe(host: str, port: int, path: str, timeout_s: float) -> tuple[bool, str]
         return False, f"not an HTTP response: {status_line[:40]!r}"
     status = int(parts[1])
     return 200 <= status < 300, f"HTTP {status}"
+
+
+def _connect(host: str, port: int, timeout_s: float, tls: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout_s)
+    if tls is None:
+        return sock
+    try:
+        return tls.wrap_socket(sock, server_hostname=host)  # the handshake, within the socket's timeout
+    except BaseException:
+        sock.close()
+        raise
 
 
 class HealthChecker:
@@ -72,7 +88,7 @@ class HealthChecker:
         self,
         current: Callable[[], tuple[ClusterConfig, Sequence[Backend]]],
         *,
-        probe_fn: Callable[[str, int, str, float], tuple[bool, str]] = probe,
+        probe_fn: Callable[..., tuple[bool, str]] = probe,
     ):
         self._current = current
         self._probe = probe_fn
@@ -128,7 +144,13 @@ class HealthChecker:
         results: dict[Backend, tuple[bool, str]] = {}
 
         def probe_one(backend: Backend) -> None:
-            results[backend] = self._probe(backend.host, backend.port, config.health_path, config.health_timeout_s)
+            tls = backend.pool.tls if backend.pool is not None else None
+            try:
+                results[backend] = self._probe(backend.host, backend.port, config.health_path,
+                                               config.health_timeout_s, tls)
+            except Exception as exc:  # a bug, not the backend's fault: say so, and count it as a failure
+                log.exception("probing %s failed", backend.name)
+                results[backend] = (False, f"probe failed: {exc}")
 
         threads = [
             threading.Thread(target=probe_one, args=(b,), name=f"health-probe {b.name}", daemon=True)

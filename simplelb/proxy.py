@@ -106,6 +106,8 @@ class Forwarder:
                     method=request.method, sent=failure.sent, replayable=request.replayable, retries_so_far=retries
                 ):
                     # (A 1xx already went to the client; an upgrade that reached a backend is never sent twice.)
+                    log.debug("not retrying %s %s (sent: %s, replayable: %s, retries: %d): %s", request.method,
+                              request.target, failure.sent, request.replayable, retries, failure)
                     raise failure.error from None
                 retries += 1
                 log.info("retrying %s %s on another backend: %s", request.method, request.target, failure)
@@ -123,13 +125,18 @@ class Forwarder:
         config = view.config
         while True:
             if pinned is not None and pinned not in tried and pinned.available() and pinned.has_capacity():
+                log.debug("sticky cookie pins %s", pinned.name)
                 return pinned, queue_deadline
             candidates = _candidates(view, tried, keyed=key is not None)
             if not candidates:
                 return None, queue_deadline
             free = [b for b in candidates if b.has_capacity()]
             if free:
-                return view.algorithm.pick(free, key), queue_deadline
+                chosen = view.algorithm.pick(free, key)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s picked %s among %s%s", config.algorithm, chosen.name, [b.name for b in free],
+                              f" for key {key!r}" if key is not None else "")
+                return chosen, queue_deadline
             with turn.paused():  # (only under --max-conns)
                 queue_deadline = self.cluster.queue.wait(queue_deadline, config.queue_timeout_s, config.max_queue)
 

@@ -71,7 +71,7 @@ class ClientRequest:
 
 
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: a Host value is a host and an optional port, nothing else.
-_HOST_RE = re.compile(r"([A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(:[0-9]*)?")
+HOST_RE = re.compile(r"([A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(:[0-9]*)?")
 
 
 def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffered: bytes = b"") -> ClientRequest:
@@ -94,7 +94,7 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffere
         raise BadRequest("more than one Host header")
     if head.version >= (1, 1) and not hosts:
         raise BadRequest("HTTP/1.1 request without a Host header")
-    if hosts and not _HOST_RE.fullmatch(hosts[0]):
+    if hosts and not HOST_RE.fullmatch(hosts[0]):
         raise BadRequest("invalid Host header")
     if target == "*":
         if head.method != "OPTIONS":

@@ -46,9 +46,11 @@ from .gate import FairGate
 from .headers import encode_head, request_id_for
 from .http1 import HeadTooLarge, SocketReader, parse_request_head
 from .proxy import Forwarder
+from .redirect import RedirectServer
 from .request import ForwardOptions, admit
 from .specs import bracket
 from .stats import Gauge, ServerStats
+from .tls import HandshakeFailed, TLSFrontEnd
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("simplelb.access")
@@ -72,7 +74,7 @@ def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] 
     ]
     if exc.status == 503:  # no backend, all at their limit, or too many clients: each passes
         headers.append(("Retry-After", str(RETRY_AFTER_S)))
-    headers += extra
+    headers += exc.headers + list(extra)
     if close:
         headers.append(("Connection", "close"))
     return encode_head(f"HTTP/1.1 {exc.status} {phrase}", headers) + body
@@ -96,24 +98,51 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = SocketReader(self.connection)
+
+    def _start(self) -> bool:
+        """The connection's TLS handshake, if any (here, on its own thread); False if it failed."""
+        if self.server.tls is not None:
+            tracker = self.server.connections
+            tracker.reading(self.connection)  # a slow handshake is evicted like a slow head
+            deadline = time.monotonic() + self.server.config.listener.client_header_timeout_s
+
+            def wrapped(tls) -> None:
+                tracker.replace(self.connection, tls)
+                self.connection = tls
+
+            try:
+                self.server.tls.accept(self.request, deadline, on_wrapped=wrapped)
+            except HandshakeFailed as exc:
+                log.debug("client %s: %s", self.client_address[0], exc)
+                return False
         listener = self.server.config.listener
+        self.reader = SocketReader(self.connection)
         self.client = ClientConnection(
             self.connection, self.reader,
             body_timeout_s=listener.client_body_timeout_s, send_timeout_s=listener.send_timeout_s,
             max_body_bytes=listener.max_body_bytes,
         )
+        return True
 
     def handle(self) -> None:
         tracker = self.server.connections
         keepalive_s = self.server.config.listener.keepalive_timeout_s
         try:
+            if not self._start():
+                return
             while tracker.idle(self.connection) and self.client.wait_for_request(keepalive_s):
                 tracker.reading(self.connection)
                 if not self._serve_one():
                     break
         finally:
             tracker.remove(self.connection)
+
+    def finish(self) -> None:
+        if self.connection is not self.request:  # the TLS socket took over the descriptor: close it here
+            try:
+                self.connection.close()
+            except OSError:
+                pass
 
     def _read_head(self, started: float) -> bytes | None:
         listener = self.server.config.listener
@@ -232,12 +261,14 @@ class LoadBalancer(ThreadingHTTPServer):
         self.tunnels = Gauge()  # upgraded connections open now
         self.forwarder = Forwarder(self.cluster, ForwardOptions(
             max_response_head=(64 * 1024, listener.max_header_count),
+            scheme="https" if listener.tls else "http",
             allow_underscores=listener.allow_underscore_headers,
             backend_header=listener.backend_header,
             tunnel_timeout_s=listener.tunnel_timeout_s,
         ), self.tunnels)
+        self.tls = TLSFrontEnd(listener.tls) if listener.tls else None
         self.control = LocalControl(self.cluster, source or FixedSource(config), config, snapshot=self.snapshot,
-                                    discover=discover)
+                                    tls=self.tls, discover=discover)
         self.connections = ConnectionTracker(listener.max_clients)
         self.gate = FairGate(listener.active_requests)
         self.stats = ServerStats()
@@ -260,6 +291,9 @@ class LoadBalancer(ThreadingHTTPServer):
                 from .admin import AdminServer
 
                 self.admin = AdminServer(listener.admin, self.control, token_file=listener.admin_token_file)
+            self.redirect = None
+            if listener.redirect_http is not None:
+                self.redirect = RedirectServer(listener.host, listener.redirect_http, self.port)
             if listener.access_log is not None:
                 try:
                     self.access_log = AccessLog(listener.access_log, listener.access_log_format)
@@ -282,7 +316,8 @@ class LoadBalancer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://{bracket(self.server_address[0])}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{bracket(self.server_address[0])}:{self.port}"
 
     @property
     def backends(self):
@@ -295,6 +330,8 @@ class LoadBalancer(ThreadingHTTPServer):
         self.control.start()
         if self.admin is not None:
             self.admin.start()
+        if self.redirect is not None:
+            self.redirect.start()
         # A short poll interval makes stop() prompt; the wake-ups cost nothing measurable.
         self._serve_thread = threading.Thread(
             target=self.serve_forever, args=(0.05,), name=f"simplelb :{self.port}", daemon=True
@@ -319,6 +356,8 @@ class LoadBalancer(ThreadingHTTPServer):
         self.cluster.stop()
         if self.admin is not None:
             self.admin.stop()
+        if self.redirect is not None:
+            self.redirect.stop()
         if self.access_log is not None:
             self.access_log.stop()
         return drained

@@ -1,10 +1,11 @@
 """One balancer process, run until a signal: the signal handling of ``python -m simplelb``.
 
-* SIGINT, SIGTERM: ``/readyz`` turns 503 at once, then the balancer stops
-  accepting and drains (``--grace-period``) and the process exits 0.
+* SIGINT, SIGTERM, SIGQUIT: ``/readyz`` turns 503 at once, then the
+  balancer stops accepting and drains (``--grace-period``) and the process
+  exits 0.
 * SIGHUP: reload the configuration (file and flags); never fatal.
 * SIGUSR1: reopen the access log (after logrotate moved it).
-* SIGUSR2: logged and ignored.
+* SIGUSR2, SIGALRM: logged and ignored, rather than ending the process.
 
 Handlers only set flags; the main thread does the work, so nothing runs
 inside a signal handler.
@@ -34,12 +35,18 @@ class Signals:
         self.wake = threading.Event()  # set with any of the above
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, lambda *_: self._set(self.stop))
-        signal.signal(signal.SIGTERM, lambda *_: self._set(self.stop))
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):  # SIGQUIT: nginx's graceful stop
+            signal.signal(signum, self._stop)
         signal.signal(signal.SIGHUP, lambda *_: self._set(self.reload))
         signal.signal(signal.SIGUSR1, lambda *_: self._set(self.reopen))
-        # Not ours to act on, but not fatal either: say so instead of dying without a word.
-        signal.signal(signal.SIGUSR2, lambda *_: log.warning("SIGUSR2 ignored (SIGHUP reloads, SIGUSR1 reopens logs)"))
+        # Not ours to act on, but not fatal either (their default would end the process without a word).
+        for signum in (signal.SIGUSR2, signal.SIGALRM):
+            signal.signal(signum, _ignored)
+
+    def _stop(self, signum, frame) -> None:
+        if not self.stop.is_set():
+            log.info("%s: stopping", signal.Signals(signum).name)
+        self._set(self.stop)
 
     def _set(self, event: threading.Event) -> None:
         event.set()
@@ -49,6 +56,11 @@ class Signals:
         # Event.wait with a timeout keeps the main thread responsive to signals.
         self.wake.wait(0.5)
         self.wake.clear()
+
+
+def _ignored(signum, frame) -> None:
+    log.warning("%s ignored (SIGHUP reloads, SIGUSR1 reopens the access log, SIGTERM stops)",
+                signal.Signals(signum).name)
 
 
 def serve(config: Config, source=None, *, banner: bool = True, listen_socket=None, sticky_secret=None,
@@ -68,8 +80,10 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
         print(f"simplelb: listening on {balancer.url}, {cluster.algorithm} over "
               f"{describe(cluster.backends, cluster.source_urls)}",
               flush=True)
+        if balancer.redirect is not None:
+            print(f"simplelb: redirecting http on port {balancer.redirect.port} to {balancer.url}", flush=True)
         if balancer.admin is not None:
-            print(f"simplelb: admin on {balancer.admin.url} (status: {balancer.admin.url}/status)", flush=True)
+            print(f"simplelb: admin on {balancer.admin.url} (status page: {balancer.admin.url}/)", flush=True)
     while not signals.stop.is_set():
         signals.wait()
         if signals.reopen.is_set():

@@ -46,19 +46,26 @@ class BackendSpec:
     port: int
     weight: int = 1
     backup: bool = False
-    name: str = ""  # "" means the address
+    name: str = ""  # "" means the location
     state: str = "ready"  # ready | drain | maint
+    tls: bool = False  # reached over HTTPS (given as https://host:port)
 
     def __post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", self.address)
+            object.__setattr__(self, "name", self.location)
 
     @property
     def address(self) -> str:
+        """``host:port``: where to connect (and the Host a request without one gets)."""
         return f"{bracket(self.host)}:{self.port}"
 
+    @property
+    def location(self) -> str:
+        """The address as configured: ``host:port``, or ``https://host:port`` over TLS."""
+        return f"https://{self.address}" if self.tls else self.address
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "address": self.address, "weight": self.weight,
+        return {"name": self.name, "address": self.location, "weight": self.weight,
                 "backup": self.backup, "state": self.state}
 
     def but(self, **changes) -> BackendSpec:
@@ -112,14 +119,16 @@ def parse_source(text: str, weight: int = 1, backup: bool = False) -> SourceSpec
     return SourceSpec(text.strip(), weight, backup)
 
 
-def parse_address(text: str, what: str = "backend") -> tuple[str, int]:
-    """``host:port`` or ``http://host:port[/]`` -> (host, port), brackets removed from IPv6."""
+def parse_address(text: str, what: str = "backend") -> tuple[str, int, bool]:
+    """``host:port``, ``http://host:port[/]`` or ``https://...`` -> (host, port, tls), IPv6 unbracketed."""
     original = text
     spec = text.strip()
-    if spec[:7].lower() == "http://":
-        spec = spec[7:].rstrip("/")
-    elif "://" in spec:
-        raise ConfigError(f"{what} {original!r}: only http:// backends are supported")
+    scheme, sep, rest = spec.partition("://")
+    tls = False
+    if sep:
+        if scheme.lower() not in ("http", "https"):
+            raise ConfigError(f"{what} {original!r}: only http:// and https:// backends are supported")
+        spec, tls = rest.rstrip("/"), scheme.lower() == "https"
     host, sep, port_text = spec.rpartition(":")
     if not sep or not host:
         raise ConfigError(f"{what} {original!r}: expected host:port")
@@ -127,7 +136,7 @@ def parse_address(text: str, what: str = "backend") -> tuple[str, int]:
         raise ConfigError(f"{what} {original!r}: {host!r} is not a valid host name")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"{what} {original!r}: {port_text!r} is not a port number (1-65535)")
-    return host.strip("[]"), int(port_text)
+    return host.strip("[]"), int(port_text), tls
 
 
 def check_weight(value: object, where: str) -> int:
@@ -145,8 +154,8 @@ def parse_backend(text: str, *, backup: bool = False) -> BackendSpec | SourceSpe
         weight = check_weight(int(weight_text) if weight_text.isdigit() else weight_text, f"backend {text.strip()!r}")
     if is_source(spec):
         return parse_source(spec, weight, backup)
-    host, port = parse_address(spec)
-    return BackendSpec(host, port, weight, backup)
+    host, port, tls = parse_address(spec)
+    return BackendSpec(host, port, weight, backup, tls=tls)
 
 
 def backend_from_table(table: dict, where: str) -> BackendSpec:
@@ -160,7 +169,7 @@ def backend_from_table(table: dict, where: str) -> BackendSpec:
     if not isinstance(address, str):
         raise ConfigError(f"{where}: 'address' must be a string like \"localhost:8081\", not {address!r}")
     try:
-        host, port = parse_address(address, "address")
+        host, port, tls = parse_address(address, "address")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     weight = check_weight(table.get("weight", 1), where)
@@ -173,7 +182,7 @@ def backend_from_table(table: dict, where: str) -> BackendSpec:
     state = table.get("state", "ready")
     if state not in ADMIN_STATES:
         raise ConfigError(f"{where}: 'state' must be one of {', '.join(ADMIN_STATES)}, not {state!r}")
-    return BackendSpec(host, port, weight, backup, name, state)
+    return BackendSpec(host, port, weight, backup, name, state, tls)
 
 
 def entry_from_table(table: dict, where: str) -> BackendSpec | SourceSpec:
@@ -232,7 +241,7 @@ def describe(specs: tuple[BackendSpec, ...], sources: tuple[str, ...] = ()) -> s
         notes = [f"weight {spec.weight}"] if spec.weight != 1 else []
         notes += ["backup"] if spec.backup else []
         notes += [spec.state] if spec.state != "ready" else []
-        label = spec.address if spec.name == spec.address else f"{spec.name}={spec.address}"
+        label = spec.location if spec.name == spec.location else f"{spec.name}={spec.location}"
         parts.append(label + (f" ({', '.join(notes)})" if notes else ""))
     parts += [f"{source} (discovered)" for source in sources]
     return ", ".join(parts)

@@ -16,6 +16,7 @@ from either side.
 from __future__ import annotations
 
 import socket
+import ssl
 
 import requests
 import urllib3
@@ -26,7 +27,7 @@ from .errors import ConnectFailed
 from .http1 import SocketReader
 
 
-class PooledConnection(urllib3.connection.HTTPConnection):
+class _WithReader:
     """A urllib3 connection that also carries the ``SocketReader`` of its socket.
 
     The reader lives as long as the socket: bytes it has buffered belong to
@@ -44,17 +45,37 @@ class PooledConnection(urllib3.connection.HTTPConnection):
         super().close()
 
 
+class PooledConnection(_WithReader, urllib3.connection.HTTPConnection):
+    """A plain connection to a backend."""
+
+
+class PooledTLSConnection(_WithReader, urllib3.connection.HTTPSConnection):
+    """A connection to an ``https://`` backend: SNI set to its host, its certificate checked by the context."""
+
+
 class BackendPool:
     """Warm connections to one backend."""
 
-    def __init__(self, host: str, port: int, *, size: int, connect_timeout_s: float, read_timeout_s: float):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        size: int,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.read_timeout_s = read_timeout_s
+        self.tls = tls
+        scheme = "https" if tls is not None else "http"
         self.session = requests.Session()
         self.session.trust_env = False  # never route backend traffic through an environment proxy
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=size, pool_block=False, max_retries=0)
-        self.session.mount(f"http://{host}:{port}/", adapter)
-        self._pool = adapter.poolmanager.connection_from_host(host, port, scheme="http")
-        self._pool.ConnectionCls = PooledConnection
+        self.session.mount(f"{scheme}://{host}:{port}/", adapter)
+        pool_kwargs = {"ssl_context": tls} if tls is not None else None
+        self._pool = adapter.poolmanager.connection_from_host(host, port, scheme=scheme, pool_kwargs=pool_kwargs)
+        self._pool.ConnectionCls = PooledTLSConnection if tls is not None else PooledConnection
         self._pool.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
 
     def configure(self, connect_timeout_s: float, read_timeout_s: float) -> None:
@@ -108,8 +129,14 @@ class BackendPool:
 def _describe(exc: BaseException) -> str:
     """A short reason for a failed connect, without urllib3's object reprs."""
     cause = exc
-    while cause.__context__ is not None and not isinstance(cause, (ConnectionRefusedError, socket.timeout)):
+    while cause.__context__ is not None and not isinstance(
+        cause, (ConnectionRefusedError, socket.timeout, ssl.SSLCertVerificationError)
+    ):
         cause = cause.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted: {cause.verify_message or cause.reason}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed: {cause.reason or cause}"
     if isinstance(cause, ConnectionRefusedError):
         return "connection refused"
     if isinstance(cause, (socket.timeout, urllib3.exceptions.ConnectTimeoutError)):

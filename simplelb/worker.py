@@ -28,6 +28,7 @@ import threading
 from .channel import Channel, ChannelClosed
 from .config import Config, cluster_from_dict, listener_from_dict
 from .errors import ConfigError
+from .tls import load_certificates
 
 log = logging.getLogger("simplelb.worker")
 
@@ -73,6 +74,8 @@ class WorkerLink:
         if op == "apply":
             try:
                 self.balancer.cluster.update(cluster_from_dict(message["cluster"]))
+                if message.get("tls") and self.balancer.tls is not None:
+                    self.balancer.tls.install(load_certificates(tuple(map(tuple, message["tls"]))))
             except ConfigError as exc:  # the parent validated it; say so rather than die
                 return {"ok": False, "error": str(exc)}
             self.generation = message["generation"]
@@ -98,8 +101,11 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: send it to the parent, which reloads every worker"))
+    for signum in (signal.SIGINT, signal.SIGQUIT):  # a terminal sends them to the group: the parent's to act on
+        signal.signal(signum, signal.SIG_IGN)
+    for signum in (signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM):
+        signal.signal(signum, lambda signum, _: log.warning(
+            "%s ignored: signal the parent, which tells every worker", signal.Signals(signum).name))
     listen_socket = socket.socket(fileno=listen_fd)
     balancer = LoadBalancer(config, listen_socket=listen_socket, sticky_secret=bytes.fromhex(first["secret"]),
                             admin=False, discover=False)

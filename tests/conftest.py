@@ -35,6 +35,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def state(lb, backend: int | str) -> str:
+    """A backend's state as ``/status`` shows it (by position in the configuration, or by name)."""
+    backends = lb.control.status()["backends"]
+    entry = backends[backend] if isinstance(backend, int) else next(b for b in backends if b["name"] == backend)
+    return entry["state"]
+
+
 def free_port() -> int:
     """A port nothing listens on (bound and released), for 'connection refused' cases."""
     with socket.socket() as sock:
@@ -363,7 +370,7 @@ def start_lb_process(process, *args: str, admin: bool = False, timeout_s: float 
 
     proc = process("-m", "simplelb", "--port", "0", *args)
     line = proc.wait_for_output("listening on", timeout_s)
-    match = re.search(r"listening on (http://[^,\s]+),", line)
+    match = re.search(r"listening on (https?://[^,\s]+),", line)
     assert match, f"no listening line:\n{proc.stderr}"
     admin_url = None
     if admin or "--admin" in args:

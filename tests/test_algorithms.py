@@ -1,3 +1,4 @@
+import math
 import random
 from collections import Counter
 from contextlib import ExitStack
@@ -152,7 +153,7 @@ def test_peak_ewma_steers_away_from_a_slow_backend_one_request_at_a_time():
     clock = FakeClock()
     pool = backends(1, 1, 1, clock=clock)
     latency = {pool[0]: 0.005, pool[1]: 0.100, pool[2]: 0.006}
-    picks = simulate(PeakEwmaChoices(random.Random(7), clock), pool, latency, clock, 600)
+    picks = simulate(PeakEwmaChoices(random.Random(7)), pool, latency, clock, 600)
     assert picks[pool[1]] < 0.05 * 600
     # Round robin, by contrast, gives it a third.
     assert simulate(RoundRobin(), pool, latency, clock, 600)[pool[1]] == 200
@@ -166,28 +167,42 @@ def test_peak_ewma_reacts_to_the_first_slow_answer():
             clock.now += 0.005
     with pool[0].track():
         clock.now += 0.5  # one spike
-    algorithm = PeakEwmaChoices(random.Random(1), clock)
+    algorithm = PeakEwmaChoices(random.Random(1))
     assert {algorithm.pick(pool) for _ in range(20)} == {pool[1]}
 
 
-def test_peak_ewma_tries_an_avoided_backend_again_as_its_estimate_decays():
+def test_peak_ewma_forgets_a_stale_estimate():
     clock = FakeClock()
     pool = backends(1, 1, clock=clock)
     with pool[0].track():
         clock.now += 0.5
-    with pool[1].track():
-        clock.now += 0.01
-    algorithm = PeakEwmaChoices(random.Random(1), clock)
-    assert algorithm.pick(pool) is pool[1]
-    clock.now += 60  # a long quiet spell: both estimates decay, the costs keep their order but shrink
-    assert pool[0].latency_s() < 0.01
+    algorithm = PeakEwmaChoices(random.Random(1))
+    clock.now += 4
+    assert pool[0].latency_s() == pytest.approx(0.5 * math.exp(-0.4))  # decaying
+    clock.now += 2
+    assert pool[0].latency_s() is None  # five seconds without news: forgotten, so neutral
+    assert algorithm.cost(pool[0], pool) == 0.0
+
+
+def test_peak_ewma_gives_a_slow_backend_that_turned_fast_its_share_back_within_seconds():
+    clock = FakeClock()
+    pool = backends(1, 1, clock=clock)
+    latency = {pool[0]: 0.200, pool[1]: 0.005}
+    algorithm = PeakEwmaChoices(random.Random(3))
+    simulate(algorithm, pool, latency, clock, 300)  # slow: avoided
+    latency[pool[0]] = 0.005  # and fast again
+    turned = clock.now
+    while simulate(algorithm, pool, latency, clock, 1)[pool[0]] == 0:
+        assert clock.now - turned < 10, "starved"
+    assert clock.now - turned < 6
+    assert simulate(algorithm, pool, latency, clock, 400)[pool[0]] > 0.3 * 400  # its share, back
 
 
 def test_peak_ewma_gives_a_new_backend_a_neutral_estimate():
     clock = FakeClock()
     pool = backends(1, 1, 1, clock=clock)
     latency = {pool[0]: 0.010, pool[1]: 0.030, pool[2]: 0.020}
-    algorithm = PeakEwmaChoices(random.Random(11), clock)
+    algorithm = PeakEwmaChoices(random.Random(11))
     for backend in pool[:2]:
         with backend.track():
             clock.now += latency[backend]

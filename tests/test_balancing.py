@@ -7,7 +7,7 @@ import requests
 
 from simplelb.algorithms import ALGORITHMS
 
-from .conftest import wait_for
+from .conftest import state, wait_for
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
@@ -56,11 +56,11 @@ def test_hash_on_a_header_keeps_each_user_on_one_backend(mock_servers, balancer)
 
 def test_hash_keys_of_surviving_backends_stay_put_when_one_goes_down(mock_servers, balancer):
     mocks = mock_servers(3)
-    lb = balancer(mocks, algorithm="hash", hash_key="path", health_interval_s=0.05, health_timeout_s=0.05, fall=1)
+    lb = balancer(mocks, algorithm="hash", hash_key="path", health_interval_s=0.25, fall=1)
     paths = [f"/item/{i}" for i in range(30)]
     before = {p: requests.get(lb.url + p, timeout=5).headers["X-Backend"] for p in paths}
     requests.post(mocks[0].url + "/_mock/health", data="down", timeout=5)
-    wait_for(lambda: not lb.backends[0].healthy, what="mock-1 down")
+    wait_for(lambda: state(lb, 0) == "down", what="mock-1 down")
     after = {p: requests.get(lb.url + p, timeout=5).headers["X-Backend"] for p in paths}
     for path in paths:
         if before[path] != mocks[0].name:
@@ -71,7 +71,7 @@ def test_hash_keys_of_surviving_backends_stay_put_when_one_goes_down(mock_server
 
 def test_sticky_cookie_pins_a_client_until_its_backend_goes_down(mock_servers, balancer):
     mocks = mock_servers(3)
-    lb = balancer(mocks, sticky_cookie="SLB", health_interval_s=0.05, health_timeout_s=0.05, fall=1)
+    lb = balancer(mocks, sticky_cookie="SLB", health_interval_s=0.25, fall=1)
     session = requests.Session()
     first = session.get(lb.url, timeout=5)
     cookie = session.cookies.get("SLB")
@@ -83,7 +83,7 @@ def test_sticky_cookie_pins_a_client_until_its_backend_goes_down(mock_servers, b
         assert "Set-Cookie" not in response.headers  # already pinned: nothing new to say
     victim = next(m for m in mocks if m.name == pinned)
     requests.post(victim.url + "/_mock/health", data="down", timeout=5)
-    wait_for(lambda: not lb.backends[mocks.index(victim)].healthy, what="pinned backend down")
+    wait_for(lambda: state(lb, mocks.index(victim)) == "down", what="pinned backend down")
     moved = session.get(lb.url, timeout=5)
     assert moved.headers["X-Backend"] != pinned
     assert session.cookies.get("SLB") != cookie  # a new cookie for the new backend

@@ -16,6 +16,7 @@ from simplelb.specs import BackendSpec, backend_from_table, bracket, parse_backe
         ("localhost:8081=3", BackendSpec("localhost", 8081, 3)),
         ("http://10.0.0.1:80=1000", BackendSpec("10.0.0.1", 80, 1000)),
         ("[::1]:8080", BackendSpec("::1", 8080, 1)),
+        ("https://secure.example:8443=2", BackendSpec("secure.example", 8443, 2, tls=True)),
         ("  backend-1.example:9000 ", BackendSpec("backend-1.example", 9000, 1)),
     ],
 )
@@ -34,7 +35,7 @@ def test_parse_backend_accepts(text, expected):
         ("host:80=0", "weight"),
         ("host:80=abc", "weight"),
         ("host:80=1001", "weight"),
-        ("https://host:443", "only http://"),
+        ("ftp://host:21", "only http:// and https://"),
         ("ho st:80", "not a valid host"),
     ],
 )

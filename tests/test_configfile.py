@@ -105,7 +105,7 @@ def test_without_check_a_bad_file_is_one_line_with_a_count(tmp_path):
 SAMPLES = {
     "backends": '"a:1"', "backups": '"b:2"', "admin": '"127.0.0.1:0"', "hash_balance_factor": "1.5",
     "sticky_cookie": '"lb"', "health_timeout_s": "1", "eject_on_5xx": "true", "access_log": '"-"',
-    "request_id_header": '"X-Request-Id"', "backend_header": '"X-Upstream"',
+    "request_id_header": '"X-Request-Id"', "backend_header": '"X-Upstream"', "redirect_http": "0",
     "discovery": '"etcd://127.0.0.1:2379/app"', "dns_server": '"127.0.0.1:53"', "dns_refresh_s": "5",
 }
 
@@ -135,16 +135,34 @@ def test_every_option_is_in_help_and_in_the_readme_with_the_same_default():
     assert {"--config", "--check", "--version"} <= set(readme)
 
 
+@pytest.fixture
+def tls_files(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return tmp_path / "server.pem", tmp_path / "ca.pem"
+
+
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.key)
-def test_every_option_is_accepted_in_the_config_file(tmp_path, option):
+def test_every_option_is_accepted_in_the_config_file(tmp_path, option, tls_files):
     token = tmp_path / "token"
     token.write_text("a-token-of-some-length\n")
+    server_pem, ca_pem = tls_files
+    with_tls = f'tls-cert = "{server_pem}"\ntls-key = "{server_pem}"\n'
+    files = {"admin_token_file": f'"{token}"', "backend_ca": f'"{ca_pem}"', "tls_cert": f'"{server_pem}"',
+             "tls_key": f'"{server_pem}"', "sticky_secret_file": f'"{token}"'}
     values = defaults()
-    sample = f'"{token}"' if option.field in ("admin_token_file", "sticky_secret_file") else SAMPLES.get(option.field)
+    sample = files.get(option.field) or SAMPLES.get(option.field)
     if sample is None:
         default = values[option.field]
         sample = str(default).lower() if isinstance(default, bool) else repr(default).replace("'", '"')
     path = tmp_path / "lb.toml"
     base = "" if option.field == "backends" else 'backends = "z:9"\n'
-    path.write_text(f"{base}{option.key} = {sample}\n")
+    if option.field in ("tls_cert", "tls_key", "redirect_http"):  # these go with a certificate and its key
+        base += with_tls
+        if option.field != "redirect_http":
+            sample = None
+    path.write_text(base + (f"{option.key} = {sample}\n" if sample else ""))
     load(path)

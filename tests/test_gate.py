@@ -20,7 +20,7 @@ def test_slots_are_handed_over_in_arrival_order():
         thread = threading.Thread(target=waiter, args=(number,))
         thread.start()
         threads.append(thread)
-        wait_for(lambda n=number: len(gate._waiters) == n + 1, what=f"waiter {number} in line")
+        wait_for(lambda n=number: gate.waiting == n + 1, what=f"waiter {number} in line")
     gate.release()
     for thread in threads:
         thread.join(5)
@@ -33,7 +33,7 @@ def test_a_newcomer_cannot_overtake_the_line():
     order = []
     first = threading.Thread(target=lambda: (gate.acquire(), order.append("queued"), gate.release()))
     first.start()
-    wait_for(lambda: len(gate._waiters) == 1, what="the first waiter")
+    wait_for(lambda: gate.waiting == 1, what="the first waiter")
     gate.release()  # hands the slot to the queued thread directly...
     gate.acquire()  # ...so this one, arriving just now, waits its turn
     order.append("newcomer")
@@ -66,10 +66,21 @@ def test_turn_pauses_and_releases_once():
     thread.join(5)
     turn.release()
     turn.release()  # idempotent
-    assert gate._free == 1
+    assert gate.free == 1
 
 
 def test_no_turn_is_a_no_op():
-    with NO_TURN.paused():
-        pass
-    NO_TURN.release()
+    gate = FairGate(1)
+    gate.acquire()  # the only slot is taken: anything that touched a gate would block now
+    done = threading.Event()
+
+    def use_no_turn():
+        with NO_TURN.paused():
+            pass
+        NO_TURN.release()
+        NO_TURN.release()
+        done.set()
+
+    threading.Thread(target=use_no_turn, daemon=True).start()
+    assert done.wait(5)
+    assert gate.free == 0 and gate.waiting == 0

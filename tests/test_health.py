@@ -8,7 +8,7 @@ from simplelb.config import ClusterConfig
 from simplelb.health import HealthChecker, probe
 from simplelb.specs import BackendSpec
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, state, wait_for
 
 
 def test_probe_passes_on_2xx_and_fails_otherwise(mock_servers):
@@ -31,19 +31,19 @@ def test_probe_of_garbage_fails(scripted):
 
 def test_hanging_probe_times_out_without_delaying_the_others(scripted, mock_servers):
     release = threading.Event()
-    hanging = scripted(lambda conn: release.wait(10))  # accepts, never answers
+    hanging = [scripted(lambda conn: release.wait(10)) for _ in range(4)]  # accept, never answer
     (mock,) = mock_servers(1)
-    backends = [Backend(BackendSpec("127.0.0.1", hanging.port), fall=1), Backend(BackendSpec("127.0.0.1", mock.port), fall=1)]
-    config = ClusterConfig(backends=tuple(b.spec for b in backends), health_interval_s=10, health_timeout_s=0.3)
+    backends = [Backend(BackendSpec("127.0.0.1", h.port), fall=1) for h in hanging]
+    backends.append(Backend(BackendSpec("127.0.0.1", mock.port), fall=1))
+    config = ClusterConfig(backends=tuple(b.spec for b in backends), health_interval_s=10, health_timeout_s=0.5)
     checker = HealthChecker(lambda: (config, backends))
     started = time.monotonic()
     checker.run_round(backends)
     took = time.monotonic() - started
     release.set()
-    assert not backends[0].healthy
-    assert backends[0].status()["last_probe"] == "no answer within 0.3s"
-    assert backends[1].healthy
-    assert took < 2.0  # one probe timeout, not one per backend, and no hang
+    assert [b.healthy for b in backends] == [False] * 4 + [True], backends[4].status()["last_probe"]
+    assert backends[0].status()["last_probe"] == "no answer within 0.5s"
+    assert took < 1.8  # about one probe timeout for all four, not 2 s one after the other, and no hang
 
 
 def test_probe_that_drips_bytes_still_ends_at_the_total_timeout(scripted):
@@ -66,14 +66,14 @@ def test_balancer_takes_a_failing_backend_out_and_brings_it_back(mock_servers, b
     mocks = mock_servers(2)
     lb = balancer(mocks, health_interval_s=0.05, health_timeout_s=0.05, rise=2, fall=2)
     requests.post(mocks[0].url + "/_mock/health", data="down", timeout=5)
-    wait_for(lambda: not lb.backends[0].healthy, what="mock-1 marked down")
+    wait_for(lambda: state(lb, 0) == "down", what="mock-1 marked down")
     before = mocks[0].requests
     answered_by = {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(10)}
     assert answered_by == {"mock-2"}
     assert mocks[0].requests == before  # no traffic to the unhealthy backend
 
     requests.post(mocks[0].url + "/_mock/health", data="up", timeout=5)
-    wait_for(lambda: lb.backends[0].healthy, what="mock-1 back up")
+    wait_for(lambda: state(lb, 0) == "up", what="mock-1 back up")
     answered_by = {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(10)}
     assert answered_by == {"mock-1", "mock-2"}
 
@@ -87,6 +87,6 @@ def test_health_checker_stops(mock_servers):
     wait_for(lambda: checker.rounds >= 2, what="two rounds")
     checker.stop()
     rounds = checker.rounds
-    assert not checker._thread.is_alive()
+    assert "health-checker" not in {thread.name for thread in threading.enumerate()}
     time.sleep(0.2)  # not waiting for a condition: checking that nothing more happens
     assert checker.rounds == rounds

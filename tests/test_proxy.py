@@ -4,7 +4,7 @@ import threading
 
 import requests
 
-from .conftest import free_port, read_then_reset, serve_forever_ok, wait_for
+from .conftest import free_port, read_then_reset, serve_forever_ok, state, wait_for
 
 # --- faithful forwarding ---------------------------------------------------------
 
@@ -349,7 +349,7 @@ def test_no_healthy_backend_is_an_immediate_503_with_retry_after(mock_servers, b
     (mock,) = mock_servers(1)
     lb = balancer([mock], health_interval_s=0.05, health_timeout_s=0.05, fall=1)
     requests.post(mock.url + "/_mock/health", data="down", timeout=5)
-    wait_for(lambda: not lb.backends[0].healthy, what="backend marked down")
+    wait_for(lambda: state(lb, 0) == "down", what="backend marked down")
     response = requests.get(lb.url + "/", timeout=5)
     assert response.status_code == 503
     assert response.headers["Retry-After"].isdigit()

@@ -15,7 +15,7 @@ from simplelb.outlier import OutlierDetector
 from simplelb.retry import RetryBudget, RetryPolicy
 from simplelb.specs import BackendSpec
 
-from .conftest import free_port, read_then_reset, serve_forever_ok, wait_for
+from .conftest import free_port, read_then_reset, serve_forever_ok, state, wait_for
 
 
 class FakeClock:
@@ -377,10 +377,10 @@ def test_backup_serves_only_when_every_primary_is_down(mock_servers, balancer):
     assert served == {primary_a.name, primary_b.name}
     for mock in (primary_a, primary_b):
         requests.post(mock.url + "/_mock/health", data="down", timeout=5)
-    wait_for(lambda: not any(b.healthy for b in lb.cluster.view.primaries), what="primaries down")
+    wait_for(lambda: state(lb, 0) == state(lb, 1) == "down", what="primaries down")
     assert {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(4)} == {backup.name}
     requests.post(primary_a.url + "/_mock/health", data="up", timeout=5)
-    wait_for(lambda: lb.cluster.view.primaries[0].healthy, what="a primary back")
+    wait_for(lambda: state(lb, 0) == "up", what="a primary back")
     assert {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(4)} == {primary_a.name}
 
 
@@ -389,9 +389,9 @@ def test_slow_start_gives_a_returning_backend_a_small_share_first(mock_servers, 
     lb = balancer([steady, returning], slow_start_s=30, health_interval_s=0.05, health_timeout_s=0.05,
                   fall=1, rise=1)
     requests.post(returning.url + "/_mock/health", data="down", timeout=5)
-    wait_for(lambda: not lb.backends[1].healthy, what="down")
+    wait_for(lambda: state(lb, 1) == "down", what="down")
     requests.post(returning.url + "/_mock/health", data="up", timeout=5)
-    wait_for(lambda: lb.backends[1].healthy, what="back up")
+    wait_for(lambda: state(lb, 1) == "up", what="back up")
     served = Counter(requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(40))
     assert 0 < served[returning.name] <= 8  # about 10% at first, not half
     assert lb.backends[1].weight < 1

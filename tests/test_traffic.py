@@ -16,14 +16,19 @@ def test_summary_counts_backends_statuses_and_errors():
         Result(0.0, 0.040, None, None, "timeout"),
     ]
     summary = summarize(results, 2.0, url="http://x/", concurrency=2)
-    assert summary["backends"] == {"a": {"requests": 2, "share": 0.6667}, "b": {"requests": 1, "share": 0.3333}}
+    assert {name: (row["requests"], row["share"], row["failed"]) for name, row in summary["backends"].items()} == {
+        "a": (2, 0.6667, 1), "b": (1, 0.3333, 0)}
+    assert summary["backends"]["a"]["p99_ms"] == pytest.approx(30.0, rel=0.01)
     assert summary["status_codes"] == {"200": 2, "500": 1}
     assert summary["errors"] == {"timeout": 1}
+    # One definition of failed: the transport error and the 5xx, apart and together.
+    assert summary["failures"] == {"failed": 2, "rate": 0.5, "transport": 1, "http_5xx": 1,
+                                   "transport_by_kind": {"timeout": 1}, "http_5xx_by_status": {"500": 1}}
     assert summary["throughput_rps"] == 2.0
     assert summary["latency_ms"]["min"] == 10.0 and summary["latency_ms"]["max"] == 40.0
     text = format_report(summary)
     assert all(len(line) <= 80 for line in text.splitlines())
-    assert "timeout x 1" in text and "500 x 1" in text
+    assert "Failed: 2 of 4 (50.00%): transport 1 (timeout x 1) + HTTP 5xx 1 (500 x 1)" in text
 
 
 def test_parse_target():
@@ -95,8 +100,8 @@ def test_demo_shows_the_traffic_move_and_come_back():
     assert set(phase1["backends"]) == {"mock-1", "mock-2", "mock-3"}
     assert set(phase2["backends"]) == {"mock-1", "mock-3"}
     assert set(phase3["backends"]) == {"mock-1", "mock-2", "mock-3"}
-    assert report["overall"]["requests"] == 90
-    assert report["overall"]["status_codes"] == {"200": 90}
+    assert report["requests"] == 90
+    assert report["status_codes"] == {"200": 90}
     assert "took mock-2 out" in result.stderr
 
 
@@ -119,8 +124,8 @@ def test_compare_table_fits_80_columns():
     from traffic.compare import format_comparison
 
     summary = summarize([Result(0, 0.001, 200, "mock-1", None)], 1.0)
-    text = format_comparison({"slow_backend": "mock-3", "slow_backend_ms": 50, "backends": ["mock-1", "mock-2", "mock-3"],
-                              "algorithms": {"least-connections": summary}})
+    text = format_comparison({"source": "10 requests", "slow_backend": "mock-3", "slow_backend_ms": 50,
+                              "backends": ["mock-1", "mock-2", "mock-3"], "algorithms": {"least-connections": summary}})
     assert all(len(line) <= 80 for line in text.splitlines())
     assert "100.0%" in text
 
@@ -133,4 +138,21 @@ def test_compare_rejects_unknown_algorithms_in_one_line():
 
 def test_slow_backend_needs_compare():
     result = run_cli("-m", "traffic", "--slow-backend", "10")
-    assert result.returncode == 2 and "--slow-backend goes with --compare" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--slow-backend does not apply to a run against --url (only to --compare" in result.stderr
+
+
+def test_compare_on_a_scenario_runs_its_events_for_each_algorithm(tmp_path):
+    scenario = tmp_path / "slow.toml"
+    scenario.write_text('servers = 2\nalgorithm = "random"\n[[phase]]\nduration = 1.5\nrate = 100\n'
+                        '[[event]]\nat = 0.2\nserver = "mock-2"\naction = "latency"\nvalue = "150"\n')
+    result = run_cli("-m", "traffic", "--compare", "round-robin,peak-ewma", "--scenario", str(scenario), "--json",
+                     timeout_s=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == "scenario slow" and report["backends"] == ["mock-1", "mock-2"]
+    assert [label for _, label in report["events"]["peak-ewma"]] == ["mock-2 latency 150"]
+    rows = report["algorithms"]
+    assert all(row["requests"] == 150 and row["failures"]["failed"] == 0 for row in rows.values())
+    slow = {name: row["backends"]["mock-2"]["requests"] for name, row in rows.items()}
+    assert slow["round-robin"] == 75 and slow["peak-ewma"] < 60  # peak-ewma steers around the slow one

@@ -1,233 +1,205 @@
-"""``python -m traffic``: send traffic through a balancer and report where it went."""
+"""``python -m traffic``: the flags, which mode each goes with, their limits, and the dispatch.
+
+Modes: a run against ``--url`` (the default), ``--replay LOG`` against
+``--url``, ``--scenario FILE``, ``--demo``, and ``--compare`` (steady, with
+``--scenario`` or with ``--replay``). ``APPLIES`` says which flags each mode
+takes; a flag given to a mode it does not apply to is a one-line error (exit
+2), never silently ignored. So that "given" can be told from "left at its
+default", every flag defaults to None here and ``DEFAULTS`` fills in after
+the check.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 import threading
 
-from .report import format_report, summarize
-from .runner import Result, TargetError, check_reachable, parse_target, run_load, run_open_loop
+from .rig import algorithm_names
+
+MAX_CONCURRENCY = 10_000
+MAX_RATE = 100_000.0
+MAX_PROCESSES = 64
+
+RUN, REPLAY, SCENARIO, DEMO = "run", "replay", "scenario", "demo"
+COMPARE, COMPARE_SCENARIO, COMPARE_REPLAY = "compare", "compare-scenario", "compare-replay"
+MODE_NAMES = {RUN: "a run against --url", REPLAY: "--replay", SCENARIO: "--scenario", DEMO: "--demo",
+              COMPARE: "--compare", COMPARE_SCENARIO: "--compare with --scenario",
+              COMPARE_REPLAY: "--compare with --replay"}
+SENDS = {RUN, REPLAY}  # modes that send to a URL of the user's
+ALL_COMPARE = {COMPARE, COMPARE_SCENARIO, COMPARE_REPLAY}
+
+# Which modes each flag (by its dest) goes with. Flags not listed go with every mode.
+APPLIES = {
+    "url": SENDS, "header": SENDS, "cacert": SENDS, "insecure": SENDS, "processes": SENDS, "metrics": SENDS,
+    "path": {RUN}, "method": {RUN}, "data": {RUN}, "targets": {RUN}, "duration": {RUN}, "rate": {RUN},
+    "n": {RUN, DEMO, COMPARE},
+    "concurrency": {RUN, REPLAY, DEMO, COMPARE, COMPARE_REPLAY},
+    "timeout": SENDS | {SCENARIO} | ALL_COMPARE,
+    "speed": {REPLAY, COMPARE_REPLAY},
+    "slow_backend": {COMPARE, COMPARE_REPLAY},
+    "threshold": SENDS | {SCENARIO}, "max_error_rate": SENDS | {SCENARIO},
+    "csv": SENDS | {SCENARIO, DEMO},
+}
+DEFAULTS = {"url": "http://127.0.0.1:8080", "timeout": 10.0, "processes": 1, "speed": 1.0, "method": None,
+            "header": [], "threshold": []}
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return int(text)
+def _whole(low: int, high: int):
+    def convert(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low:,} to {high:,}, not {text!r}")
+        return int(text)
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be greater than zero, not {text!r}")
-    return value
+def _number(high: float = float("inf")):
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+        if not 0 < value <= high:
+            limit = f" and at most {high:,g}" if high != float("inf") else ""
+            raise argparse.ArgumentTypeError(f"must be greater than zero{limit}, not {text!r}")
+        return value
+    return convert
 
 
 def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, not {text!r}") from None
+        value = -1.0
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, not {text!r}")
     return value
 
 
-def _method(text: str) -> str:
-    if not text.isalpha() or not text.isascii():
-        raise argparse.ArgumentTypeError(f"not an HTTP method: {text!r}")
-    return text.upper()
-
-
 def _algorithms(text: str) -> list[str]:
-    from simplelb.algorithms import ALGORITHMS
-
+    known = algorithm_names()
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ALGORITHMS]
+    unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown algorithm {', '.join(unknown) or text!r}; choose from: {', '.join(ALGORITHMS)}"
-        )
+        raise argparse.ArgumentTypeError(f"unknown algorithm {', '.join(unknown) or text!r}; choose from: {', '.join(known)}")
     return names
+
+
+def _threshold(text: str):
+    from .thresholds import parse_threshold
+
+    try:
+        return parse_threshold(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="traffic",
-        description="Send HTTP traffic through a load balancer and report how it was distributed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--n", type=_positive_int, default=None, help="number of requests (default 1000)")
-    parser.add_argument("--duration", type=_positive_float, default=None, metavar="S",
-                        help="send for S seconds instead of a number of requests")
-    parser.add_argument("--rate", type=_positive_float, default=None, metavar="R",
-                        help="open loop: R requests per second on schedule, answered or not (else closed loop)")
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the balancer's address")
-    parser.add_argument("--concurrency", type=_positive_int, default=10, help="requests in flight at once")
-    parser.add_argument("--method", type=_method, default="GET", help="HTTP method")
-    parser.add_argument("--path", default=None, help="request path (default: the URL's path, or /)")
-    parser.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for each response")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
-    parser.add_argument("--scenario", metavar="FILE",
-                        help="run a TOML scenario (or a bundled one: rolling-restart, slow-backend, flapping, burst)")
-    parser.add_argument("--max-error-rate", type=_fraction, default=None, metavar="F",
-                        help="exit with status 3 when more than this fraction of requests failed")
-    parser.add_argument("--demo", action="store_true",
-                        help="start 3 mock backends and a balancer here, take one down and back, and report")
-    parser.add_argument("--compare", type=_algorithms, metavar="ALG1,ALG2,...",
-                        help="run the same traffic against a balancer with each algorithm and compare them")
-    parser.add_argument("--slow-backend", type=_positive_float, metavar="MS",
-                        help="with --compare: make one of the mock backends answer in MS milliseconds")
+        prog="traffic", description="Load-test an HTTP service, gate CI on the result, and see how a load "
+        "balancer spreads requests: compare its algorithms on a scenario or on your own recorded traffic.")
+    what = parser.add_argument_group("what to send (a run against --url, or --replay)")
+    what.add_argument("--url", help="where to send (http:// or https://; default http://127.0.0.1:8080)")
+    what.add_argument("--path", help="request path (default: the URL's path, or /)")
+    what.add_argument("--method", help="HTTP method (default GET, or POST with -d)")
+    what.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'", help="a request header (repeatable)")
+    what.add_argument("-d", "--data", metavar="DATA|@FILE", help="request body: the text, or @FILE for a file's bytes")
+    what.add_argument("--targets", metavar="FILE", help="a mix of requests: lines 'METHOD URL [weight]', picked by weight")
+    what.add_argument("--timeout", type=_number(), metavar="S", help="seconds to wait for each response (default 10)")
+    what.add_argument("--cacert", metavar="FILE", help="trust the CA certificates in FILE for https:// URLs")
+    what.add_argument("--insecure", action="store_true", default=None, help="https:// without checking the certificate")
+    load = parser.add_argument_group("how much")
+    load.add_argument("--n", type=_whole(1, 10**9), help="number of requests (default 1000)")
+    load.add_argument("--duration", type=_number(), metavar="S", help="send for S seconds instead of --n requests")
+    load.add_argument("--rate", type=_number(MAX_RATE), metavar="R",
+                      help="open loop: R requests/s on schedule, answered or not (else closed loop)")
+    load.add_argument("--concurrency", type=_whole(1, MAX_CONCURRENCY), metavar="C",
+                      help="closed loop: requests in flight at once (default 10); open loop and --replay: the most "
+                      "in flight (default 512)")
+    load.add_argument("--processes", type=_whole(1, MAX_PROCESSES), metavar="N",
+                      help="send from N processes, for more than one Python process can send (default 1)")
+    modes = parser.add_argument_group("modes")
+    modes.add_argument("--replay", metavar="ACCESS_LOG", help="replay a simplelb JSON access log against --url")
+    modes.add_argument("--speed", type=_number(1000), metavar="X", help="with --replay: X times as fast (default 1)")
+    modes.add_argument("--scenario", metavar="FILE", help="run a TOML scenario against its own mock servers and "
+                       "balancer (or a bundled one: rolling-restart, slow-backend, flapping, burst)")
+    modes.add_argument("--demo", action="store_true", default=None,
+                       help="start 3 mock backends and a balancer here, take one down and back, and report")
+    modes.add_argument("--compare", type=_algorithms, metavar="ALG1,ALG2,...",
+                       help="the same traffic against a balancer with each algorithm: steady, --scenario or --replay")
+    modes.add_argument("--slow-backend", type=_number(), metavar="MS",
+                       help="with --compare: one of the mock backends answers in MS milliseconds")
+    out = parser.add_argument_group("reports")
+    out.add_argument("--json", action="store_true", default=None, help="print the report as JSON")
+    out.add_argument("--json-file", metavar="FILE", help="also write the JSON report to FILE")
+    out.add_argument("--csv", metavar="FILE", help="also write one row per request to FILE")
+    out.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
+    out.add_argument("--metrics", metavar="URL", help="scrape the balancer's Prometheus /metrics every second")
+    out.add_argument("--threshold", type=_threshold, action="append", metavar="EXPR",
+                     help="pass/fail, e.g. 'p99<200ms', 'errors<1%%', 'rps>500' (repeatable); exit 3 if any fails")
+    out.add_argument("--max-error-rate", type=_fraction, metavar="F",
+                     help="exit with status 3 when more than this fraction of requests failed")
     # One line, not argparse's usage block: the error is what the user needs to see.
     parser.error = lambda message: parser.exit(2, f"traffic: error: {message} (see --help)\n")
     return parser
 
 
-class Progress:
-    """A progress line on a terminal (stderr), redrawn in place; silent when not a TTY."""
-
-    def __init__(self, total: int | None, stream=sys.stderr):
-        self.total = total
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.done = 0
-        self.errors = 0
-        self._lock = threading.Lock()  # guards done and errors
-
-    def update(self, result: Result) -> None:
-        with self._lock:
-            self.done += 1
-            self.errors += result.error is not None or (result.status or 0) >= 500
-            done, errors = self.done, self.errors
-        if self.enabled and (done % 25 == 0 or done == self.total):
-            if self.total:
-                filled = min(30, round(30 * done / self.total))
-                self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}  errors {errors}")
-            else:
-                self.stream.write(f"\rsent {done}  errors {errors}")
-            self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 70 + "\r")
-            self.stream.flush()
+def mode_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    chosen = [flag for flag, on in (("--demo", args.demo), ("--compare", args.compare), ("--scenario", args.scenario),
+                                    ("--replay", args.replay)) if on]
+    if args.compare:
+        if args.scenario and args.replay:
+            parser.error("--compare takes --scenario or --replay, not both")
+        return COMPARE_SCENARIO if args.scenario else COMPARE_REPLAY if args.replay else COMPARE
+    if len(chosen) > 1:
+        parser.error(f"{chosen[0]} and {chosen[1]} do not go together")
+    return {"--demo": DEMO, "--scenario": SCENARIO, "--replay": REPLAY}.get(chosen[0] if chosen else "", RUN)
 
 
-def _error_rate(summary: dict) -> float:
-    failed = sum(summary["errors"].values()) + sum(
-        count for code, count in summary["status_codes"].items() if code.startswith("5")
-    )
-    return failed / summary["requests"] if summary["requests"] else 0.0
+def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser, mode: str) -> None:
+    """Every given flag applies to the mode; the combinations make sense; output paths can be written."""
+    from .export import check_writable
 
-
-def _write_html(path: str, title: str, summary: dict, results, timeline, backends, events) -> None:
-    from .html import write_html
-    from .report import latency_histogram
-
-    write_html(path, title, summary, timeline, backends, events, latency_histogram(results))
-
-
-def _finish(args, summary: dict, results, events, backends, title: str, say) -> int:
-    """Timeline, HTML, the report itself, and the exit status that gates CI."""
-    from .timeline import build_timeline, format_timeline
-
-    timeline = build_timeline(results)
-    if args.html:
-        _write_html(args.html, title, summary, results, timeline, backends, events)
-    if args.json:
-        print(json.dumps({**summary, "timeline": timeline, "events": events}, indent=2))
-    else:
-        if len(timeline) > 1:
-            say("\nTimeline (per second; backend shares of the answered requests)")
-            say(format_timeline(timeline, backends, events))
-            say("")
-        print(format_report(summary))
-    if args.html:
-        print(f"HTML report: {args.html}", file=sys.stderr)
-    if args.max_error_rate is not None and _error_rate(summary) > args.max_error_rate:
-        print(f"traffic: error rate {_error_rate(summary):.2%} is above --max-error-rate {args.max_error_rate:.2%}",
-              file=sys.stderr)
-        return 3
-    return 0
+    # argparse keeps its actions in a private list; it is the one place that knows each flag's spelling.
+    flags = {action.dest: "/".join(action.option_strings) for action in parser._actions if action.option_strings}
+    for dest, modes in APPLIES.items():
+        if getattr(args, dest) is not None and mode not in modes:
+            fits = ", ".join(MODE_NAMES[m] for m in MODE_NAMES if m in modes)
+            parser.error(f"{flags[dest]} does not apply to {MODE_NAMES[mode]} (only to {fits})")
+    if args.n is not None and args.duration is not None:
+        parser.error("give --n or --duration, not both")
+    for dest in ("path", "method"):
+        if args.targets and getattr(args, dest) is not None:
+            parser.error(f"--{dest} does not go with --targets (each line of the file gives it)")
+    if args.cacert and args.insecure:
+        parser.error("give --cacert or --insecure, not both")
+    closed_loop = mode == RUN and not args.rate
+    if (args.processes or 1) > (args.concurrency or 10) and closed_loop:
+        parser.error(f"--processes {args.processes} needs --concurrency of at least {args.processes}")
+    for dest in ("html", "json_file", "csv"):
+        path = getattr(args, dest)
+        problem = path and check_writable(path)
+        if problem:
+            parser.error(f"{flags[dest]}: {problem}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .modes import run_mode
+    from .terminal import Console, stop_on_signals
+
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.slow_backend is not None and not args.compare:
-        parser.error("--slow-backend goes with --compare")
-    if args.n is not None and args.duration is not None:
-        parser.error("give --n or --duration, not both")
-    modes = [flag for flag, on in (("--demo", args.demo), ("--compare", args.compare), ("--scenario", args.scenario)) if on]
-    if len(modes) > 1:
-        parser.error(f"{modes[0]} and {modes[1]} do not go together")
-    say = (lambda text: print(text, file=sys.stderr)) if args.json else print
-    if args.compare:
-        from .compare import format_comparison, run_compare
-
-        comparison = run_compare(args.compare, args.n or 1000, args.concurrency, slow_backend_ms=args.slow_backend, say=say)
-        print(json.dumps(comparison, indent=2) if args.json else "\n" + format_comparison(comparison))
-        return 0
-    if args.demo:
-        from .demo import run_demo  # imports the balancer and mock servers only when needed
-
-        # The balancer's health changes are part of the story the demo tells.
-        logging.basicConfig(level=logging.WARNING, format="   %(name)s: %(message)s")
-        try:
-            result = run_demo(args.n or 900, args.concurrency, say=say)
-        except TimeoutError as exc:
-            parser.exit(1, f"traffic: error: demo failed: {exc}\n")
-        except OSError as exc:
-            parser.exit(1, f"traffic: error: demo could not start: {exc}\n")
-        if args.json:
-            print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
-        if args.html:
-            from .timeline import build_timeline
-
-            _write_html(args.html, "simplelb demo", result["overall"], result["results"],
-                        build_timeline(result["results"]), result["backends"], result["events"])
-            print(f"HTML report: {args.html}", file=sys.stderr)
-        return 0
-    if args.scenario:
-        from .scenario import ScenarioError, bundled, load_scenario, run_scenario
-
-        path = args.scenario
-        if not path.endswith(".toml") and bundled(path).exists():
-            path = str(bundled(path))
-        try:
-            scenario = load_scenario(path)
-        except ScenarioError as exc:
-            parser.exit(2, f"traffic: error: {exc}\n")
-        logging.basicConfig(level=logging.WARNING, format="   %(name)s: %(message)s")
-        say(f"scenario {scenario.name}: {scenario.description}")
-        run = run_scenario(scenario, say=say, timeout_s=args.timeout)
-        summary = summarize(run["results"], run["elapsed_s"], url=run["url"], concurrency=0)
-        return _finish(args, summary, run["results"], run["events"], run["backends"], f"scenario {scenario.name}", say)
+    mode = mode_of(args, parser)
+    check_flags(args, parser, mode)
+    for dest, value in DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+    console = Console(notes_to_stderr=bool(args.json))
+    stop = threading.Event()
     try:
-        target = parse_target(args.url, args.path)
-        check_reachable(target, args.timeout)
-    except TargetError as exc:
-        parser.exit(1, f"traffic: error: {exc}\n")
-    n = args.n if args.n is not None or args.duration is not None else 1000
-    progress = Progress(n if n else (int(args.rate * args.duration) if args.rate else None))
-    if args.rate:
-        results, elapsed = run_open_loop(
-            target, args.rate, n=n, duration_s=args.duration, method=args.method, timeout_s=args.timeout,
-            on_result=progress.update,
-        )
-    else:
-        results, elapsed = run_load(
-            target, n, concurrency=args.concurrency, method=args.method, timeout_s=args.timeout,
-            duration_s=args.duration, on_result=progress.update,
-        )
-    progress.finish()
-    summary = summarize(results, elapsed, url=target.url, concurrency=0 if args.rate else args.concurrency,
-                        rate=args.rate)
-    backends = sorted(summary["backends"])
-    return _finish(args, summary, results, [], backends, f"traffic to {target.url}", say)
+        with stop_on_signals(stop, console):
+            return run_mode(mode, args, argv, console, stop, parser)
+    except KeyboardInterrupt:
+        console.err("traffic: interrupted")  # the second Ctrl-C: no report, no traceback
+        return 130

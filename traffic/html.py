@@ -1,164 +1,258 @@
-"""``--html report.html``: one self-contained file with the run's charts.
+"""``--html FILE``: one self-contained page for a run, or for a comparison of algorithms.
 
-No scripts, fonts or network: the charts are inline SVG drawn here, so the
-file opens anywhere, offline, and prints. Four charts:
+No scripts, fonts or network: charts are inline SVG (``svg.py``), so the
+file opens anywhere, offline, and prints. A run's page, top to bottom:
 
-* latency over time (p50 and p99 per second),
-* each backend's share of the traffic over time (stacked),
-* requests and errors per second,
-* the latency histogram (log-spaced bins),
+* what was run: command, target, start time, duration, version;
+* the numbers: requests, throughput, failed (transport + 5xx, as everywhere:
+  ``outcome.py``), latency, reconnects, and each ``--threshold`` passed or
+  failed;
+* a table per backend (requests, share, failed, p50, p99) whose colour
+  swatches are the backends' colours in the charts; status codes and
+  transport errors by kind; the events, numbered as on the charts;
+* charts: latency over time, share of traffic per backend, requests and
+  failures per second, the latency histogram;
+* with ``--metrics``: what the balancer saw (state bands, in flight, retries).
 
-with the scenario's events as dashed vertical markers on the time charts.
+A comparison's page has the same header, a table per measure, and one chart
+per measure with a line per algorithm. No raw JSON anywhere: ``--json-file``
+is for that. The layout reads at 1280 px and at 400 px wide.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Sequence
 
 from .histogram import LogHistogram
+from .outcome import HTTP_5XX, TRANSPORT
+from .svg import Series, colour, histogram_chart, line_chart, stacked_area, stacked_bars, state_strip
+from .thresholds import FAILED_EXIT_STATUS
 
-WIDTH, HEIGHT, PAD = 760, 220, 48
-COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-
-
-def _x(second: float, seconds: int) -> float:
-    return PAD + (WIDTH - 2 * PAD) * (second / max(1, seconds))
-
-
-def _y(value: float, top: float) -> float:
-    return HEIGHT - PAD + (-(HEIGHT - 2 * PAD) * (value / top) if top else 0)
-
-
-def _frame(title: str, y_label: str, top: float, seconds: int, events: Sequence[tuple[float, str]], body: str) -> str:
-    ticks = "".join(
-        f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{_y(top * f, top):.1f}" y2="{_y(top * f, top):.1f}" class="grid"/>'
-        f'<text x="{PAD - 6}" y="{_y(top * f, top) + 4:.1f}" class="tick" text-anchor="end">{top * f:.3g}</text>'
-        for f in (0, 0.5, 1)
-    )
-    step = max(1, seconds // 10)
-    xticks = "".join(
-        f'<text x="{_x(s, seconds):.1f}" y="{HEIGHT - PAD + 16}" class="tick" text-anchor="middle">{s}s</text>'
-        for s in range(0, seconds + 1, step)
-    )
-    marks = "".join(
-        f'<line x1="{_x(at, seconds):.1f}" x2="{_x(at, seconds):.1f}" y1="{PAD - 10}" y2="{HEIGHT - PAD}" class="event"/>'
-        f'<text x="{_x(at, seconds) + 3:.1f}" y="{PAD - 12 + 11 * (i % 3)}" class="event-label">{html.escape(label)}</text>'
-        for i, (at, label) in enumerate(events)
-    )
-    return (
-        f'<figure><figcaption>{html.escape(title)}</figcaption>'
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" '
-        f'aria-label="{html.escape(title)}">{ticks}{xticks}'
-        f'<text x="12" y="{HEIGHT / 2}" class="tick" transform="rotate(-90 12 {HEIGHT / 2})" text-anchor="middle">'
-        f'{html.escape(y_label)}</text>{body}{marks}</svg></figure>'
-    )
-
-
-def _polyline(points: list[tuple[float, float]], colour: str, cls: str) -> str:
-    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    return f'<polyline class="{cls}" points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>'
-
-
-def latency_chart(timeline: list[dict], events) -> str:
-    seconds = len(timeline)
-    top = max([row["p99_ms"] for row in timeline] + [1.0]) * 1.1
-    body = ""
-    for key, colour in (("p50_ms", COLOURS[0]), ("p99_ms", COLOURS[3])):
-        points = [(_x(row["second"] + 0.5, seconds), _y(row[key], top)) for row in timeline if row["requests"]]
-        body += _polyline(points, colour, f"series {key}")
-    legend = (f'<text x="{WIDTH - PAD}" y="{PAD - 30}" text-anchor="end" class="tick">'
-              f'<tspan fill="{COLOURS[0]}">p50</tspan>  <tspan fill="{COLOURS[3]}">p99</tspan></text>')
-    return _frame("Latency over time", "ms", top, seconds, events, body + legend)
-
-
-def share_chart(timeline: list[dict], backends: Sequence[str], events) -> str:
-    seconds = len(timeline)
-    body = ""
-    below = [0.0] * seconds
-    for index, name in enumerate(backends):
-        colour = COLOURS[index % len(COLOURS)]
-        upper = [below[i] + row["share"].get(name, 0.0) for i, row in enumerate(timeline)]
-        top_points = [(_x(i + 0.5, seconds), _y(upper[i] * 100, 100)) for i in range(seconds)]
-        bottom_points = [(_x(i + 0.5, seconds), _y(below[i] * 100, 100)) for i in reversed(range(seconds))]
-        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in top_points + bottom_points)
-        body += f'<polygon class="share" points="{coords}" fill="{colour}" fill-opacity="0.75" stroke="none"/>'
-        body += (f'<text x="{WIDTH - PAD + 4}" y="{PAD + 14 * index}" class="tick" fill="{colour}">'
-                 f'{html.escape(name)}</text>')
-        below = upper
-    return _frame("Share of traffic per backend", "%", 100, seconds, events, body)
-
-
-def volume_chart(timeline: list[dict], events) -> str:
-    seconds = len(timeline)
-    top = max([row["requests"] for row in timeline] + [1]) * 1.1
-    bar = (WIDTH - 2 * PAD) / max(1, seconds) * 0.8
-    body = ""
-    for row in timeline:
-        x = _x(row["second"] + 0.1, seconds)
-        body += (f'<rect class="bar" x="{x:.1f}" y="{_y(row["requests"], top):.1f}" width="{bar:.1f}" '
-                 f'height="{_y(0, top) - _y(row["requests"], top):.1f}" fill="{COLOURS[0]}"/>')
-        if row["errors"]:
-            body += (f'<rect class="bar errors" x="{x:.1f}" y="{_y(row["errors"], top):.1f}" width="{bar:.1f}" '
-                     f'height="{_y(0, top) - _y(row["errors"], top):.1f}" fill="{COLOURS[3]}"/>')
-    return _frame("Requests (blue) and errors (red) per second", "requests", top, seconds, events, body)
-
-
-def histogram_chart(histogram: LogHistogram) -> str:
-    bins = histogram.buckets_ms(40)
-    top = max([count for _, _, count in bins] + [1]) * 1.1
-    width = (WIDTH - 2 * PAD) / max(1, len(bins))
-    body = ""
-    for i, (low, high, count) in enumerate(bins):
-        x = PAD + i * width
-        body += (f'<rect class="bar" x="{x:.1f}" y="{_y(count, top):.1f}" width="{width * 0.9:.1f}" '
-                 f'height="{_y(0, top) - _y(count, top):.1f}" fill="{COLOURS[2]}"><title>{low:.2f}-{high:.2f} ms: '
-                 f'{count}</title></rect>')
-    if bins:
-        body += (f'<text x="{PAD}" y="{HEIGHT - PAD + 16}" class="tick">{bins[0][0]:.2f} ms</text>'
-                 f'<text x="{WIDTH - PAD}" y="{HEIGHT - PAD + 16}" class="tick" text-anchor="end">'
-                 f'{bins[-1][1]:.2f} ms</text>')
-    return (f'<figure><figcaption>Latency histogram (log-spaced bins)</figcaption>'
-            f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" '
-            f'aria-label="Latency histogram">{body}</svg></figure>')
-
+STATE_COLOURS = {"up": "#2ca02c", "healthy": "#2ca02c", "down": "#d62728", "unhealthy": "#d62728",
+                 "ejected": "#9467bd", "draining": "#ff7f0e", "maint": "#7f7f7f", "maintenance": "#7f7f7f",
+                 "removing": "#8c564b"}
+OK_COLOUR, TRANSPORT_COLOUR, HTTP_5XX_COLOUR = colour(0), colour(1), colour(3)
 
 STYLE = """
-body { font: 14px system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
-h1 { font-size: 20px; } figure { margin: 18px 0; } figcaption { font-weight: 600; margin-bottom: 4px; }
-.grid { stroke: #ddd; } .tick { font-size: 11px; fill: #555; }
-.event { stroke: #444; stroke-dasharray: 4 3; } .event-label { font-size: 10px; fill: #444; }
-table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: right; border-bottom: 1px solid #eee; }
-pre { background: #f6f6f6; padding: 8px; }
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; padding: 16px 20px; max-width: 900px;
+       color: #222; background: #fff; }
+h1 { font-size: 22px; margin: 4px 0 10px; } h2 { font-size: 18px; margin: 28px 0 8px; padding-bottom: 3px;
+       border-bottom: 1px solid #ddd; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 0; }
+dl.meta dt { color: #666; } dl.meta dd { margin: 0; overflow-wrap: anywhere; }
+code { font: 13px ui-monospace, SFMono-Regular, Menlo, monospace; }
+.tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 8px; margin: 14px 0; }
+.tile { border: 1px solid #ddd; border-radius: 6px; padding: 6px 10px; }
+.tile b { display: block; font-size: 20px; } .tile span { color: #555; font-size: 13px; }
+.scroll { overflow-x: auto; margin: 8px 0; }
+table { border-collapse: collapse; }
+th, td { padding: 3px 10px; text-align: right; border-bottom: 1px solid #eee; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; } th { font-weight: 600; background: #fafafa; }
+.swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 6px;
+          vertical-align: -1px; }
+figure { margin: 22px 0; } figcaption { font-weight: 600; margin-bottom: 4px; }
+.chart { width: 100%; height: auto; display: block; }
+.grid { stroke: #e4e4e4; } .tick { font-size: 12px; fill: #555; }
+.event line { stroke: #444; stroke-dasharray: 4 3; } .event text { font-size: 11px; fill: #333; }
+ul.legend { list-style: none; padding: 0; margin: 6px 0 0; display: flex; flex-wrap: wrap; gap: 4px 18px;
+            font-size: 13px; }
+.note { color: #666; font-size: 13px; margin: 4px 0; }
+.passed { color: #1a7f37; } .failed { color: #c62828; font-weight: 600; }
+@media (max-width: 640px) { .chart.wide { display: none; } body { padding: 10px; font-size: 14px; }
+                            th, td { padding: 3px 4px; } table { font-size: 13px; } }
+@media (min-width: 641px) { .chart.narrow { display: none; } }
 """
 
 
-def render(title: str, summary: dict, timeline: list[dict], backends: Sequence[str],
-           events: Sequence[tuple[float, str]], histogram: LogHistogram) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(name)}</th><td>{row['requests']}</td><td>{row['share'] * 100:.1f}%</td></tr>"
-        for name, row in summary["backends"].items()
-    )
-    latency = " ".join(f"{k} {v:.2f}" for k, v in summary["latency_ms"].items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<p>{summary['requests']} requests in {summary['elapsed_s']:.2f}s ({summary['throughput_rps']:.1f} req/s);
-status codes {html.escape(json.dumps(summary['status_codes']))}; errors {html.escape(json.dumps(summary['errors']))};
-latency (ms): {latency}</p>
-<table><tr><th>backend</th><th>requests</th><th>share</th></tr>{rows}</table>
-{latency_chart(timeline, events)}
-{share_chart(timeline, backends, events)}
-{volume_chart(timeline, events)}
-{histogram_chart(histogram)}
-<details><summary>Timeline data</summary><pre>{html.escape(json.dumps(timeline, indent=1))}</pre></details>
-</body></html>
-"""
+def _esc(value: object) -> str:
+    return html.escape(str(value))
 
 
-def write_html(path: str, title: str, summary: dict, timeline: list[dict], backends: Sequence[str],
-               events: Sequence[tuple[float, str]], histogram: LogHistogram) -> None:
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Cells are HTML already (escape text before)."""
+    header = "".join(f"<th>{cell}</th>" for cell in head)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><tr>{header}</tr>{body}</table></div>'
+
+
+def _swatch(index: int) -> str:
+    return f'<span class="swatch" style="background:{colour(index)}"></span>'
+
+
+def _page(title: str, meta: dict, body: str) -> str:
+    facts = [("command", f"<code>{_esc(meta['command'])}</code>"), ("target", _esc(meta.get("target", ""))),
+             ("started", _esc(meta["started"]))]
+    if "duration_s" in meta:
+        facts.append(("duration", f"{meta['duration_s']:.2f} s"))
+    facts.append(("version", f"traffic (simplelb {_esc(meta['version'])})"))
+    rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_esc(title)}</title><style>{STYLE}</style></head>\n<body>\n<h1>{_esc(title)}</h1>"
+            f'<dl class="meta">{rows}</dl>\n{body}\n</body></html>\n')
+
+
+def _tile(value: str, label: str) -> str:
+    return f'<div class="tile"><b>{value}</b><span>{label}</span></div>'
+
+
+def _numbers(report: dict) -> str:
+    failures, latency = report["failures"], report["latency_ms"]
+    tiles = [
+        _tile(f"{report['requests']:,}", "requests"),
+        _tile(f"{report['throughput_rps']:,.1f}", "requests/s"),
+        _tile(f"{failures['failed']:,} ({failures['rate']:.2%})",
+              f"failed = {failures[TRANSPORT]} transport + {failures[HTTP_5XX]} HTTP 5xx"),
+        _tile(f"{latency['p50']:.2f} ms", "latency p50"),
+        _tile(f"{latency['p99']:.2f} ms", "latency p99"),
+        _tile(f"{report.get('reconnects', 0):,}", "reconnects: stale keep-alive, resent"),
+    ]
+    out = f'<div class="tiles">{"".join(tiles)}</div>'
+    if report.get("thresholds"):
+        rows = [[_esc(row["threshold"]), _esc(row["shown"]),
+                 '<span class="passed">passed</span>' if row["passed"] else '<span class="failed">FAILED</span>']
+                for row in report["thresholds"]]
+        failed = any(not row["passed"] for row in report["thresholds"])
+        out += "<h2>Thresholds</h2>" + _table(["threshold", "measured", "result"], rows)
+        out += f'<p class="note">Exit status {FAILED_EXIT_STATUS if failed else 0}.</p>'
+    return out
+
+
+def _tables(report: dict, names: list[str]) -> str:
+    rows = []
+    for index, name in enumerate(names):
+        row = report["backends"].get(name)
+        if row:
+            rows.append([_swatch(index) + _esc(name), f"{row['requests']:,}", f"{row['share']:.1%}",
+                         f"{row['failed']:,}", f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}"])
+        else:
+            rows.append([_swatch(index) + _esc(name), "0", "0.0%", "0", "-", "-"])
+    out = "<h2>Backends</h2>" + _table(["backend", "requests", "share", "failed", "p50 ms", "p99 ms"], rows)
+    out += ('<p class="note">Share of the answered requests, by the X-Backend (else X-Upstream) header; '
+            "failed: its 5xx answers.</p>")
+    statuses = [[_esc(code), f"{count:,}"] for code, count in report["status_codes"].items()] or [["none", "0"]]
+    kinds = [[_esc(kind), f"{count:,}"] for kind, count in report["failures"]["transport_by_kind"].items()]
+    out += "<h2>Answers and transport errors</h2>" + _table(["status", "requests"], statuses)
+    if kinds:
+        out += _table(["transport error", "requests"], kinds)
+    return out
+
+
+def _events(events: Sequence[tuple[float, str]]) -> str:
+    if not events:
+        return ""
+    items = "".join(f"<li>{_esc(label)} <span class='note'>at {at:.2f} s</span></li>" for at, label in events)
+    return f"<h2>Events</h2><ol>{items}</ol><p class='note'>Numbered as the dashed lines on the charts.</p>"
+
+
+def _time_charts(timeline: list[dict], names: list[str], events) -> str:
+    if not timeline:
+        return "<p>No requests were sent.</p>"
+    width = timeline[0]["width_s"]
+    x_max = len(timeline) * width
+    middle = [(row["t_s"] + width / 2, row) for row in timeline]
+    latency = [Series(label, c, [(x, row[key] if row["requests"] else None) for x, row in middle])
+               for label, key, c in (("p50", "p50_ms", colour(0)), ("p99", "p99_ms", colour(3)))]
+    shares = [Series(name, colour(i), [(x, row["share"].get(name, 0.0) if row["share"] else None) for x, row in middle])
+              for i, name in enumerate(names)]
+    volume = [Series(label, c, [(row["t_s"], value(row) / width) for row in timeline]) for label, value, c in (
+        ("not failed", lambda row: row["requests"] - row["failed"], OK_COLOUR),
+        ("failed: transport", lambda row: row[TRANSPORT], TRANSPORT_COLOUR),
+        ("failed: HTTP 5xx", lambda row: row[HTTP_5XX], HTTP_5XX_COLOUR))]
+    bucket = f"every {width:g} s"
+    return (line_chart(f"Latency over time ({bucket})", "ms", latency, x_max, events)
+            + stacked_area(f"Share of traffic per backend ({bucket})", shares, x_max, events)
+            + stacked_bars(f"Requests per second, and failures ({bucket})", "requests/s", volume, width, x_max,
+                           events))
+
+
+def _balancer(balancer: dict, x_max: float) -> str:
+    samples = balancer["samples"]
+    names = sorted({name for sample in samples for name in sample["backends"]})
+    x_max = max([x_max] + [s["t_s"] for s in samples])
+    rows, colours = [], {}
+    for name in names:
+        seen = [(s["t_s"], s["backends"].get(name, {}).get("state")) for s in samples]
+        spans = [(t, seen[i + 1][0] if i + 1 < len(seen) else x_max, state or "unknown")
+                 for i, (t, state) in enumerate(seen)]
+        rows.append((name, spans))
+        for _, _, state in spans:
+            colours.setdefault(state, STATE_COLOURS.get(state, colour(len(colours) + 4)))
+
+    def lines(key: str) -> list[Series]:
+        return [Series(name, colour(i), [(s["t_s"], s["backends"][name][key]) for s in samples
+                                         if s["backends"].get(name, {}).get(key) is not None])
+                for i, name in enumerate(names)]
+
+    return ("<h2>What the balancer saw</h2><p class='note'>From its /metrics, scraped every second "
+            f"({len(samples)} scrapes). Backends are named as the balancer names them.</p>"
+            + state_strip("Backend state", rows, x_max, colours)
+            + line_chart("Requests in flight at the balancer, per backend", "in flight", lines("in_flight"), x_max)
+            + line_chart("Retries sent to each backend, per scrape", "retries", lines("retries"), x_max))
+
+
+def render_report(title: str, meta: dict, report: dict, backends: Sequence[str], histogram: LogHistogram) -> str:
+    names = list(backends) + [name for name in report["backends"] if name not in backends]
+    timeline = report["timeline"]
+    body = (_numbers(report) + _tables(report, names) + _events(report["events"])
+            + "<h2>Over time</h2>" + _time_charts(timeline, names, report["events"])
+            + "<h2>Latency</h2>" + histogram_chart("Latency histogram", histogram.buckets_ms(40)))
+    if report.get("balancer"):
+        x_max = len(timeline) * timeline[0]["width_s"] if timeline else 1.0
+        body += _balancer(report["balancer"], x_max)
+    return _page(title, meta, body)
+
+
+def write_report(path: str, title: str, meta: dict, report: dict, backends: Sequence[str],
+                 histogram: LogHistogram) -> None:
     with open(path, "w", encoding="utf-8") as out:
-        out.write(render(title, summary, timeline, backends, events, histogram))
+        out.write(render_report(title, meta, report, backends, histogram))
+
+
+def render_comparison(comparison: dict, meta: dict) -> str:
+    """One table per measure, then one chart per measure with a line per algorithm."""
+    algorithms = list(comparison["algorithms"])
+    summaries, timelines = comparison["algorithms"], comparison["timelines"]
+    rows = [[_swatch(i) + _esc(alg), f"{summaries[alg]['latency_ms']['p50']:.2f}",
+             f"{summaries[alg]['latency_ms']['p99']:.2f}", f"{summaries[alg]['failures']['failed']:,}",
+             f"{summaries[alg]['failures'][TRANSPORT]:,}", f"{summaries[alg]['failures'][HTTP_5XX]:,}",
+             f"{summaries[alg]['throughput_rps']:,.0f}"] for i, alg in enumerate(algorithms)]
+    body = (f"<p>Compared on {_esc(comparison['source'])}.</p><h2>Latency, failures, throughput</h2>"
+            + _table(["algorithm", "p50 ms", "p99 ms", "failed", "transport", "HTTP 5xx", "req/s"], rows))
+    slow = comparison.get("slow_backend")
+    head = ["algorithm"] + [_esc(name) + (" (slow)" if name == slow else "") for name in comparison["backends"]]
+    shares = [[_swatch(i) + _esc(alg)] + [f"{summaries[alg]['backends'].get(name, {'share': 0})['share']:.1%}"
+                                         for name in comparison["backends"]] for i, alg in enumerate(algorithms)]
+    body += "<h2>Share of traffic per backend</h2>" + _table(head, shares)
+    if slow:
+        body += f"<p class='note'>{_esc(slow)} answers in {comparison['slow_backend_ms']:g} ms.</p>"
+    events = next(iter(comparison["events"].values()), []) if comparison["events"] else []
+    body += _events(events) + "<h2>Over time, per algorithm</h2>" + _comparison_charts(algorithms, timelines, slow, events)
+    return _page(f"Comparison: {', '.join(algorithms)}", meta, body)
+
+
+def _comparison_charts(algorithms: list[str], timelines: dict, slow: str | None, events) -> str:
+    if not any(timelines.values()):
+        return "<p>No requests were sent.</p>"
+    width = next(rows for rows in timelines.values() if rows)[0]["width_s"]
+    x_max = max(len(rows) for rows in timelines.values()) * width
+    measures = [("p50 latency", "ms", lambda row: row["p50_ms"], True),
+                ("p99 latency", "ms", lambda row: row["p99_ms"], True),
+                ("Requests per second", "requests/s", lambda row: row["requests"] / width, False),
+                ("Failed requests per second (transport + 5xx)", "failed/s", lambda row: row["failed"] / width, False)]
+    if slow:
+        measures.append((f"Share of {slow}, the slow backend", "% of answered",
+                         lambda row: row["share"].get(slow, 0.0) * 100, True))
+    out = ""
+    for title, unit, value, answered_only in measures:
+        series = [Series(alg, colour(i), [(row["t_s"] + width / 2, value(row) if row["requests"] or not answered_only
+                                           else None) for row in timelines[alg]])
+                  for i, alg in enumerate(algorithms)]
+        out += line_chart(f"{title} (every {width:g} s)", unit, series, x_max, events)
+    return out
+
+
+def write_comparison(path: str, comparison: dict, meta: dict) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(render_comparison(comparison, meta))

@@ -1,19 +1,22 @@
-"""Turning results into a report: per-backend distribution, statuses, errors, latency.
+"""Turning results into a report: per-backend distribution, statuses, failures, latency.
 
 ``summarize`` builds a plain dict (what ``--json`` prints); ``format_report``
-renders the same dict as text that fits an 80-column terminal.
+renders the same dict as text that fits an 80-column terminal. Failures are
+counted by ``outcome.count_failures`` and worded by ``outcome.describe``,
+like everywhere else.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import textwrap
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from .histogram import LogHistogram
-from .runner import Result
+from .outcome import Result, count_failures, describe, is_failed
 
 PERCENTILES = (50, 90, 99)
-BAR_WIDTH = 30
+BAR_WIDTH = 14
 # The generator is behind when it sends below this share of the asked rate, or this late at p99.
 BEHIND_RATE_SHARE = 0.95
 BEHIND_LAG_MS = 20.0
@@ -26,6 +29,46 @@ def latency_histogram(results: Sequence[Result]) -> LogHistogram:
     return histogram
 
 
+def _backends(results: Sequence[Result]) -> dict:
+    """Per backend that answered: requests, share of the answered, failed (its 5xx), p50 and p99."""
+    answered: dict[str, list[Result]] = defaultdict(list)
+    for result in results:
+        if result.status is not None:
+            answered[result.backend or "(unknown)"].append(result)
+    total = sum(len(rows) for rows in answered.values())
+    table = {}
+    for name in sorted(answered):
+        rows = answered[name]
+        histogram = latency_histogram(rows)
+        table[name] = {
+            "requests": len(rows),
+            "share": round(len(rows) / total, 4),
+            "failed": sum(is_failed(r) for r in rows),
+            "p50_ms": round(histogram.percentile_ms(50), 3),
+            "p99_ms": round(histogram.percentile_ms(99), 3),
+        }
+    return table
+
+
+def _generator(results: Sequence[Result], rate: float) -> dict:
+    """Open loop: did the generator keep the schedule it was given?"""
+    lag = LogHistogram()
+    for result in results:
+        lag.record(result.lag_s)
+    # Over the span of the actual sends, not the run: waiting for the last
+    # answers (say, from a stalled server) is not the generator falling behind.
+    sends = [r.started_s + r.lag_s for r in results]
+    span = max(sends) - min(sends) if sends else 0.0
+    sent_rate = (len(sends) - 1) / span if span > 0 else float(len(sends))
+    lag_p99 = round(lag.percentile_ms(99), 3)
+    return {
+        "requested_rps": rate,
+        "sent_rps": round(sent_rate, 1),
+        "send_lag_p99_ms": lag_p99,
+        "fell_behind": sent_rate < BEHIND_RATE_SHARE * rate or lag_p99 > BEHIND_LAG_MS,
+    }
+
+
 def summarize(
     results: Sequence[Result],
     elapsed_s: float,
@@ -35,20 +78,17 @@ def summarize(
     rate: float | None = None,
 ) -> dict:
     histogram = latency_histogram(results)
-    by_backend = Counter(r.backend or "(unknown)" for r in results if r.status is not None)
-    answered = sum(by_backend.values())
     summary = {
         "url": url,
         "concurrency": concurrency,
         "requests": len(results),
         "elapsed_s": round(elapsed_s, 4),
         "throughput_rps": round(len(results) / elapsed_s, 1) if elapsed_s > 0 else 0.0,
-        "backends": {
-            name: {"requests": count, "share": round(count / answered, 4)}
-            for name, count in sorted(by_backend.items())
-        },
+        "backends": _backends(results),
         "status_codes": {str(code): count for code, count in sorted(Counter(r.status for r in results if r.status).items())},
-        "errors": dict(Counter(r.error for r in results if r.error).most_common()),
+        "errors": dict(Counter(r.error for r in results if r.error).most_common()),  # transport errors by kind
+        "failures": count_failures(results),
+        "reconnects": sum(r.reconnected for r in results),
         "latency_ms": {
             "min": round(histogram.min_us / 1000, 3) if results else 0.0,
             **{f"p{p}": round(histogram.percentile_ms(p), 3) for p in PERCENTILES},
@@ -56,30 +96,16 @@ def summarize(
         },
     }
     if rate is not None:
-        # Open loop: did the generator keep the schedule it was given?
-        lag = LogHistogram()
-        for result in results:
-            lag.record(result.lag_s)
-        # Over the span of the actual sends, not the run: waiting for the last
-        # answers (say, from a stalled server) is not the generator falling behind.
-        sends = [r.started_s + r.lag_s for r in results]
-        span = max(sends) - min(sends) if sends else 0.0
-        sent_rate = (len(sends) - 1) / span if span > 0 else float(len(sends))
-        lag_p99 = round(lag.percentile_ms(99), 3)
-        summary["generator"] = {
-            "requested_rps": rate,
-            "sent_rps": round(sent_rate, 1),
-            "send_lag_p99_ms": lag_p99,
-            "fell_behind": sent_rate < BEHIND_RATE_SHARE * rate or lag_p99 > BEHIND_LAG_MS,
-        }
+        summary["generator"] = _generator(results, rate)
     return summary
 
 
 def distribution_lines(backends: dict) -> list[str]:
-    lines = [f"  {'backend':<24} {'requests':>9} {'share':>7}"]
+    lines = [f"  {'backend':<20}{'requests':>9}{'share':>7}{'failed':>7}{'p50 ms':>8}{'p99 ms':>8}"]
     for name, row in backends.items():
         bar = "#" * round(row["share"] * BAR_WIDTH)
-        lines.append(f"  {name[:24]:<24} {row['requests']:>9} {row['share'] * 100:>6.1f}%  {bar}")
+        lines.append(f"  {name[-20:]:<20}{row['requests']:>9}{row['share'] * 100:>6.1f}%{row['failed']:>7}"
+                     f"{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}  {bar}")
     if not backends:
         lines.append("  (no responses)")
     return lines
@@ -91,6 +117,10 @@ def _load_model(summary: dict) -> str:
     return f", concurrency {summary['concurrency']}" if summary["concurrency"] else ""
 
 
+def wrapped(label: str, text: str) -> list[str]:
+    return textwrap.wrap(f"{label}{text}", 80, subsequent_indent=" " * 4, break_on_hyphens=False)
+
+
 def format_report(summary: dict) -> str:
     lines = [
         f"{summary['requests']} requests to {summary['url']} in {summary['elapsed_s']:.2f}s"
@@ -99,11 +129,13 @@ def format_report(summary: dict) -> str:
         "Distribution",
         *distribution_lines(summary["backends"]),
         "",
-        "Status codes: "
-        + (", ".join(f"{code} x {count}" for code, count in summary["status_codes"].items()) or "none"),
-        "Errors: " + (", ".join(f"{kind} x {count}" for kind, count in summary["errors"].items()) or "none"),
+        *wrapped("Status codes: ", ", ".join(f"{code} x {n}" for code, n in summary["status_codes"].items()) or "none"),
+        *wrapped("Failed: ", describe(summary["failures"], summary["requests"])),
         "Latency (ms): " + "  ".join(f"{k} {v:.2f}" for k, v in summary["latency_ms"].items()),
     ]
+    if summary.get("reconnects"):
+        lines += wrapped("Reconnects: ", f"{summary['reconnects']} (the server had closed an idle keep-alive "
+                                         "connection; sent again on a new one, not failed)")
     generator = summary.get("generator")
     if generator:
         lines.append(

@@ -1,4 +1,4 @@
-"""Sending the traffic: closed loop or open loop, over keep-alive connections.
+"""Sending the traffic: closed loop, open loop, or a recorded schedule; every request one ``Result``.
 
 * Closed loop (``run_load``): ``concurrency`` workers, each sending its next
   request when the previous answer is in, until ``n`` requests are sent or
@@ -11,256 +11,273 @@
   instead of hiding behind the requests it kept from being sent
   (coordinated omission). ``Result.lag_s`` records how late each send was:
   the generator's own accuracy.
+* A schedule (``run_schedule``): the open loop with each request at its own
+  offset, for ``--replay``.
 
-Each worker owns one ``http.client`` connection (a fresh one after any
-error). Every request becomes one ``Result``; nothing is aggregated here.
+**Stopping.** Every loop takes a ``stop`` event (set by Ctrl-C, or by the
+caller). Once it is set no new request is sent; requests in flight get
+``STOP_GRACE_S`` to finish, and the results so far are returned. The workers
+are daemon threads: one blocked on a stalled server is left behind and dies
+with the process, so it cannot hold up the report.
+
+**Shards** (``--processes``). Shard ``k`` of ``N`` sends requests number
+``k, k + N, k + 2N, ...`` of the run, with its share of the concurrency, so N
+processes together send exactly the requests one process would, on the same
+schedule and with the same mix.
+
+Each worker owns a ``Sender`` (``sender.py``). Nothing is aggregated here.
 """
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import queue
-import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from .outcome import Result
+from .request import Mix, Target, TargetError, parse_target
+from .sender import Sender, Tls, check_reachable, classify
 
-class TargetError(ValueError):
-    """The target URL is not usable; the message is fit to show a user."""
+__all__ = ["Job", "Result", "Shard", "Target", "TargetError", "check_reachable", "classify", "parse_target",
+           "run_load", "run_open_loop", "run_schedule"]
 
-
-@dataclass(frozen=True)
-class Target:
-    host: str
-    port: int
-    path: str  # request-target sent on the wire
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}{self.path}"
-
-
-def parse_target(url: str, path: str | None = None) -> Target:
-    """``http://host:port`` plus an optional path (which replaces the URL's own)."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise TargetError(f"--url must look like http://host:port, not {url!r}")
-    try:
-        port = parts.port or 80
-    except ValueError:
-        raise TargetError(f"--url has an invalid port: {url!r}") from None
-    target = path if path is not None else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if not target.startswith("/") or any(c in target for c in " \t\r\n"):
-        raise TargetError(f"--path must start with / and contain no spaces, not {target!r}")
-    return Target(parts.hostname, port, target)
+STOP_GRACE_S = 0.5  # after a stop, how long requests in flight may take before the report is made
+MAX_IN_FLIGHT = 512  # open loop: the default cap on requests in flight (and on worker threads)
 
 
 @dataclass(frozen=True)
-class Result:
-    """One request: when it started (seconds since the run began), how long it took, and how it ended."""
+class Shard:
+    index: int = 0
+    count: int = 1
 
-    started_s: float
-    latency_s: float
-    status: int | None  # None when no response arrived
-    backend: str | None  # from X-Backend, else X-Upstream
-    error: str | None  # a short kind, e.g. "connection refused", "timeout"
-    lag_s: float = 0.0  # open loop: how late the request was sent after its scheduled time
+    def share(self, total: int) -> int:
+        """This shard's part of ``total`` (requests, concurrency): the parts add up to it exactly."""
+        return total // self.count + (self.index < total % self.count)
 
-
-def check_reachable(target: Target, timeout_s: float) -> None:
-    """Raise ``TargetError`` with a one-line reason if nothing accepts connections at the target."""
-    try:
-        socket.create_connection((target.host, target.port), timeout=timeout_s).close()
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
-        raise TargetError(f"cannot connect to http://{target.host}:{target.port}: {reason}") from None
+    def ticket(self, local: int) -> int:
+        """The run-wide number of this shard's ``local``-th request."""
+        return self.index + local * self.count
 
 
-def classify(exc: BaseException) -> str:
-    """A short, stable name for what went wrong with a request."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, http.client.IncompleteRead):
-        return "truncated body"
-    if isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
-        return "connection closed"
-    if isinstance(exc, http.client.HTTPException):
-        return "protocol error"
-    if isinstance(exc, OSError):
-        return (exc.strerror or exc.__class__.__name__).lower()
-    return exc.__class__.__name__
+WHOLE = Shard()
+OnResult = Callable[[Result], None] | None
 
 
-class Sender:
-    """One worker's keep-alive connection: send a request, return a ``Result``."""
+class _Collector:
+    """The results of one loop, appended from many workers."""
 
-    def __init__(self, target: Target, method: str, timeout_s: float, body: bytes | None, headers: dict[str, str]):
-        self.target = target
-        self.method = method
-        self.timeout_s = timeout_s
-        self.body = body
-        self.headers = headers
-        self._conn: http.client.HTTPConnection | None = None
+    def __init__(self, on_result: OnResult):
+        self.on_result = on_result
+        self._results: list[Result] = []
+        self._lock = threading.Lock()  # guards _results
 
-    def send(self, started_s: float, t0: float, lag_s: float = 0.0) -> Result:
-        """Send one request; latency counts from ``t0`` (a ``perf_counter`` value)."""
-        if self._conn is None:
-            self._conn = http.client.HTTPConnection(self.target.host, self.target.port, timeout=self.timeout_s)
-        try:
-            self._conn.request(self.method, self.target.path, body=self.body, headers=self.headers)
-            response = self._conn.getresponse()
-            response.read()
-            result = Result(
-                started_s, time.perf_counter() - t0, response.status,
-                response.getheader("X-Backend") or response.getheader("X-Upstream"), None, lag_s,
-            )
-            if response.will_close:
-                self.close()
-        except (OSError, http.client.HTTPException) as exc:
-            result = Result(started_s, time.perf_counter() - t0, None, None, classify(exc), lag_s)
-            self.close()
-        return result
+    def add(self, result: Result) -> None:
+        with self._lock:
+            self._results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def snapshot(self) -> list[Result]:
+        with self._lock:
+            return list(self._results)
 
 
-def _join(threads: list[threading.Thread], stop: threading.Event, grace_s: float) -> None:
-    try:
-        for thread in threads:
-            thread.join()
-    except KeyboardInterrupt:
-        # Ctrl-C: let each worker finish the request it has in flight, then report what was sent.
-        stop.set()
-        for thread in threads:
-            thread.join(grace_s)
+def _mix(source: Target | Mix) -> Mix:
+    return source if isinstance(source, Mix) else Mix([source])
+
+
+def _tls_context(tls: Tls | None, targets: Iterable[Target]):
+    """An ``SSLContext`` only when something is sent over https: making one loads the CA store (milliseconds)."""
+    return tls.context() if tls and any(t.scheme == "https" for t in targets) else None
+
+
+def _wait(threads: Sequence[threading.Thread], stop: threading.Event) -> None:
+    """Wait for ``threads``; once ``stop`` is set, give them ``STOP_GRACE_S`` more, then leave them behind."""
+    deadline = None
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                if deadline is None and stop.is_set():
+                    deadline = time.monotonic() + STOP_GRACE_S
+                remaining = 0.1 if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                thread.join(min(0.1, remaining))
+            except KeyboardInterrupt:
+                stop.set()  # a caller that installed no SIGINT handler of its own
+
+
+def _sleep_until(when: float, stop: threading.Event) -> bool:
+    """Sleep until ``when`` (``perf_counter``); True if ``stop`` was set instead."""
+    delay = when - time.perf_counter()
+    if delay > 0.05:
+        return stop.wait(delay)  # a long wait (a quiet stretch of a replayed log) listens for the stop
+    if delay > 0:
+        time.sleep(delay)  # a short one keeps precise time
+    return stop.is_set()
 
 
 def run_load(
-    target: Target,
+    source: Target | Mix,
     n: int | None,
     *,
     concurrency: int = 10,
-    method: str = "GET",
     timeout_s: float = 10.0,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
     duration_s: float | None = None,
-    on_result: Callable[[Result], None] | None = None,
+    on_result: OnResult = None,
     stop: threading.Event | None = None,
     start_at: float | None = None,
+    tls: Tls | None = None,
+    shard: Shard = WHOLE,
 ) -> tuple[list[Result], float]:
     """Closed loop: ``n`` requests (or for ``duration_s``) with ``concurrency`` workers; results and wall time.
 
-    ``start_at`` (a ``perf_counter`` value) lets phases of a scenario share one clock.
+    ``start_at`` (a ``perf_counter`` value) lets phases of a scenario, or processes, share one clock.
     """
-    stop = stop or threading.Event()
+    mix, stop = _mix(source), stop or threading.Event()
+    context = _tls_context(tls, mix.targets)
+    mine = shard.share(n) if n is not None else None
     tickets = itertools.count()
-    results: list[Result] = []
-    results_lock = threading.Lock()  # guards results
-    send_headers = {"User-Agent": "simplelb-traffic", **(headers or {})}
+    collector = _Collector(on_result)
     phase_start = time.perf_counter()
     started = start_at if start_at is not None else phase_start
     ends_at = phase_start + duration_s if duration_s else None
 
     def worker() -> None:
-        sender = Sender(target, method, timeout_s, body, send_headers)
-        while not stop.is_set() and (n is None or next(tickets) < n):
+        sender = Sender(timeout_s, context)
+        while not stop.is_set():
+            local = next(tickets)
             t0 = time.perf_counter()
-            if ends_at is not None and t0 >= ends_at:
+            if (mine is not None and local >= mine) or (ends_at is not None and t0 >= ends_at):
                 break
-            result = sender.send(t0 - started, t0)
-            with results_lock:
-                results.append(result)
-            if on_result is not None:
-                on_result(result)
+            collector.add(sender.send(mix.pick(shard.ticket(local)), t0 - started, t0))
         sender.close()
 
-    workers = [threading.Thread(target=worker, name=f"traffic-worker-{i}", daemon=True) for i in range(concurrency)]
+    workers = [threading.Thread(target=worker, name=f"traffic-worker-{i}", daemon=True)
+               for i in range(max(1, shard.share(concurrency)))]
     for thread in workers:
         thread.start()
-    _join(workers, stop, timeout_s + 1)
-    return results, time.perf_counter() - phase_start
+    _wait(workers, stop)
+    return collector.snapshot(), time.perf_counter() - phase_start
 
 
 def run_open_loop(
-    target: Target,
+    source: Target | Mix,
     rate: float,
     *,
     n: int | None = None,
     duration_s: float | None = None,
-    max_in_flight: int = 512,
-    method: str = "GET",
-    timeout_s: float = 10.0,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    on_result: Callable[[Result], None] | None = None,
-    stop: threading.Event | None = None,
-    start_at: float | None = None,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    shard: Shard = WHOLE,
+    **options,
 ) -> tuple[list[Result], float]:
     """Open loop: requests scheduled at ``rate``/s for ``n`` requests or ``duration_s``; results and wall time.
 
-    ``start_at`` (a ``perf_counter`` value) lets phases of a scenario share one clock.
+    ``options``: ``timeout_s``, ``on_result``, ``stop``, ``start_at``, ``tls`` as for ``run_load``.
     """
-    if n is None:
-        n = max(1, int(rate * (duration_s or 1.0)))
+    mix = _mix(source)
+    total = n if n is not None else max(1, int(rate * (duration_s or 1.0)))
+    items = ((i / rate, mix.pick(i)) for i in range(shard.index, total, shard.count))
+    return _run_scheduled(items, max(1, shard.share(max_in_flight)), targets=mix.targets, **options)
+
+
+def run_schedule(
+    schedule: Sequence[tuple[float, Target]],
+    *,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    shard: Shard = WHOLE,
+    **options,
+) -> tuple[list[Result], float]:
+    """Each request at its own offset (seconds from the start): ``--replay``. ``options`` as for ``run_open_loop``."""
+    items = (schedule[i] for i in range(shard.index, len(schedule), shard.count))
+    targets = {id(target): target for _, target in schedule}.values()
+    return _run_scheduled(items, max(1, shard.share(max_in_flight)), targets=targets, **options)
+
+
+def _run_scheduled(
+    items: Iterable[tuple[float, Target]],
+    max_in_flight: int,
+    *,
+    targets: Iterable[Target] = (),
+    timeout_s: float = 10.0,
+    on_result: OnResult = None,
+    stop: threading.Event | None = None,
+    start_at: float | None = None,
+    tls: Tls | None = None,
+) -> tuple[list[Result], float]:
     stop = stop or threading.Event()
-    started = start_at if start_at is not None else time.perf_counter()
+    context = _tls_context(tls, targets)
     schedule = time.perf_counter()  # this phase's own start
-    results: list[Result] = []
-    lock = threading.Lock()  # guards results, idle and workers
+    started = start_at if start_at is not None else schedule
+    collector = _Collector(on_result)
     due: queue.SimpleQueue = queue.SimpleQueue()
     idle = [0]
     workers: list[threading.Thread] = []
-    send_headers = {"User-Agent": "simplelb-traffic", **(headers or {})}
+    lock = threading.Lock()  # guards idle
 
     def worker() -> None:
-        sender = Sender(target, method, timeout_s, body, send_headers)
+        sender = Sender(timeout_s, context)
         while True:
             with lock:
                 idle[0] += 1
-            scheduled = due.get()
+            item = due.get()
             with lock:
                 idle[0] -= 1
-            if scheduled is None:
+            if item is None or stop.is_set():
                 break
+            scheduled, target = item
             now = time.perf_counter()
-            result = sender.send(scheduled - started, scheduled, lag_s=now - scheduled)
-            with lock:
-                results.append(result)
-            if on_result is not None:
-                on_result(result)
+            collector.add(sender.send(target, scheduled - started, scheduled, lag_s=now - scheduled))
         sender.close()
 
-    def add_worker() -> None:
-        thread = threading.Thread(target=worker, name=f"traffic-open-{len(workers)}", daemon=True)
-        workers.append(thread)
-        thread.start()
-
-    try:
-        for i in range(n):
-            if stop.is_set():
-                break
-            scheduled = schedule + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            with lock:
-                need_worker = idle[0] == 0 and len(workers) < max_in_flight
-            if need_worker:
-                add_worker()
-            due.put(scheduled)
-    except KeyboardInterrupt:
-        stop.set()
+    for offset, target in items:
+        scheduled = schedule + offset
+        if _sleep_until(scheduled, stop):
+            break
+        with lock:
+            need_worker = idle[0] == 0 and len(workers) < max_in_flight
+        if need_worker:
+            workers.append(threading.Thread(target=worker, name=f"traffic-open-{len(workers)}", daemon=True))
+            workers[-1].start()
+        due.put((scheduled, target))
     for _ in workers:
         due.put(None)
-    _join(workers, stop, timeout_s + 1)
-    return results, time.perf_counter() - schedule
+    _wait(workers, stop)
+    return collector.snapshot(), time.perf_counter() - schedule
+
+
+@dataclass(frozen=True)
+class Job:
+    """A whole run, picklable, so that ``--processes`` can hand the same one to each process."""
+
+    mix: Mix | None = None
+    n: int | None = None
+    duration_s: float | None = None
+    rate: float | None = None  # open loop
+    concurrency: int = 10  # closed loop: workers; open loop: the cap on requests in flight
+    timeout_s: float = 10.0
+    tls: Tls | None = None
+    schedule: tuple[tuple[float, Target], ...] | None = None  # --replay
+
+    def run(self, *, stop: threading.Event, on_result: OnResult = None, start_at: float | None = None,
+            shard: Shard = WHOLE) -> tuple[list[Result], float]:
+        options = {"timeout_s": self.timeout_s, "on_result": on_result, "stop": stop, "start_at": start_at,
+                   "tls": self.tls, "shard": shard}
+        if self.schedule is not None:
+            return run_schedule(self.schedule, max_in_flight=self.concurrency, **options)
+        if self.rate:
+            return run_open_loop(self.mix, self.rate, n=self.n, duration_s=self.duration_s,
+                                 max_in_flight=self.concurrency, **options)
+        return run_load(self.mix, self.n, concurrency=self.concurrency, duration_s=self.duration_s, **options)
+
+    @property
+    def planned(self) -> int | None:
+        """How many requests the run will send, when that is known in advance (for the progress bar)."""
+        if self.schedule is not None:
+            return len(self.schedule)
+        if self.n is not None:
+            return self.n
+        return int(self.rate * self.duration_s) if self.rate and self.duration_s else None

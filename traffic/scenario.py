@@ -29,7 +29,6 @@ the table and the field.
 
 from __future__ import annotations
 
-import http.client
 import threading
 import time
 import tomllib
@@ -37,8 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mockserv import MockServer, parse_error_rate, parse_latency
+from mockserv import parse_error_rate, parse_latency
 from mockserv.server import BehaviourError
+
+from .request import parse_target, read_text
+from .rig import Rig, algorithm_names, start_rig
+from .runner import run_load, run_open_loop
 
 ACTIONS = ("down", "up", "crash", "restart", "latency", "error-rate")
 _TOP_KEYS = {"description", "servers", "latency_ms", "algorithm", "health_interval", "eject_time", "phase", "event"}
@@ -103,9 +106,57 @@ def _unknown(where: str, table: dict, allowed: set[str]) -> None:
         raise ScenarioError(f"{where}: unknown field '{extra[0]}' (known: {', '.join(sorted(allowed))})")
 
 
-def parse_scenario(text: str, source: str = "scenario") -> Scenario:
-    from simplelb.algorithms import ALGORITHMS
+def _table(where: str, table: Any, allowed: set[str]) -> dict:
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where}: must be a table")
+    _unknown(where, table, allowed)
+    return table
 
+
+def _phase(where: str, number: int, table: dict) -> Phase:
+    if "duration" not in table:
+        raise ScenarioError(f"{where}: 'duration' (seconds) is required")
+    duration = _number(where, "duration", table["duration"], low=0.1, high=3600)
+    rate = table.get("rate")
+    concurrency = table.get("concurrency")
+    if (rate is None) == (concurrency is None):
+        raise ScenarioError(f"{where}: give exactly one of 'rate' (open loop) or 'concurrency' (closed loop)")
+    if rate is not None:
+        rate = _number(where, "rate", rate, low=0.1, high=100_000)
+    if concurrency is not None:
+        concurrency = _number(where, "concurrency", concurrency, integer=True, low=1, high=1000)
+    path = table.get("path", "/")
+    if not isinstance(path, str) or not path.startswith("/") or " " in path:
+        raise ScenarioError(f"{where}: 'path' must start with / and contain no spaces, not {path!r}")
+    method = table.get("method", "GET")
+    if not isinstance(method, str) or not method.isalpha():
+        raise ScenarioError(f"{where}: 'method' must be an HTTP method, not {method!r}")
+    return Phase(str(table.get("name", f"phase {number}")), duration, rate, concurrency, path, method.upper())
+
+
+def _event(where: str, table: dict, names: list[str], total_s: float) -> Event:
+    at = _number(where, "at", table.get("at"), low=0, high=total_s)
+    server = table.get("server")
+    if server not in names:
+        raise ScenarioError(f"{where}: 'server' must be one of {', '.join(names)}, not {server!r}")
+    action = table.get("action")
+    if action not in ACTIONS:
+        raise ScenarioError(f"{where}: 'action' must be one of {', '.join(ACTIONS)}, not {action!r}")
+    value = table.get("value")
+    if action in ("latency", "error-rate"):
+        if value is None:
+            raise ScenarioError(f"{where}: 'value' is required for {action}")
+        try:
+            (parse_latency if action == "latency" else parse_error_rate)(str(value))
+        except BehaviourError as exc:
+            raise ScenarioError(f"{where}: 'value': {exc}") from None
+        value = str(value)
+    elif value is not None:
+        raise ScenarioError(f"{where}: 'value' is only for latency and error-rate")
+    return Event(float(at), server, action, value)
+
+
+def parse_scenario(text: str, source: str = "scenario") -> Scenario:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -117,67 +168,19 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
     except BehaviourError as exc:
         raise ScenarioError(f"{source}: 'latency_ms': {exc}") from None
     algorithm = data.get("algorithm", "round-robin")
-    if algorithm not in ALGORITHMS:
-        raise ScenarioError(f"{source}: 'algorithm' must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    if algorithm not in algorithm_names():
+        raise ScenarioError(f"{source}: 'algorithm' must be one of {', '.join(algorithm_names())}, not {algorithm!r}")
     health_interval = _number(source, "health_interval", data.get("health_interval", 0.25), low=0.05, high=60)
     eject_time = _number(source, "eject_time", data.get("eject_time", 10), low=0.1, high=300)
-
     raw_phases = data.get("phase")
     if not isinstance(raw_phases, list) or not raw_phases:
         raise ScenarioError(f"{source}: needs at least one [[phase]]")
-    phases = []
-    for number, table in enumerate(raw_phases, 1):
-        where = f"{source}: phase {number}"
-        if not isinstance(table, dict):
-            raise ScenarioError(f"{where}: must be a table")
-        _unknown(where, table, _PHASE_KEYS)
-        if "duration" not in table:
-            raise ScenarioError(f"{where}: 'duration' (seconds) is required")
-        duration = _number(where, "duration", table["duration"], low=0.1, high=3600)
-        rate = table.get("rate")
-        concurrency = table.get("concurrency")
-        if (rate is None) == (concurrency is None):
-            raise ScenarioError(f"{where}: give exactly one of 'rate' (open loop) or 'concurrency' (closed loop)")
-        if rate is not None:
-            rate = _number(where, "rate", rate, low=0.1, high=100_000)
-        if concurrency is not None:
-            concurrency = _number(where, "concurrency", concurrency, integer=True, low=1, high=1000)
-        path = table.get("path", "/")
-        if not isinstance(path, str) or not path.startswith("/") or " " in path:
-            raise ScenarioError(f"{where}: 'path' must start with / and contain no spaces, not {path!r}")
-        method = table.get("method", "GET")
-        if not isinstance(method, str) or not method.isalpha():
-            raise ScenarioError(f"{where}: 'method' must be an HTTP method, not {method!r}")
-        phases.append(Phase(str(table.get("name", f"phase {number}")), duration, rate, concurrency, path, method.upper()))
-
+    phases = [_phase(f"{source}: phase {n}", n, _table(f"{source}: phase {n}", table, _PHASE_KEYS))
+              for n, table in enumerate(raw_phases, 1)]
     total = sum(p.duration_s for p in phases)
     names = [f"mock-{i + 1}" for i in range(servers)]
-    events = []
-    for number, table in enumerate(data.get("event", []), 1):
-        where = f"{source}: event {number}"
-        if not isinstance(table, dict):
-            raise ScenarioError(f"{where}: must be a table")
-        _unknown(where, table, _EVENT_KEYS)
-        at = _number(where, "at", table.get("at"), low=0, high=total)
-        server = table.get("server")
-        if server not in names:
-            raise ScenarioError(f"{where}: 'server' must be one of {', '.join(names)}, not {server!r}")
-        action = table.get("action")
-        if action not in ACTIONS:
-            raise ScenarioError(f"{where}: 'action' must be one of {', '.join(ACTIONS)}, not {action!r}")
-        value = table.get("value")
-        if action in ("latency", "error-rate"):
-            if value is None:
-                raise ScenarioError(f"{where}: 'value' is required for {action}")
-            try:
-                (parse_latency if action == "latency" else parse_error_rate)(str(value))
-            except BehaviourError as exc:
-                raise ScenarioError(f"{where}: 'value': {exc}") from None
-            value = str(value)
-        elif value is not None:
-            raise ScenarioError(f"{where}: 'value' is only for latency and error-rate")
-        events.append(Event(float(at), server, action, value))
-    events.sort(key=lambda e: e.at_s)
+    events = sorted((_event(f"{source}: event {n}", _table(f"{source}: event {n}", table, _EVENT_KEYS), names, total)
+                     for n, table in enumerate(data.get("event", []), 1)), key=lambda e: e.at_s)
     return Scenario(
         Path(source).stem, str(data.get("description", "")), servers, latency, algorithm, float(health_interval),
         float(eject_time), tuple(phases), tuple(events),
@@ -185,11 +188,14 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
 
 
 def load_scenario(path: str) -> Scenario:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_scenario(text, path)
+    return parse_scenario(read_text(path, "scenario", ScenarioError), path)
+
+
+def find_scenario(name: str) -> str:
+    """A path as given, or the bundled scenario of that name (``rolling-restart``)."""
+    if not name.endswith(".toml") and bundled(name).exists():
+        return str(bundled(name))
+    return name
 
 
 def bundled(name: str) -> Path:
@@ -197,55 +203,38 @@ def bundled(name: str) -> Path:
     return Path(__file__).with_name("scenarios") / f"{name}.toml"
 
 
-def control(server: MockServer, path: str, body: str = "") -> None:
-    """POST to one of a mock server's control endpoints, as a user with curl would."""
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
-    try:
-        conn.request("POST", path, body=body)
-        conn.getresponse().read()
-    finally:
-        conn.close()
-
-
-def apply_event(event: Event, server: MockServer) -> None:
+def apply_event(event: Event, rig: Rig) -> None:
     """Carry out one event through the server's control endpoints (or, for restart, by starting it again)."""
     if event.action in ("down", "up"):
-        control(server, "/_mock/health", event.action)
+        rig.control(event.server, "/_mock/health", event.action)
     elif event.action == "latency":
-        control(server, f"/_mock/latency?ms={event.value}")
+        rig.control(event.server, f"/_mock/latency?ms={event.value}")
     elif event.action == "error-rate":
-        control(server, f"/_mock/error-rate?p={event.value}")
+        rig.control(event.server, f"/_mock/error-rate?p={event.value}")
     elif event.action == "crash":
-        if server.running:
-            control(server, "/_mock/crash")
-    elif event.action == "restart" and not server.running:
-        server.start()
+        if rig.running(event.server):
+            rig.control(event.server, "/_mock/crash")
+    elif event.action == "restart":
+        rig.restart(event.server)
 
 
-def run_scenario(scenario: Scenario, *, say=print, timeout_s: float = 10.0, stop: threading.Event | None = None) -> dict:
-    """Run every phase and event; return the results, the event log and what was started."""
-    from simplelb import Config, LoadBalancer
-
-    from .runner import Target, run_load, run_open_loop
-
+def run_scenario(scenario: Scenario, *, say=print, timeout_s: float = 10.0, stop: threading.Event | None = None,
+                 algorithm: str | None = None) -> dict:
+    """Run every phase and event (with ``algorithm`` instead of the file's if given); return what happened."""
     stop = stop or threading.Event()
-    mocks = {f"mock-{i + 1}": MockServer(f"mock-{i + 1}", latency_ms=scenario.latency_ms, seed=i).start()
-             for i in range(scenario.servers)}
-    balancer = LoadBalancer(Config.of(
-        backends=",".join(m.address for m in mocks.values()), port=0, algorithm=scenario.algorithm,
-        health_interval_s=scenario.health_interval_s, health_timeout_s=min(0.5, scenario.health_interval_s),
-        rise=2, fall=2, eject_time_s=scenario.eject_time_s,
-    )).start()
+    rig = start_rig(scenario.servers, latency_ms=scenario.latency_ms, algorithm=algorithm or scenario.algorithm,
+                    health_interval_s=scenario.health_interval_s, eject_time_s=scenario.eject_time_s)
     fired: list[tuple[float, str]] = []
     results = []
+    halt = threading.Event()  # this run is over (``stop`` may be shared with other runs: it is not set here)
     start = time.perf_counter()
 
     def fire_events() -> None:
         for event in scenario.events:
-            if stop.wait(max(0.0, start + event.at_s - time.perf_counter())):
+            if halt.wait(max(0.0, start + event.at_s - time.perf_counter())):
                 return
             try:
-                apply_event(event, mocks[event.server])
+                apply_event(event, rig)
             except OSError as exc:
                 say(f"   event {event.label} failed: {exc}")
             fired.append((round(time.perf_counter() - start, 3), event.label))
@@ -257,26 +246,18 @@ def run_scenario(scenario: Scenario, *, say=print, timeout_s: float = 10.0, stop
         for phase in scenario.phases:
             if stop.is_set():
                 break
-            target = Target("127.0.0.1", balancer.port, phase.path)
+            target = parse_target(rig.url, phase.path, method=phase.method)
             shape = f"{phase.rate:g} req/s" if phase.rate else f"concurrency {phase.concurrency}"
             say(f"-> {phase.name}: {phase.duration_s:g}s at {shape}")
+            options = {"duration_s": phase.duration_s, "timeout_s": timeout_s, "stop": stop, "start_at": start}
             if phase.rate:
-                got, _ = run_open_loop(target, phase.rate, duration_s=phase.duration_s, method=phase.method,
-                                       timeout_s=timeout_s, stop=stop, start_at=start)
+                got, _ = run_open_loop(target, phase.rate, **options)
             else:
-                got, _ = run_load(target, None, concurrency=phase.concurrency, duration_s=phase.duration_s,
-                                  method=phase.method, timeout_s=timeout_s, stop=stop, start_at=start)
+                got, _ = run_load(target, None, concurrency=phase.concurrency, **options)
             results.extend(got)
     finally:
-        stop.set()
+        halt.set()
         events_thread.join(5)
-        balancer.stop(grace_s=2)
-        for mock in mocks.values():
-            mock.stop()
-    return {
-        "results": results,
-        "elapsed_s": time.perf_counter() - start,
-        "events": fired,
-        "backends": list(mocks),
-        "url": balancer.url + "/",
-    }
+        rig.stop(grace_s=0.2 if stop.is_set() else 2)  # after Ctrl-C, what is in flight is not waited for
+    return {"results": results, "elapsed_s": time.perf_counter() - start, "events": fired,
+            "backends": rig.names, "url": rig.url}

@@ -1,0 +1,62 @@
+"""``--redirect-http PORT``: a plain-HTTP listener that sends every request to HTTPS with a 308.
+
+The usual companion of a TLS front end: ``http://host/path?q`` answers
+``308 Permanent Redirect`` to ``https://host[:tls port]/path?q`` (308, not
+301: the method and body are kept). The host is the request's own ``Host``,
+checked for syntax; a request without one, or with a malformed one, is 400.
+Nothing is forwarded from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from http.server import BaseHTTPRequestHandler
+
+from .request import HOST_RE
+from .sideserver import SideServer
+
+log = logging.getLogger(__name__)
+
+
+class RedirectHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"
+    server_version = "simplelb"
+    timeout = 10  # seconds of silence before a client is dropped
+    https_port: int
+
+    def __getattr__(self, name: str):
+        # http.server dispatches to do_<METHOD>; every method is redirected alike.
+        if name.startswith("do_"):
+            return self._redirect
+        raise AttributeError(name)
+
+    def _redirect(self) -> None:
+        host = self.headers.get("Host", "")
+        if not host or len(self.headers.get_all("Host", [])) > 1 or not HOST_RE.fullmatch(host):
+            self._answer(400, "a request to be redirected to HTTPS needs one valid Host header\n")
+            return
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") and ":" in host else host
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        target = self.path if self.path.startswith("/") else "/"
+        self._answer(308, "moved to HTTPS\n", [("Location", f"https://{name}{port}{target}")])
+
+    def _answer(self, status: int, text: str, headers: list[tuple[str, str]] = ()) -> None:
+        body = text.encode()
+        self.send_response(status)
+        for name, value in [*headers, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+        log.debug("redirect %s: " + format, self.client_address[0], *args)
+
+
+class RedirectServer(SideServer):
+    """Binds in the constructor (a taken port fails there); ``start()`` and ``stop()``."""
+
+    def __init__(self, host: str, port: int, https_port: int):
+        handler = type("RedirectHandler", (RedirectHandler,), {"https_port": https_port})
+        super().__init__((host, port), handler, "redirect", max_connections=256)

@@ -1,0 +1,104 @@
+"""The small listeners beside the traffic port (admin, redirect): one way to run them.
+
+``SideServer`` binds a ``ThreadingHTTPServer`` for a handler class in its
+constructor (a taken port is a ``ListenError`` there, naming what it is for),
+serves on a named daemon thread, admits at most ``max_connections`` at once
+(the rest are closed at once: they cost no thread), and ``stop()`` closes
+the listener and every open connection, so a client polling on keep-alive
+sees it go. A client that goes away mid-answer is not news: no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+
+from .errors import ListenError
+from .specs import bracket
+
+log = logging.getLogger(__name__)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # a burst of connections is accepted (and refused past the cap), not SYN-dropped
+
+    def __init__(self, address, handler, max_connections: int):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._open: set[socket.socket] = set()  # guarded by _open_lock, for close_connections()
+        self._open_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)  # not HTTPServer's: it looks up our FQDN, slowly
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many connections: this one waits for nothing
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(request)
+            self._slots.release()
+
+    def close_connections(self) -> None:
+        with self._open_lock:
+            connections = list(self._open)
+        for sock in connections:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("client %s: %s", client_address[0], sys.exc_info()[1])
+            return
+        log.exception("connection from %s failed", client_address[0])
+
+
+class SideServer:
+    """One side listener; ``what`` names it in errors and thread names (``admin``, ``redirect``)."""
+
+    def __init__(self, address: tuple[str, int], handler: type, what: str, *, max_connections: int = 32):
+        self.what = what
+        try:
+            self._httpd = _Server(address, handler, max_connections)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {what} {bracket(address[0])}:{address[1]}", exc) from None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{bracket(self._httpd.server_address[0])}:{self.port}"
+
+    def start(self):
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name=f"simplelb-{self.what} :{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()
+        self._httpd.close_connections()

@@ -1,0 +1,330 @@
+"""TLS: termination with SNI and reload, checked with requests, httpx and openssl; HTTPS backends, verified."""
+
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+import requests
+from cryptography import x509
+
+from mockserv import MockServer
+
+from .conftest import JSON, RawClient, run_cli, serve_forever_ok, start_lb_process, wait_for
+
+trustme = pytest.importorskip("trustme")
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A CA, and certificate files issued by it."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def issue(name: str, *names: str) -> tuple[str, str]:
+        cert = ca.issue_cert(name, *names)
+        cert_file, key_file = tmp_path / f"{name.replace('*', 'star')}.crt", tmp_path / f"{name.replace('*', 'star')}.key"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        for extra in cert.cert_chain_pems[1:]:
+            extra.write_to_path(str(cert_file), append=True)
+        cert.private_key_pem.write_to_path(str(key_file))
+        return str(cert_file), str(key_file)
+
+    return ca, str(ca_file), issue
+
+
+def served_names(port: int, server_name: str | None, ca_file: str) -> list[str]:
+    """The DNS names of the certificate the balancer shows for ``server_name`` (None: no SNI)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+    certificate = x509.load_der_x509_certificate(der)
+    return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+
+
+@pytest.fixture
+def tls_lb(pki, mock_servers, balancer):
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost", "127.0.0.1")
+    (mock,) = mock_servers(1)
+    lb = balancer([mock], tls_cert=cert, tls_key=key, admin="127.0.0.1:0", client_header_timeout_s=2)
+    return lb, ca_file, mock
+
+
+def test_https_end_to_end_with_requests_and_httpx(tls_lb, scripted, balancer, pki):
+    lb, ca_file, mock = tls_lb
+    assert lb.url.startswith("https://127.0.0.1:")
+    response = requests.get(lb.url + "/hello", verify=ca_file, timeout=5)
+    assert response.status_code == 200 and response.json()["path"] == "/hello"
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca_file)) as client:
+        assert client.post(lb.url + "/post", content=b"x" * 100_000).json()["body_bytes"] == 100_000
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(lb.url, timeout=5)  # not trusted without the CA
+    backend = scripted(serve_forever_ok)
+    lb2 = balancer([backend], tls_cert=lb.config.listener.tls[0][0], tls_key=lb.config.listener.tls[0][1])
+    requests.get(lb2.url, verify=ca_file, timeout=5)
+    assert ("X-Forwarded-Proto", "https") in backend.received[0].headers
+
+
+@needs_openssl
+def test_openssl_s_client_sees_tls13_alpn_and_resumes_a_session(tls_lb, tmp_path):
+    lb, ca_file, _ = tls_lb
+
+    def s_client(*args: str) -> str:
+        result = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{lb.port}", "-servername", "localhost",
+             "-CAfile", ca_file, "-ign_eof", *args],
+            input=b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", capture_output=True, timeout=20)
+        return result.stdout.decode(errors="replace")
+
+    session = tmp_path / "session.pem"
+    first = s_client("-alpn", "http/1.1", "-sess_out", str(session))
+    assert "Verify return code: 0 (ok)" in first and "ALPN protocol: http/1.1" in first and "TLSv1.3" in first
+    assert "HTTP/1.1 200" in first
+    second = s_client("-sess_in", str(session))
+    assert "Reused, TLSv1.3" in second and "HTTP/1.1 200" in second
+    h2_only = s_client("-alpn", "h2")  # not offered: no ALPN, and no hang
+    assert "No ALPN negotiated" in h2_only
+    old = s_client("-tls1_1")
+    assert "HTTP/1.1 200" not in old  # TLS 1.2 and 1.3 only
+
+
+def test_sni_chooses_among_three_certificates_and_a_wildcard(pki, mock_servers, balancer):
+    ca, ca_file, issue = pki
+    pairs = (issue("first.example"), issue("second.example"), issue("*.wild.example"))
+    (mock,) = mock_servers(1)
+    lb = balancer([mock], tls_cert=pairs[0][0], tls_key=pairs[0][1])
+    lb.stop(grace_s=1)
+    from simplelb import Config, LoadBalancer
+
+    lb = LoadBalancer(Config.of(backends=mock.address, port=0, health_interval_s=60, tls=pairs)).start()
+    try:
+        assert served_names(lb.port, "second.example", ca_file) == ["second.example"]
+        assert served_names(lb.port, "first.example", ca_file) == ["first.example"]
+        assert served_names(lb.port, "api.wild.example", ca_file) == ["*.wild.example"]
+        assert served_names(lb.port, "deep.api.wild.example", ca_file) == ["first.example"]  # one label only
+        assert served_names(lb.port, "unknown.example", ca_file) == ["first.example"]
+        assert served_names(lb.port, None, ca_file) == ["first.example"]  # no SNI: the first
+    finally:
+        lb.stop(grace_s=1)
+
+
+def test_reload_swaps_certificates_and_a_bad_pair_keeps_the_old(pki, mock_servers, tmp_path, process):
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost", "127.0.0.1")
+    (mock,) = mock_servers(1)
+    config = tmp_path / "lb.toml"
+    config.write_text(f'backends = "{mock.address}"\nadmin = "127.0.0.1:0"\n\n[[tls]]\ncert = "{cert}"\nkey = "{key}"\n')
+    proc, url, admin = start_lb_process(process, "--config", str(config), admin=True)
+    port = int(url.rsplit(":", 1)[1])
+    kept = requests.Session()
+    assert kept.get(url, verify=ca_file, timeout=5).status_code == 200  # a keep-alive connection, kept open
+    new_ca = trustme.CA()
+    new_ca_file = tmp_path / "new-ca.pem"
+    new_ca.cert_pem.write_to_path(str(new_ca_file))
+    new = new_ca.issue_cert("localhost", "127.0.0.1", "fresh.example")
+    new.cert_chain_pems[0].write_to_path(cert)
+    new.private_key_pem.write_to_path(key)
+    assert requests.post(admin + "/reload", headers=JSON, timeout=5).status_code == 200
+    assert served_names(port, "localhost", str(new_ca_file)) == ["localhost", "fresh.example"]
+    assert kept.get(url, verify=ca_file, timeout=5).status_code == 200  # the open connection kept going
+    trustme.CA().issue_cert("localhost").private_key_pem.write_to_path(key)  # a key that does not match
+    bad = requests.post(admin + "/reload", headers=JSON, timeout=5)
+    assert bad.status_code == 400 and "does not match" in bad.json()["error"]
+    assert served_names(port, "localhost", str(new_ca_file)) == ["localhost", "fresh.example"]
+    kept.close()
+    proc.proc.terminate()
+    assert proc.wait() == 0
+
+
+def test_plain_http_and_garbage_on_the_tls_port(tls_lb, caplog):
+    lb, _, _ = tls_lb
+    plain = RawClient(lb.port)
+    response = plain.request(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert response.status == 400 and b"plain HTTP was sent to the HTTPS port" in response.body
+    assert plain.is_closed()
+    garbage = RawClient(lb.port)
+    garbage.send(b"\x00\x01\x02 not tls at all")
+    assert garbage.is_closed()
+    assert "Traceback" not in caplog.text
+
+
+def test_silent_clients_block_nobody_and_are_closed_at_the_deadline(tls_lb):
+    lb, ca_file, _ = tls_lb
+    silent = [socket.create_connection(("127.0.0.1", lb.port)) for _ in range(100)]
+    half = socket.create_connection(("127.0.0.1", lb.port))
+    half.sendall(b"\x16\x03\x01")  # the start of a handshake, and then nothing
+    try:
+        with requests.Session() as session:
+            session.get(lb.url, verify=ca_file, timeout=5)  # the first connection and handshake
+            times = []
+            for _ in range(3):
+                started = time.monotonic()
+                assert session.get(lb.url, verify=ca_file, timeout=5).status_code == 200
+                times.append(time.monotonic() - started)
+        assert min(times) < 0.1, times
+        half.settimeout(5)
+        started = time.monotonic()
+        assert half.recv(100) == b""  # closed at --client-header-timeout (2 s)
+        assert time.monotonic() - started < 4
+    finally:
+        for sock in [*silent, half]:
+            sock.close()
+
+
+def test_redirect_listener_sends_308_to_https(pki, mock_servers, balancer):
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost")
+    (mock,) = mock_servers(1)
+    lb = balancer([mock], tls_cert=cert, tls_key=key, redirect_http=0)
+    plain = f"http://127.0.0.1:{lb.redirect.port}"
+    response = requests.post(plain + "/a/b?c=1", data=b"kept", headers={"Host": "shop.example"},
+                             allow_redirects=False, timeout=5)
+    assert response.status_code == 308
+    assert response.headers["Location"] == f"https://shop.example:{lb.port}/a/b?c=1"
+    with_port = requests.get(plain + "/", headers={"Host": "shop.example:8080"}, allow_redirects=False, timeout=5)
+    assert with_port.headers["Location"] == f"https://shop.example:{lb.port}/"
+    assert RawClient(lb.redirect.port).request(b"GET / HTTP/1.0\r\n\r\n").status == 400  # no Host
+
+
+def test_a_bad_certificate_pair_at_start_is_one_line(pki):
+    ca, ca_file, issue = pki
+    cert, _ = issue("a.example")
+    _, other_key = issue("b.example")
+    result = run_cli("-m", "simplelb", "--backends", "127.0.0.1:9", "--tls-cert", cert, "--tls-key", other_key)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "the key does not match the certificate" in result.stderr
+    only = run_cli("-m", "simplelb", "--backends", "127.0.0.1:9", "--tls-cert", cert)
+    assert only.returncode == 2 and "--tls-cert and --tls-key go together" in only.stderr
+
+
+# --- HTTPS backends ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def https_backend(pki):
+    started = []
+
+    def make(name: str, ca=None):
+        authority = ca or pki[0]
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert(name).configure_cert(context)
+        server = MockServer(f"secure-{len(started) + 1}", ssl_context=context).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def test_an_https_backend_with_a_good_certificate_is_pooled_and_probed(pki, https_backend, balancer):
+    ca, ca_file, _ = pki
+    server = https_backend("127.0.0.1")
+    lb = balancer(f"https://127.0.0.1:{server.port}", backend_ca=ca_file, health_interval_s=0.2, admin="127.0.0.1:0")
+    with requests.Session() as session:
+        assert [session.get(lb.url + f"/{n}", timeout=5).json()["name"] for n in range(3)] == [server.name] * 3
+    (entry,) = requests.get(lb.admin.url + "/backends", timeout=5).json()
+    assert entry["address"] == f"https://127.0.0.1:{server.port}" and entry["state"] == "up"
+    assert entry["last_probe"] == "HTTP 200"
+
+
+@pytest.mark.parametrize("case", ["wrong name", "unknown CA"])
+def test_an_https_backend_that_fails_verification_is_502_and_a_failure(pki, https_backend, balancer, caplog, case):
+    ca, ca_file, _ = pki
+    server = https_backend("elsewhere.example") if case == "wrong name" else https_backend("127.0.0.1", trustme.CA())
+    lb = balancer(f"https://127.0.0.1:{server.port}", backend_ca=ca_file, retries=0, admin="127.0.0.1:0")
+    with caplog.at_level("WARNING"):
+        response = requests.get(lb.url, timeout=5)
+    assert response.status_code == 502
+    expected = "address mismatch" if case == "wrong name" else "unable to get local issuer certificate"
+    assert "TLS certificate not accepted" in response.text and expected in response.text
+    metrics = requests.get(lb.admin.url + "/metrics", timeout=5).text
+    assert 'reason="connect"} 1.0' in metrics
+    wait_for(lambda: "TLS certificate not accepted" in lb.control.status()["backends"][0]["last_probe"],
+             what="the probe to say so too")
+
+
+def test_backend_tls_insecure_accepts_any_certificate_and_says_so(pki, https_backend, balancer, caplog):
+    server = https_backend("127.0.0.1", trustme.CA())
+    with caplog.at_level("WARNING"):
+        lb = balancer(f"https://127.0.0.1:{server.port}", backend_tls_insecure=True)
+    assert "NOT verified" in caplog.text
+    assert requests.get(lb.url, timeout=5).json()["name"] == server.name
+
+
+def test_a_connection_reused_across_requests_to_an_https_backend(pki, balancer):
+    ca, ca_file, _ = pki
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    accepted = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve():
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(raw)
+            threading.Thread(target=_answer_all, args=(context.wrap_socket(raw, server_side=True),), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        lb = balancer(f"https://127.0.0.1:{listener.getsockname()[1]}", backend_ca=ca_file)
+        wait_for(lambda: len(accepted) >= 1, what="the start-up probe")
+        probes = len(accepted)
+        with requests.Session() as session:
+            assert all(session.get(lb.url, timeout=5).text == "ok" for _ in range(5))
+        assert len(accepted) == probes + 1  # five requests, one pooled TLS connection
+    finally:
+        listener.close()
+
+
+def _answer_all(tls: ssl.SSLSocket) -> None:
+    reader = tls.makefile("rb")
+    try:
+        while (line := reader.readline()) and line.strip():
+            is_probe = b"/health" in line
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + (b"Connection: close\r\n" if is_probe else b"")
+                        + b"\r\nok")
+            if is_probe:
+                return
+    except OSError:
+        pass
+    finally:
+        tls.close()
+
+
+def test_two_workers_serve_tls_and_both_take_new_certificates_on_sighup(pki, mock_servers, tmp_path, process):
+    import signal
+
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost", "127.0.0.1")
+    (mock,) = mock_servers(1)
+    proc, url, admin = start_lb_process(process, "--backends", mock.address, "--tls-cert", cert, "--tls-key", key,
+                                        "--workers", "2", "--admin", "127.0.0.1:0")
+    port = int(url.rsplit(":", 1)[1])
+    assert all(requests.get(url, verify=ca_file, timeout=5).status_code == 200 for _ in range(6))
+    fresh = ca.issue_cert("localhost", "127.0.0.1", "rotated.example")
+    fresh.cert_chain_pems[0].write_to_path(cert)
+    fresh.private_key_pem.write_to_path(key)
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: requests.get(admin + "/status", timeout=5).json()["generation"] == 2, what="the reload")
+    # New connections land on either worker: every one shows the new certificate.
+    assert all("rotated.example" in served_names(port, "localhost", ca_file) for _ in range(12))
+    proc.proc.terminate()
+    assert proc.wait(30) == 0

@@ -1,0 +1,101 @@
+"""--replay: a simplelb JSON access log sent again with its mix and spacing, to a URL or through --compare."""
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from traffic.replay import ReplayError, parse_access_log
+
+from .conftest import run_cli
+from .traffic_support import recorder, write_access_log  # noqa: F401 - a fixture
+
+MIX = [("GET", "/a"), ("GET", "/a"), ("GET", "/a"), ("POST", "/b"), ("POST", "/b"), ("DELETE", "/c?x=1")]
+
+
+def recorded_traffic(seed: int = 7) -> list[tuple[float, str, str]]:
+    """200 requests over about 3.5 s: bursts with random gaps, then half a second of silence, then more."""
+    rng = random.Random(seed)
+    requests, t = [], 0.0
+    while len(requests) < 200:
+        t += rng.expovariate(1 / 0.015)
+        if len(requests) == 120:
+            t += 0.5  # a quiet stretch that must stay quiet
+        method, target = rng.choice(MIX)
+        requests.append((round(t, 3), method, target))
+    return requests
+
+
+def test_the_log_is_sorted_by_time_and_offset_from_the_first(tmp_path):
+    log = tmp_path / "access.log"
+    write_access_log(log, [(1.5, "GET", "/late"), (0.25, "POST", "/first"), (1.0, "GET", "/mid")])
+    entries = parse_access_log(log.read_text(), str(log))
+    assert [(e.offset_s, e.method, e.target) for e in entries] == [(0.0, "POST", "/first"), (0.75, "GET", "/mid"),
+                                                                   (1.25, "GET", "/late")]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", ":2: not a simplelb JSON access-log line"),
+    ('{"time": "2024-05-01T12:00:00.000Z", "method": "GET"}', "no 'target' field"),
+    ('{"time": "2024-05-01 12:00:00", "method": "GET", "target": "/"}', "needs a time zone"),
+    ('{"time": "yesterday", "method": "GET", "target": "/"}', "Invalid isoformat"),
+    ('{"time": "2024-05-01T12:00:00.000Z", "method": "G T", "target": "/"}', "not an HTTP method"),
+    ('{"time": "2024-05-01T12:00:00.000Z", "method": "GET", "target": "x"}', "must be a path"),
+])
+def test_a_bad_line_is_named(line, message):
+    good = '{"time": "2024-05-01T12:00:00.000Z", "method": "GET", "target": "/"}'
+    with pytest.raises(ReplayError) as info:
+        parse_access_log(good + "\n" + line + "\n", "my.log")
+    assert str(info.value).startswith("my.log:2: ") and message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_empty_or_binary_log_is_one_line(tmp_path):
+    empty, binary = tmp_path / "empty.log", tmp_path / "bin.log"
+    empty.write_text("\n\n")
+    binary.write_bytes(b"\xff\xfe{}\n")
+    for path, message in ((empty, "no requests in it"), (binary, "not UTF-8 text")):
+        result = run_cli("-m", "traffic", "--replay", str(path), "--url", "http://127.0.0.1:1")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def arrivals(server) -> list[float]:
+    first = server.received[0]["t"]
+    return [r["t"] - first for r in server.received]
+
+
+@pytest.mark.parametrize("speed", [1, 2])
+def test_replay_reproduces_the_mix_and_the_spacing_within_5_percent(recorder, tmp_path, speed):  # noqa: F811
+    requests = recorded_traffic()
+    log = tmp_path / "access.log"
+    write_access_log(log, random.Random(1).sample(requests, len(requests)))  # written out of order, as logs are
+    server = recorder()
+    result = run_cli("-m", "traffic", "--replay", str(log), "--url", server.url, "--speed", str(speed), "--json",
+                     timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["requests"] == len(requests)
+    # The mix: exactly the recorded requests.
+    assert Counter((r["method"], r["target"]) for r in server.received) == Counter((m, t) for _, m, t in requests)
+    # The spacing: the whole span within 5%, and 95% of the requests (a busy machine may stall this
+    # process for a moment; the report's send lag says so) each within 5% of the span of its time.
+    want = [offset / speed for offset, _, _ in requests]
+    span = want[-1]
+    got = sorted(arrivals(server))
+    assert abs(got[-1] - span) <= 0.05 * span, (got[-1], span)
+    off = sorted(abs(g - w) for g, w in zip(got, want, strict=True))
+    assert off[int(0.95 * len(off))] <= 0.05 * span, off[-10:]
+    quiet_from, quiet_to = want[119], want[120]  # the half second of silence stays silent
+    assert not any(quiet_from + 0.05 * span < t < quiet_to - 0.05 * span for t in got)
+
+
+def test_compare_on_replayed_traffic(tmp_path):
+    log = tmp_path / "access.log"
+    write_access_log(log, [(i * 0.01, "GET", f"/item/{i % 5}") for i in range(60)])
+    result = run_cli("-m", "traffic", "--compare", "round-robin,least-connections", "--replay", str(log),
+                     "--slow-backend", "20", "--json", timeout_s=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == "60 replayed requests"
+    for summary in report["algorithms"].values():
+        assert summary["requests"] == 60 and summary["status_codes"] == {"200": 60}
+    assert report["algorithms"]["round-robin"]["backends"]["mock-3"]["requests"] == 20
