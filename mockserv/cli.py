@@ -62,6 +62,14 @@ def _etcd_url(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _name_prefix(text: str) -> str:
+    from simplelb.specs import NAME_RE
+
+    if not NAME_RE.fullmatch(text + "1"):
+        raise argparse.ArgumentTypeError(f"a name prefix is letters, digits or ._~:@+-, not {text!r}")
+    return text
+
+
 def _ttl(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 3600:
         raise argparse.ArgumentTypeError(f"the TTL must be whole seconds from 1 to 3600, not {text!r}")
@@ -78,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-port", type=_port, default=8081,
                         help="port of the first server; the others follow (0: any free ports)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (IPv6 too: ::1)")
+    parser.add_argument("--name-prefix", type=_name_prefix, default="mock-", metavar="TEXT",
+                        help="servers are named TEXT1, TEXT2...: processes registering on one etcd prefix need their own")
     parser.add_argument("--latency", type=_behaviour(parse_latency), default=(0.0, 0.0), metavar="MS",
                         help="delay per request in ms: fixed (50) or a range (20-80)")
     parser.add_argument("--error-rate", type=_behaviour(parse_error_rate), default=0.0, metavar="P",
@@ -127,7 +137,7 @@ def start(args: argparse.Namespace, stack: contextlib.ExitStack, say) -> MockFle
         stack.callback(tls.close)
     try:
         fleet = MockFleet(args.n, args.host, args.base_port, latency_ms=args.latency, error_rate=args.error_rate,
-                          seed=args.seed, ssl_context=tls and tls.context)
+                          seed=args.seed, ssl_context=tls and tls.context, prefix=args.name_prefix)
     except FleetError as exc:
         raise StartError(str(exc)) from None
     stack.callback(fleet.stop)

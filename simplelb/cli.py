@@ -73,7 +73,7 @@ def summary(config: Config) -> str:
     count = f"{len(cluster.backends) - backups} backend{'s' * (len(cluster.backends) - backups != 1)}"
     if backups:
         count += f" and {backups} backup{'s' * (backups != 1)}"
-    return f"{count} ({describe(cluster.backends)}), algorithm {cluster.algorithm}"
+    return f"{count} ({describe(cluster.backends, cluster.source_urls)}), algorithm {cluster.algorithm}"
 
 
 def main(argv: list[str] | None = None) -> int:

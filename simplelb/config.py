@@ -27,7 +27,7 @@ from typing import Any
 
 from . import convert as c
 from .errors import ConfigError
-from .specs import BackendSpec, check_unique, parse_backends
+from .specs import BackendSpec, SourceSpec, check_unique, parse_backends
 
 LISTENER, CLUSTER = "listener", "cluster"
 
@@ -61,6 +61,14 @@ L, C = LISTENER, CLUSTER
 OPTIONS: tuple[Option, ...] = (
     Option("--backends", "backends", parse_backends, "comma-separated backends: host:port[=WEIGHT] or http://host:port", C, "LIST"),
     Option("--backup", "backups", _backups, "backends used only when every primary is unavailable", C, "LIST"),
+    Option("--discovery", "discovery", c.optional(c.etcd_url),
+           "also read backends from etcd: keys PREFIX/backends/NAME, listed then watched", C, "etcd://HOST:PORT/PREFIX"),
+    Option("--dns-server", "dns_server", c.optional(c.dns_server),
+           "resolve dns:// and dns+srv:// backends with this server instead of the system's", C, "HOST:PORT"),
+    Option("--dns-refresh", "dns_refresh_s", c.optional(c.seconds()),
+           "seconds between lookups of dns:// backends (off: each answer's TTL, within 1..300)", C, "S"),
+    Option("--sticky-secret-file", "sticky_secret_file", c.optional(c.secret_file),
+           "file holding the sticky-cookie secret, so balancers that share it honour each other's cookies", L, "FILE"),
     Option("--host", "host", c.listen_host, "address to listen on", L, "ADDR"),
     Option("--port", "port", c.int_range(0, 65535), "port to listen on (0 picks a free one)", L),
     Option("--workers", "workers", c.int_range(1, 64), "processes serving the listening port, each with its own health checks", L, "N"),
@@ -146,7 +154,7 @@ _INTERNAL: dict[str, Callable[[Any], Any]] = {
 def _validate(instance: Any) -> None:
     """Convert every field of a frozen config in place; the first error is raised, naming the flag."""
     for f in fields(instance):
-        if f.name == "backends":
+        if f.name in ("backends", "sources"):
             continue
         option = OPTION_BY_FIELD.get(f.name)
         converter = option.convert if option else _INTERNAL[f.name]
@@ -170,6 +178,7 @@ class ListenerConfig:
     access_log: str | None = None  # None: one line per request through logging, at info
     access_log_format: str = "combined"
     request_id_header: str | None = None
+    sticky_secret_file: str | None = None  # None: the secret comes from etcd with --discovery, or is random
     tls: tuple[tuple[str, str], ...] = ()  # (certificate, key) files; the first is for clients without SNI
     redirect_http: int | None = None  # None: no plain-HTTP listener redirecting to HTTPS
     tunnel_timeout_s: float = 3600.0  # an idle WebSocket is usually pinged well within an hour
@@ -211,6 +220,10 @@ class ClusterConfig:
     """The backends and how traffic reaches them; may change while the balancer runs."""
 
     backends: tuple[BackendSpec, ...] = ()  # primaries and backups, each spec says which
+    sources: tuple[SourceSpec, ...] = ()  # the dns:// and dns+srv:// entries of the backends
+    discovery: str | None = None  # etcd://HOST:PORT/PREFIX
+    dns_server: tuple[str, int] | None = None  # None: the system's resolvers (/etc/resolv.conf)
+    dns_refresh_s: float | None = None  # None: each answer's TTL, bounded to 1..300 s
     algorithm: str = "round-robin"
     hash_key: str = "ip"
     hash_balance_factor: float | None = None  # None: plain consistent hashing
@@ -242,17 +255,32 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
-        specs = self.backends
-        if not isinstance(specs, tuple) or not all(isinstance(s, BackendSpec) for s in specs):
-            specs = parse_backends(specs)
-            object.__setattr__(self, "backends", specs)
+        entries = self.backends
+        if not isinstance(entries, tuple) or not all(isinstance(s, BackendSpec) for s in entries):
+            entries = parse_backends(entries)
+        specs = tuple(s for s in entries if isinstance(s, BackendSpec))
+        sources = tuple(self.sources) + tuple(s for s in entries if isinstance(s, SourceSpec))
+        object.__setattr__(self, "backends", specs)
+        object.__setattr__(self, "sources", sources)
         check_unique(specs)
-        if not any(not s.backup for s in specs):
-            raise ConfigError("no backends given: pass --backends host:port[,host:port...] or [[backend]] in --config")
+        if len({s.url for s in sources}) != len(sources):
+            raise ConfigError("a dns:// backend is listed twice")
+        if not any(not s.backup for s in specs) and not self.discovers:
+            raise ConfigError("no backends given: pass --backends host:port[,host:port...] or [[backend]] in --config, "
+                              "or a source (dns://NAME:PORT, --discovery etcd://...)")
         if self.health_timeout_s is None:
             object.__setattr__(self, "health_timeout_s", min(1.0, self.health_interval_s))
         elif self.health_timeout_s > self.health_interval_s:
             raise ConfigError("--health-timeout must not be longer than --health-interval")
+
+    @property
+    def discovers(self) -> bool:
+        """Whether backends come from discovery sources (then the static set may be empty)."""
+        return bool(self.sources or self.discovery)
+
+    @property
+    def source_urls(self) -> tuple[str, ...]:
+        return tuple(s.url for s in self.sources) + ((self.discovery,) if self.discovery else ())
 
     @property
     def primaries(self) -> tuple[BackendSpec, ...]:
@@ -270,14 +298,16 @@ class ClusterConfig:
         """Plain JSON-able values; ``cluster_from_dict`` reads them back."""
         values = asdict(self)
         values["backends"] = [spec.to_dict() for spec in self.backends]
+        values["sources"] = [source.to_dict() for source in self.sources]
         return values
 
 
 def cluster_from_dict(values: dict) -> ClusterConfig:
-    from .specs import backend_from_table
+    from .specs import backend_from_table, entry_from_table
 
     specs = tuple(backend_from_table(table, "backend") for table in values["backends"])
-    return ClusterConfig(**{**values, "backends": specs})
+    sources = tuple(entry_from_table(table, "source") for table in values.get("sources", ()))
+    return ClusterConfig(**{**values, "backends": specs, "sources": sources})
 
 
 def listener_from_dict(values: dict) -> ListenerConfig:

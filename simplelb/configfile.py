@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import OPTION_BY_FIELD, OPTIONS, Config, build
 from .errors import ConfigError
-from .specs import BackendSpec, backend_from_table
+from .specs import Entry, entry_from_table
 
 _OPTION_BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -51,14 +51,14 @@ def _read(path: str) -> tuple[dict, str]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def _backend_tables(path: str, text: str, tables: Any, errors: list[str]) -> tuple[BackendSpec, ...]:
+def _backend_tables(path: str, text: str, tables: Any, errors: list[str]) -> tuple[Entry, ...]:
     if not isinstance(tables, list):
         errors.append(f"{path}: 'backend' must be [[backend]] tables")
         return ()
     specs = []
     for number, table in enumerate(tables, 1):
         try:
-            specs.append(backend_from_table(table, f"{path}: [[backend]] #{number}"))
+            specs.append(entry_from_table(table, f"{path}: [[backend]] #{number}"))
         except ConfigError as exc:
             errors.append(str(exc))
     return tuple(specs)

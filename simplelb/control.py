@@ -7,7 +7,9 @@ listener and SIGHUP need:
 * ``change(edit)`` -- ``edit`` maps the running ``ClusterConfig`` to a new
   one (raising an ``HTTPError`` when the request is wrong); the result is
   applied whole. Changes are serialised, so two admin calls never edit the
-  same base.
+  same base. Discovery applies what its sources find through it too
+  (``operator=False``); an operator's change of a discovered backend is
+  kept over what its source says until the next reload (see ``discovery``).
 * ``reload()`` -- read the configuration source again (file and flags). If
   anything is wrong nothing changes: the error is logged, counted and
   raised. Listener settings that changed are logged as needing a restart.
@@ -26,6 +28,7 @@ from collections.abc import Callable
 
 from .cluster import Cluster
 from .config import ClusterConfig, Config
+from .discovery import Discovery
 from .errors import ConfigError
 from .stats import BOUNDS_S
 from .tls import Certificates, load_certificates
@@ -73,7 +76,7 @@ class LocalControl:
     """Reload, admin edits and status for the cluster in this process."""
 
     def __init__(self, cluster: Cluster, source, running: Config, snapshot: Callable[[], dict] | None = None,
-                 tls=None):
+                 tls=None, *, discover: bool = True):
         self.cluster = cluster
         self.tls = tls  # the TLS front end, whose certificates a reload reads again
         self._snapshot = snapshot or (lambda: {"backends": cluster.status()})
@@ -83,18 +86,31 @@ class LocalControl:
         self.shutting_down = False  # set at SIGTERM: /readyz turns 503 before anything stops
         self.reloads = ReloadCounter()
         self._changing = threading.Lock()  # one change at a time: read, edit, apply
+        self.discovery = Discovery(self.change, enabled=discover)  # a worker's parent discovers for it
+        self.discovery.configure(cluster.view.config)
+
+    def start(self) -> None:
+        """Start discovery (waiting briefly for its first answers)."""
+        self.discovery.start()
+
+    def stop(self) -> None:
+        self.discovery.stop()
 
     def config(self) -> ClusterConfig:
         return self.cluster.view.config
 
-    def change(self, edit: Callable[[ClusterConfig], ClusterConfig]) -> int:
+    def change(self, edit: Callable[[ClusterConfig], ClusterConfig], *, operator: bool = True) -> int:
         with self._changing:
-            return self.cluster.update(edit(self.cluster.view.config)).generation
+            before = self.cluster.view.config
+            after = edit(before)
+            if operator:
+                after = self.discovery.edited(before, after)
+            return self.cluster.update(after).generation
 
     def reload(self) -> int:
         with self._changing:
             config, certificates = load_for_reload(self.source, self.running, self.reloads)
-            generation = self.cluster.update(config.cluster).generation
+            generation = self.cluster.update(self.discovery.configure(config.cluster)).generation
             if certificates is not None and self.tls is not None:
                 self.tls.install(certificates)
             self.reloads.success += 1
@@ -122,5 +138,6 @@ class LocalControl:
             "workers": [{"pid": os.getpid(), "generation": view.generation}],
             "reloads": self.reloads.as_dict(),
             "histogram_bounds_s": BOUNDS_S,
+            "discovery": self.discovery.status(),
             **self._snapshot(),
         }

@@ -136,7 +136,7 @@ def admin_address(value: Any) -> tuple[str, int]:
     return listen_host(host), int(port)
 
 
-def token_file(value: Any) -> str:
+def token_file(value: Any, what: str = "token") -> str:
     """A readable file with a token of at least 16 characters in it."""
     path = str(value)
     try:
@@ -147,8 +147,36 @@ def token_file(value: Any) -> str:
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text") from None
     if len(token) < 16 or any(ch.isspace() for ch in token):
-        raise ConfigError(f"{path} must hold one token of at least 16 characters, without spaces")
+        raise ConfigError(f"{path} must hold one {what} of at least 16 characters, without spaces")
     return os.path.abspath(path)
+
+
+def secret_file(value: Any) -> str:
+    return token_file(value, "secret")
+
+
+def etcd_url(value: Any) -> str:
+    """``etcd://HOST[:PORT]/PREFIX``, checked; kept as written."""
+    from .etcd import EtcdError, parse_etcd_url
+
+    try:
+        parse_etcd_url(str(value))
+    except EtcdError as exc:
+        raise ConfigError(str(exc)) from None
+    return str(value)
+
+
+def dns_server(value: Any) -> tuple[str, int]:
+    """``IP`` or ``IP:PORT`` (``[::1]:5353``) -> (ip, port); a resolver is addressed by IP, port 53 by default."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        value = f"[{value[0]}]:{value[1]}" if ":" in str(value[0]) else f"{value[0]}:{value[1]}"
+    text = str(value).strip()
+    host, port = text, "53"
+    if text.startswith("[") and "]:" in text or text.count(":") == 1:
+        host, _, port = text.rpartition(":")
+    if not _is_ip(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"must be a resolver's IP[:PORT], e.g. 127.0.0.1:5353, not {value!r}")
+    return host.strip("[]"), int(port)
 
 
 def readable_file(value: Any) -> str:

@@ -35,6 +35,7 @@ import time
 
 from .channel import Channel, ChannelClosed, Requests
 from .config import Config
+from .discovery import shared_secret
 from .errors import ConfigError, ListenError
 from .fleetcontrol import FleetControl
 from .redirect import RedirectServer
@@ -80,7 +81,9 @@ class WorkerHandle:
         while (message := self.channel.receive()) is not None:
             if self.requests.answered(message):
                 continue
-            if message.get("event") == "ready":
+            if message.get("ok") and "generation" in message:  # an apply confirmed after its wait ran out
+                self.generation = max(self.generation, message["generation"])
+            elif message.get("event") == "ready":
                 self.ready.set()
             elif message.get("event") == "stats":
                 self.stats = message["stats"]
@@ -95,7 +98,7 @@ class Supervisor:
         self.config = config
         self.workers: dict[int, WorkerHandle] = {}  # number -> worker
         self._lock = threading.Lock()  # guards workers
-        self._secret = secrets.token_bytes(32)
+        self._secret = shared_secret(config) or secrets.token_bytes(32)  # one for every worker
         self.control = FleetControl(self, source, config)
         self.signals = Signals()
         self.port = 0
@@ -124,6 +127,7 @@ class Supervisor:
         admin = redirect = None
         listener = self.config.listener
         try:
+            self.control.start()  # discovery first: the workers start with what it found
             for number in range(1, listener.workers + 1):
                 self._spawn(number)
             if listener.admin is not None:
@@ -136,6 +140,7 @@ class Supervisor:
             self._watch()
         finally:
             self.control.shutting_down = True
+            self.control.stop()
             self._drain()
             for server in (admin, redirect):
                 if server is not None:
@@ -145,9 +150,9 @@ class Supervisor:
 
     def _banner(self, admin, redirect) -> None:
         # Every worker is listening by now: the banner is a promise that the port answers.
-        listener, cluster = self.config.listener, self.config.cluster
+        listener, cluster = self.config.listener, self.control.current()[1]
         url = f"{'https' if listener.tls else 'http'}://{bracket(listener.host)}:{self.port}"
-        print(f"simplelb: listening on {url}, {cluster.algorithm} over {describe(cluster.backends)}, "
+        print(f"simplelb: listening on {url}, {cluster.algorithm} over {describe(cluster.backends, cluster.source_urls)}, "
               f"{listener.workers} workers", flush=True)
         if redirect is not None:
             print(f"simplelb: redirecting http on port {redirect.port} to {url}", flush=True)
@@ -174,15 +179,16 @@ class Supervisor:
             sock.close()
             theirs.close()
         worker = WorkerHandle(number, proc, Channel(ours))
-        with self._lock:
-            self.workers[number] = worker
-        generation, cluster = self.control.current()
-        try:
-            worker.channel.send({"listener": _listener_dict(self.config), "cluster": cluster.to_dict(),
-                                 "generation": generation, "secret": self._secret.hex()})
-        except ChannelClosed:
-            pass
-        worker.generation = generation
+        # Held: no change may reach the worker before its first message, nor be sent between the two.
+        with self.control.held() as (generation, cluster):
+            with self._lock:
+                self.workers[number] = worker
+            try:
+                worker.channel.send({"listener": _listener_dict(self.config), "cluster": cluster.to_dict(),
+                                     "generation": generation, "secret": self._secret.hex()})
+            except ChannelClosed:
+                pass
+            worker.generation = generation
         if not worker.ready.wait(READY_TIMEOUT_S):
             log.warning("worker %d (pid %d) did not report ready", number, proc.pid)
         return worker

@@ -17,16 +17,18 @@ workers for a moment (each probes on its own); a backend's state in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .channel import ChannelClosed
 from .config import ClusterConfig, Config
 from .configfile import FixedSource
 from .control import ReloadCounter, load_for_reload
+from .discovery import Discovery
 from .stats import BOUNDS_S, add_counts
 
 log = logging.getLogger(__name__)
@@ -115,27 +117,45 @@ class FleetControl:
         self.shutting_down = False
         self.reloads = ReloadCounter()
         self._changing = threading.Lock()  # one change at a time; guards _cluster and _generation
-        self._cluster = running.cluster
+        self.discovery = Discovery(self.change)  # runs here, once for every worker
+        self._cluster = self.discovery.configure(running.cluster)
         self._generation = 1
         self._retired_lock = threading.Lock()  # guards the two below: what dead workers counted
         self._retired_backends: dict[str, dict] = {}
         self._retired: dict | None = None
 
+    def start(self) -> None:
+        """Start discovery, before the workers: they start with what it found."""
+        self.discovery.start()
+
+    def stop(self) -> None:
+        self.discovery.stop()
+
     def current(self) -> tuple[int, ClusterConfig]:
         with self._changing:
             return self._generation, self._cluster
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[tuple[int, ClusterConfig]]:
+        """The current generation, with changes held off until the block ends (a new worker's first message)."""
+        with self._changing:
+            yield self._generation, self._cluster
+
     def config(self) -> ClusterConfig:
         return self._cluster
 
-    def change(self, edit: Callable[[ClusterConfig], ClusterConfig]) -> int:
+    def change(self, edit: Callable[[ClusterConfig], ClusterConfig], *, operator: bool = True) -> int:
         with self._changing:
-            return self._apply(edit(self._cluster))
+            after = edit(self._cluster)
+            if operator:
+                after = self.discovery.edited(self._cluster, after)
+            return self._apply(after)
 
     def reload(self) -> int:
         with self._changing:
             config, certificates = load_for_reload(self.source, self.running, self.reloads)
-            generation = self._apply(config.cluster, config.listener.tls if certificates is not None else None)
+            tls = config.listener.tls if certificates is not None else None
+            generation = self._apply(self.discovery.configure(config.cluster), tls)
             self.reloads.success += 1
             self.reloads.last_error = None
         log.info("reloaded: generation %d sent to every worker", generation)
@@ -215,6 +235,7 @@ class FleetControl:
             "workers": [{"number": w.number, "pid": w.pid, "generation": w.generation} for w in workers],
             "reloads": self.reloads.as_dict(),
             "histogram_bounds_s": BOUNDS_S,
+            "discovery": self.discovery.status(),
             **merge_stats([w.stats for w in workers], retired),
             "backends": merge_backends([w.stats["backends"] for w in workers], retired_backends),
         }

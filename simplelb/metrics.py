@@ -98,6 +98,17 @@ def _backends(backends: list[dict]) -> Iterator[Metric]:
     yield from (responses, duration, failures, retries, up, state, in_flight, weight, probes, ejections)
 
 
+def _discovery(sources: list[dict]) -> Iterator[Metric]:
+    up = GaugeMetricFamily("simplelb_discovery_up",
+                           "1 when the source's last lookup or watch worked; 0: stale, its last set is kept",
+                           labels=["source"])
+    found = GaugeMetricFamily("simplelb_discovery_backends", "Backends the source found last", labels=["source"])
+    for source in sources:
+        up.add_metric([source["source"]], 1 if source["up"] else 0)
+        found.add_metric([source["source"]], source["backends"])
+    yield from (up, found)
+
+
 class _StatusCollector:
     def __init__(self, status: dict):
         self._status = status
@@ -105,6 +116,7 @@ class _StatusCollector:
     def collect(self) -> Iterator[Metric]:
         yield from _traffic(self._status)
         yield from _backends(self._status["backends"])
+        yield from _discovery(self._status.get("discovery", []))
 
 
 def render(status: dict) -> bytes:

@@ -32,6 +32,7 @@ from .config import Config
 from .configfile import FixedSource
 from .connections import ConnectionTracker
 from .control import LocalControl
+from .discovery import shared_secret
 from .errors import (
     BadRequest,
     ClientBodyError,
@@ -233,6 +234,8 @@ class LoadBalancer(ThreadingHTTPServer):
     socket instead (a worker gets one from its supervisor). ``source`` is
     what a reload reads (a config file and flags); by default the config
     itself, so a reload undoes changes made through the admin API.
+    ``discover=False`` (a worker: its parent discovers) runs no discovery
+    source; otherwise ``start()`` starts them (``discovery``).
     """
 
     daemon_threads = True  # a stuck client must never keep the process alive
@@ -248,9 +251,12 @@ class LoadBalancer(ThreadingHTTPServer):
         listen_socket: socket.socket | None = None,
         sticky_secret: bytes | None = None,
         admin: bool = True,
+        discover: bool = True,
     ):
         self.config = config
         listener = config.listener
+        if sticky_secret is None and discover:
+            sticky_secret = shared_secret(config)
         self.cluster = Cluster(config.cluster, sticky_secret=sticky_secret, algorithm=algorithm)
         self.tunnels = Gauge()  # upgraded connections open now
         self.forwarder = Forwarder(self.cluster, ForwardOptions(
@@ -262,7 +268,7 @@ class LoadBalancer(ThreadingHTTPServer):
         ), self.tunnels)
         self.tls = TLSFrontEnd(listener.tls) if listener.tls else None
         self.control = LocalControl(self.cluster, source or FixedSource(config), config, snapshot=self.snapshot,
-                                    tls=self.tls)
+                                    tls=self.tls, discover=discover)
         self.connections = ConnectionTracker(listener.max_clients)
         self.gate = FairGate(listener.active_requests)
         self.stats = ServerStats()
@@ -321,6 +327,7 @@ class LoadBalancer(ThreadingHTTPServer):
     def start(self) -> LoadBalancer:
         """Start health checks, the admin listener and serving on background threads; return self."""
         self.cluster.start()
+        self.control.start()
         if self.admin is not None:
             self.admin.start()
         if self.redirect is not None:
@@ -336,6 +343,7 @@ class LoadBalancer(ThreadingHTTPServer):
         """Stop accepting, drain, and release everything; False if requests were cut off."""
         grace = self.config.listener.grace_period_s if grace_s is None else grace_s
         self.control.shutting_down = True
+        self.control.stop()
         if self._serve_thread is not None:
             self.shutdown()
             self._serve_thread.join()

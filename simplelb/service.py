@@ -76,8 +76,9 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
         on_ready()
     if banner:
         # The banner goes to stdout whatever the log level: scripts read the ports from it.
-        cluster = config.cluster
-        print(f"simplelb: listening on {balancer.url}, {cluster.algorithm} over {describe(cluster.backends)}",
+        cluster = balancer.cluster.view.config  # with what discovery found at start
+        print(f"simplelb: listening on {balancer.url}, {cluster.algorithm} over "
+              f"{describe(cluster.backends, cluster.source_urls)}",
               flush=True)
         if balancer.redirect is not None:
             print(f"simplelb: redirecting http on port {balancer.redirect.port} to {balancer.url}", flush=True)

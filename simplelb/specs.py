@@ -7,6 +7,11 @@ admin call that keeps a name keeps the backend's state.
 
 Addresses are written ``host:port``, ``http://host:port`` or ``[v6]:port``;
 ``bracket`` is the one place that puts an IPv6 literal in brackets.
+
+A ``SourceSpec`` is not a backend but a discovery source written where
+backends are: ``dns://NAME:PORT`` (every A and AAAA record of NAME) or
+``dns+srv://_service._proto.NAME`` (the targets of its SRV records). It
+stands for the backends it resolves to (see ``discovery``).
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from .errors import ConfigError
 
 MAX_WEIGHT = 1000
 ADMIN_STATES = ("ready", "drain", "maint")
+SOURCE_SCHEMES = ("dns://", "dns+srv://")
 
 # A DNS name or an IPv4 literal, or an IPv6 literal in brackets.
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 # Names appear in admin URLs (/backends/NAME) and metric labels: no spaces, slashes or quotes.
 NAME_RE = re.compile(r"[A-Za-z0-9._~:\[\]@+-]{1,128}")
+# A DNS name as dns:// and dns+srv:// take it: SRV owner names have labels like _http and _tcp.
+DNS_NAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_\-.]*[A-Za-z0-9_.])?")
 
 
 def bracket(host: str) -> str:
@@ -64,6 +72,53 @@ class BackendSpec:
         return replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class SourceSpec:
+    """A DNS discovery source given among the backends; each backend it finds gets ``weight`` and ``backup``.
+
+    SRV records carry their own weights, which take the place of ``weight``.
+    """
+
+    url: str  # dns://NAME:PORT or dns+srv://_service._proto.NAME, as written
+    weight: int = 1
+    backup: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.url.split("://", 1)[0].lower()
+
+    def to_dict(self) -> dict:
+        return {"address": self.url, "weight": self.weight, "backup": self.backup}
+
+
+def is_source(text: str) -> bool:
+    return text.strip().lower().startswith(SOURCE_SCHEMES)
+
+
+def parse_dns_url(url: str) -> tuple[str, str, int | None]:
+    """``dns://NAME:PORT`` -> ("dns", NAME, PORT); ``dns+srv://NAME`` -> ("dns+srv", NAME, None)."""
+    scheme, _, rest = url.strip().partition("://")
+    scheme = scheme.lower()
+    if scheme == "dns":
+        name, sep, port_text = rest.rpartition(":")
+        if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(f"backend {url!r}: expected dns://NAME:PORT")
+    elif scheme == "dns+srv":
+        name, port_text = rest, None
+        if ":" in name:
+            raise ConfigError(f"backend {url!r}: dns+srv:// takes no port (the SRV records give them)")
+    else:
+        raise ConfigError(f"backend {url!r}: discovery sources are dns://NAME:PORT or dns+srv://_service._proto.NAME")
+    if not DNS_NAME_RE.fullmatch(name) or len(name) > 253:
+        raise ConfigError(f"backend {url!r}: {name!r} is not a DNS name")
+    return scheme, name, int(port_text) if port_text else None
+
+
+def parse_source(text: str, weight: int = 1, backup: bool = False) -> SourceSpec:
+    parse_dns_url(text)
+    return SourceSpec(text.strip(), weight, backup)
+
+
 def parse_address(text: str, what: str = "backend") -> tuple[str, int, bool]:
     """``host:port``, ``http://host:port[/]`` or ``https://...`` -> (host, port, tls), IPv6 unbracketed."""
     original = text
@@ -90,13 +145,15 @@ def check_weight(value: object, where: str) -> int:
     return value
 
 
-def parse_backend(text: str, *, backup: bool = False) -> BackendSpec:
-    """Parse ``host:port``, ``http://host:port`` or either with ``=WEIGHT``."""
+def parse_backend(text: str, *, backup: bool = False) -> BackendSpec | SourceSpec:
+    """Parse ``host:port``, ``http://host:port``, a ``dns://`` source, or any of them with ``=WEIGHT``."""
     spec = text.strip()
     weight = 1
     if "=" in spec:
         spec, _, weight_text = spec.rpartition("=")
         weight = check_weight(int(weight_text) if weight_text.isdigit() else weight_text, f"backend {text.strip()!r}")
+    if is_source(spec):
+        return parse_source(spec, weight, backup)
     host, port, tls = parse_address(spec)
     return BackendSpec(host, port, weight, backup, tls=tls)
 
@@ -128,12 +185,33 @@ def backend_from_table(table: dict, where: str) -> BackendSpec:
     return BackendSpec(host, port, weight, backup, name, state, tls)
 
 
-def parse_backends(value: object, *, backup: bool = False) -> tuple[BackendSpec, ...]:
-    """A comma-separated list, or a list of texts or specs, -> specs (empty allowed)."""
-    if isinstance(value, BackendSpec):
+def entry_from_table(table: dict, where: str) -> BackendSpec | SourceSpec:
+    """A ``[[backend]]`` table of a config file: a backend, or a ``dns://`` source (no name, no state)."""
+    address = table.get("address") if isinstance(table, dict) else None
+    if not isinstance(address, str) or not is_source(address):
+        return backend_from_table(table, where)
+    unknown = sorted(set(table) - {"address", "weight", "backup"})
+    if unknown:
+        raise ConfigError(f"{where}: {unknown[0]!r} does not apply to a DNS source (its backends are named by address)")
+    backup = table.get("backup", False)
+    if not isinstance(backup, bool):
+        raise ConfigError(f"{where}: 'backup' must be true or false, not {backup!r}")
+    try:
+        return parse_source(address, check_weight(table.get("weight", 1), where), backup)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+Entry = BackendSpec | SourceSpec
+
+
+def parse_backends(value: object, *, backup: bool = False) -> tuple[Entry, ...]:
+    """A comma-separated list, or a list of texts or specs, -> specs and sources (empty allowed)."""
+    if isinstance(value, (BackendSpec, SourceSpec)):
         return (value,)
     if isinstance(value, (tuple, list)):
-        return tuple(item if isinstance(item, BackendSpec) else parse_backend(str(item), backup=backup) for item in value)
+        return tuple(item if isinstance(item, (BackendSpec, SourceSpec)) else parse_backend(str(item), backup=backup)
+                     for item in value)
     if value is None:
         return ()
     if not isinstance(value, str):
@@ -156,8 +234,8 @@ def check_unique(specs: tuple[BackendSpec, ...]) -> None:
         names.add(spec.name)
 
 
-def describe(specs: tuple[BackendSpec, ...]) -> str:
-    """``a:1, b:2 (weight 3), c:3 (backup)`` for banners and ``--check``."""
+def describe(specs: tuple[BackendSpec, ...], sources: tuple[str, ...] = ()) -> str:
+    """``a:1, b:2 (weight 3), c:3 (backup)`` for banners and ``--check``; then any discovery sources."""
     parts = []
     for spec in specs:
         notes = [f"weight {spec.weight}"] if spec.weight != 1 else []
@@ -165,4 +243,5 @@ def describe(specs: tuple[BackendSpec, ...]) -> str:
         notes += [spec.state] if spec.state != "ready" else []
         label = spec.location if spec.name == spec.location else f"{spec.name}={spec.location}"
         parts.append(label + (f" ({', '.join(notes)})" if notes else ""))
+    parts += [f"{source} (discovered)" for source in sources]
     return ", ".join(parts)

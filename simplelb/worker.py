@@ -107,7 +107,8 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
         signal.signal(signum, lambda signum, _: log.warning(
             "%s ignored: signal the parent, which tells every worker", signal.Signals(signum).name))
     listen_socket = socket.socket(fileno=listen_fd)
-    balancer = LoadBalancer(config, listen_socket=listen_socket, sticky_secret=bytes.fromhex(first["secret"]), admin=False)
+    balancer = LoadBalancer(config, listen_socket=listen_socket, sticky_secret=bytes.fromhex(first["secret"]),
+                            admin=False, discover=False)
     signal.signal(signal.SIGUSR1, lambda *_: balancer.reopen_logs())  # passed on by the parent
     link = WorkerLink(channel, balancer, first["generation"], stopping)
     balancer.start()

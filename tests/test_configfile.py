@@ -106,6 +106,7 @@ SAMPLES = {
     "backends": '"a:1"', "backups": '"b:2"', "admin": '"127.0.0.1:0"', "hash_balance_factor": "1.5",
     "sticky_cookie": '"lb"', "health_timeout_s": "1", "eject_on_5xx": "true", "access_log": '"-"',
     "request_id_header": '"X-Request-Id"', "backend_header": '"X-Upstream"', "redirect_http": "0",
+    "discovery": '"etcd://127.0.0.1:2379/app"', "dns_server": '"127.0.0.1:53"', "dns_refresh_s": "5",
 }
 
 
@@ -151,7 +152,7 @@ def test_every_option_is_accepted_in_the_config_file(tmp_path, option, tls_files
     server_pem, ca_pem = tls_files
     with_tls = f'tls-cert = "{server_pem}"\ntls-key = "{server_pem}"\n'
     files = {"admin_token_file": f'"{token}"', "backend_ca": f'"{ca_pem}"', "tls_cert": f'"{server_pem}"',
-             "tls_key": f'"{server_pem}"'}
+             "tls_key": f'"{server_pem}"', "sticky_secret_file": f'"{token}"'}
     values = defaults()
     sample = files.get(option.field) or SAMPLES.get(option.field)
     if sample is None:

@@ -1,0 +1,327 @@
+"""Discovery: backends learned from DNS and etcd, merged into the running configuration.
+
+Theory of operation
+-------------------
+A *source* is a ``dns://`` or ``dns+srv://`` entry of the backends, or
+``--discovery etcd://...``. Each runs on its own named daemon thread and
+sends COMPLETE lists of ``BackendSpec`` -- everything it knows now, never a
+difference -- into one channel (a queue). A source never touches the
+cluster, and when it cannot reach its DNS server or etcd it sends nothing:
+the last list it sent stands, and its status says since when it is stale.
+
+One watcher thread (``Discovery``) takes what arrives, waits ``SETTLE_S``
+for the rest of a burst (three keys put at once make one change, not
+three), keeps the latest list per source and, when one differs from what it
+had, merges and applies:
+
+    static backends (the file, the flags, the admin API's additions)
+  + each source's latest list, in configuration order
+  + the operator's overrides (weight, state) of discovered backends
+  = a whole new ``ClusterConfig``, applied through the control's ``change()``
+
+so a discovery update is serialised with admin changes and reloads, and
+with ``--workers`` it is one generation sent to every worker. A discovered
+backend whose name or address is taken already (by a static backend, or by
+an earlier source) is left out, and logged.
+
+The control calls ``configure()`` with each configuration it loads (at
+start and at every reload): sources that stay keep running and keep their
+lists, new ones start, gone ones stop, and the operator's overrides end (a
+reload replaces runtime changes, as it always has). It calls ``edited()``
+with the result of each operator's change (not of the watcher's): backends the sources did not find become
+the static part, and a discovered backend's weight or state that differs
+from its source's becomes an override, kept across updates until a reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from .config import ClusterConfig, Config, read_token
+from .errors import ConfigError, Conflict
+from .specs import BackendSpec
+
+log = logging.getLogger(__name__)
+
+# Seconds the watcher waits after a list arrives for the rest of a burst, before applying.
+SETTLE_S = 0.05
+# Seconds start() waits for every source's first answer, so the balancer starts with its backends.
+FIRST_ANSWER_S = 3.0
+# What an operator's PATCH may set on a discovered backend, kept over what its source says.
+OVERRIDABLE = ("weight", "state")
+
+Edit = Callable[[ClusterConfig], ClusterConfig]
+Specs = tuple[BackendSpec, ...]
+
+
+class Source:
+    """One discovery source on a named daemon thread; sends complete lists to ``publish``.
+
+    A subclass implements ``run()``, which loops until ``stopping`` is set,
+    calling ``found(specs)`` with each complete list and ``failed(reason)``
+    when an attempt fails. ``identity`` says what makes two sources the same
+    (a reload keeps a source whose identity stays).
+    """
+
+    def __init__(self, url: str, identity: tuple, publish: Callable[[Source, Specs], None]):
+        self.url = url
+        self.identity = identity
+        self._publish = publish
+        self.stopping = threading.Event()
+        self.answered = threading.Event()  # set at the first outcome, good or bad
+        self._lock = threading.Lock()  # guards the status fields below
+        self._up = False
+        self._stale_since: float | None = None  # wall-clock time of the first failure in a row
+        self._count = 0
+        self._last_error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Source:
+        self._thread = threading.Thread(target=self._run, name=f"discovery {self.url}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.run()
+        except Exception:  # a bug must not pass silently; the last list stands
+            log.exception("discovery source %s stopped", self.url)
+            self.failed("stopped by an internal error (see the log)")
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def interrupt(self) -> None:
+        """Wake ``run()`` from a blocking wait (a subclass's watch); ``stopping`` is set already."""
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.interrupt()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def found(self, specs: Specs) -> None:
+        with self._lock:
+            if not self._up:
+                log.info("discovery %s: %d backends%s", self.url, len(specs),
+                         " (up again)" if self._stale_since is not None else "")
+            self._up, self._stale_since, self._last_error, self._count = True, None, None, len(specs)
+        self._publish(self, tuple(specs))
+        self.answered.set()
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            first = self._stale_since is None
+            self._up, self._last_error = False, reason
+            if first:
+                self._stale_since = time.time()
+        (log.warning if first else log.debug)("discovery %s: %s; keeping the last %d backends",
+                                              self.url, reason, self._count)
+        self.answered.set()
+
+    def status(self) -> dict:
+        with self._lock:
+            stale = self._stale_since
+            return {
+                "source": self.url,
+                "up": self._up,
+                "stale_since": datetime.fromtimestamp(stale, UTC).isoformat(timespec="seconds") if stale else None,
+                "backends": self._count,
+                "last_error": self._last_error,
+            }
+
+
+def plan(cluster: ClusterConfig, publish) -> list[tuple[tuple, Callable[[], Source]]]:
+    """The sources ``cluster`` asks for, as (identity, factory), in configuration order."""
+    from .dnsdiscovery import DnsSource
+    from .etcddiscovery import EtcdSource
+
+    wanted = [(DnsSource.identity_of(s, cluster), lambda s=s: DnsSource(s, cluster, publish)) for s in cluster.sources]
+    if cluster.discovery:
+        wanted.append((EtcdSource.identity_of(cluster.discovery), lambda: EtcdSource(cluster.discovery, publish)))
+    return wanted
+
+
+class Discovery:
+    """Runs a configuration's sources and merges their lists into it; ``change`` is the control's."""
+
+    def __init__(self, change: Callable[..., int], *, enabled: bool = True):
+        self._change = change
+        self._enabled = enabled  # False in a worker: its parent discovers
+        self._lock = threading.Lock()  # guards everything below but the queue
+        self._base: ClusterConfig | None = None  # the static part: settings and backends not discovered
+        self._order: list[tuple] = []  # source identities, in configuration order
+        self._sources: dict[tuple, Source] = {}
+        self._lists: dict[tuple, Specs] = {}  # each source's latest list
+        self._overrides: dict[str, dict] = {}  # backend name -> {"weight": ..., "state": ...}
+        self._skipped: set[tuple[str, str]] = set()  # (source, name) left out as taken, logged once
+        self._updates: queue.Queue = queue.Queue()  # the channel: (source, specs), or None to stop
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    # --- what the control calls (holding its change lock) -------------------------------
+
+    def configure(self, cluster: ClusterConfig) -> ClusterConfig:
+        """A configuration as loaded: sources started, kept or stopped; overrides end. The merged result."""
+        wanted = plan(cluster, self._updates_put) if self._enabled else []
+        with self._lock:
+            self._base = cluster
+            self._overrides.clear()
+            self._order = [identity for identity, _ in wanted]
+            gone = [self._sources.pop(i) for i in list(self._sources) if i not in self._order]
+            # A source restarted with other settings keeps its list until it answers again.
+            last_lists = {source.url: self._lists.pop(source.identity, ()) for source in gone}
+            new = []
+            for identity, factory in wanted:
+                if identity not in self._sources:
+                    self._sources[identity] = source = factory()
+                    self._lists[identity] = last_lists.get(source.url, ())
+                    new.append(source)
+            running = self._running
+            merged = self._merged()
+        for source in gone:
+            log.info("discovery %s: no longer configured; stopping it", source.url)
+            source.stop()
+        if running:
+            for source in new:
+                source.start()
+        return merged
+
+    def edited(self, before: ClusterConfig, after: ClusterConfig) -> ClusterConfig:
+        """An operator's change: split into static backends and overrides of discovered ones; the merged result."""
+        with self._lock:
+            if not self._order:
+                self._base = after
+                return after
+            discovered = {spec.name: spec for spec in self._discovered()}
+            missing = [name for name in discovered if after.spec(name) is None and before.spec(name) is not None]
+            if missing:
+                raise Conflict(f"{missing[0]!r} is discovered: remove it at its source, or drain it or put it in "
+                               "maintenance here")
+            overrides = {name: o for name, o in self._overrides.items() if name not in discovered}
+            static = []
+            for spec in after.backends:
+                found = discovered.get(spec.name)
+                if found is None:
+                    static.append(spec)
+                    continue
+                differs = {key: getattr(spec, key) for key in OVERRIDABLE if getattr(spec, key) != getattr(found, key)}
+                if differs:
+                    overrides[spec.name] = differs
+            self._overrides = overrides
+            self._base = after.with_backends(tuple(static))
+            return self._merged()
+
+    def merged(self) -> ClusterConfig:
+        with self._lock:
+            return self._merged()
+
+    # --- merging (lock held) ---------------------------------------------------------------
+
+    def _discovered(self) -> list[BackendSpec]:
+        """Every source's latest specs that are not taken already, in order, before overrides."""
+        names = {s.name for s in self._base.backends}
+        addresses = {s.address for s in self._base.backends}
+        kept = []
+        for identity in self._order:
+            source = self._sources[identity]
+            for spec in self._lists.get(identity, ()):
+                if spec.name in names or spec.address in addresses:
+                    if (source.url, spec.name) not in self._skipped:
+                        self._skipped.add((source.url, spec.name))
+                        log.warning("discovery %s: %s (%s) is taken already; left out", source.url, spec.name,
+                                    spec.address)
+                    continue
+                names.add(spec.name)
+                addresses.add(spec.address)
+                kept.append(spec)
+        return kept
+
+    def _merged(self) -> ClusterConfig:
+        specs = [spec.but(**self._overrides[spec.name]) if spec.name in self._overrides else spec
+                 for spec in self._discovered()]
+        if not specs:
+            return self._base
+        return self._base.with_backends(self._base.backends + tuple(specs))
+
+    # --- running ---------------------------------------------------------------------------
+
+    def _updates_put(self, source: Source, specs: Specs) -> None:
+        self._updates.put((source, specs))
+
+    def start(self, wait_s: float = FIRST_ANSWER_S) -> None:
+        """Start the sources, wait (bounded) for their first answers, apply them, then watch for more."""
+        with self._lock:
+            self._running = True
+            sources = list(self._sources.values())
+        for source in sources:
+            source.start()
+        deadline = time.monotonic() + wait_s
+        for source in sources:
+            source.answered.wait(max(0.0, deadline - time.monotonic()))
+        self._apply(self._take_pending([]))
+        if self._enabled:
+            self._thread = threading.Thread(target=self._watch, name="discovery-merge", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running = False
+            sources = list(self._sources.values())
+        for source in sources:
+            source.stop()
+        if self._thread is not None:
+            self._updates.put(None)
+            self._thread.join(10)
+
+    def _watch(self) -> None:
+        while (first := self._updates.get()) is not None:
+            time.sleep(SETTLE_S)
+            batch = self._take_pending([first])
+            if None in batch:
+                return
+            self._apply(batch)
+
+    def _take_pending(self, batch: list) -> list:
+        while True:
+            try:
+                batch.append(self._updates.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _apply(self, batch: list) -> None:
+        changed = False
+        with self._lock:
+            for source, specs in batch:
+                if self._sources.get(source.identity) is not source:
+                    continue  # a source stopped by a reload, still talking
+                if self._lists.get(source.identity) != specs:
+                    self._lists[source.identity] = specs
+                    changed = True
+        if not changed:
+            return
+        try:
+            self._change(lambda running: self.merged(), operator=False)
+        except (ConfigError, Conflict) as exc:  # cannot happen with deduplicated lists; say so if it does
+            log.error("discovery: the merged configuration was refused: %s", exc)
+
+    def status(self) -> list[dict]:
+        with self._lock:
+            sources = [self._sources[identity] for identity in self._order]
+        return [source.status() for source in sources]
+
+
+def shared_secret(config: Config) -> bytes | None:
+    """The sticky-cookie secret shared by balancers: ``--sticky-secret-file``, else etcd's, else None."""
+    if config.listener.sticky_secret_file:
+        return read_token(config.listener.sticky_secret_file).encode()
+    if config.cluster.discovery:
+        from .etcddiscovery import etcd_secret
+
+        return etcd_secret(config.cluster.discovery)
+    return None

@@ -1,0 +1,185 @@
+"""Discovery without a network: sources in the configuration, the merge, operator overrides, etcd values."""
+
+import json
+
+import pytest
+
+from simplelb import Config
+from simplelb.config import cluster_from_dict
+from simplelb.configfile import ConfigSource
+from simplelb.discovery import Discovery
+from simplelb.errors import ConfigError, Conflict
+from simplelb.etcddiscovery import parse_entry
+from simplelb.specs import BackendSpec, SourceSpec
+
+from .conftest import run_cli
+
+# --- the configuration --------------------------------------------------------------------
+
+
+def test_dns_entries_of_the_backends_are_sources_not_backends():
+    cluster = Config.of(backends="dns://web.test:8080=3,a:1", backups="dns+srv://_http._tcp.svc.test").cluster
+    assert [s.address for s in cluster.backends] == ["a:1"]
+    assert cluster.sources == (SourceSpec("dns://web.test:8080", 3, False),
+                               SourceSpec("dns+srv://_http._tcp.svc.test", 1, True))
+    assert cluster_from_dict(json.loads(json.dumps(cluster.to_dict()))) == cluster
+
+
+def test_sources_alone_are_enough_and_nothing_at_all_is_not():
+    assert Config.of(backends="dns://web.test:80").cluster.backends == ()
+    assert Config.of(discovery="etcd://127.0.0.1:2379/app").cluster.discovers
+    with pytest.raises(ConfigError, match="no backends given"):
+        Config.of(dns_server="127.0.0.1:53")
+
+
+@pytest.mark.parametrize("backends, message", [
+    ("dns://web.test", "expected dns://NAME:PORT"),
+    ("dns://web test:80", "is not a DNS name"),
+    ("dns+srv://_http._tcp.x:80", "takes no port"),
+    ("dns://a:80,dns://a:80", "listed twice"),
+])
+def test_a_bad_source_is_one_clear_error(backends, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.of(backends=backends)
+
+
+def test_discovery_flags_are_checked():
+    with pytest.raises(ConfigError, match="--discovery: expected etcd://HOST"):
+        Config.of(backends="a:1", discovery="http://127.0.0.1:2379/app")
+    with pytest.raises(ConfigError, match="--dns-server: must be a resolver's IP"):
+        Config.of(backends="a:1", dns_server="resolver.example:53")
+    assert Config.of(backends="a:1", dns_server="[::1]:5353").cluster.dns_server == ("::1", 5353)
+
+
+def test_a_source_in_a_backend_table(tmp_path):
+    path = tmp_path / "lb.toml"
+    path.write_text('discovery = "etcd://127.0.0.1:2379/app"\n\n[[backend]]\naddress = "dns://web.test:80"\n'
+                    'weight = 2\n\n[[backend]]\naddress = "a:1"\n')
+    cluster = ConfigSource(str(path)).load().cluster
+    assert cluster.sources == (SourceSpec("dns://web.test:80", 2),) and cluster.discovery.endswith("/app")
+    path.write_text('[[backend]]\naddress = "dns://web.test:80"\nname = "web"\n')
+    with pytest.raises(ConfigError, match="'name' does not apply to a DNS source"):
+        ConfigSource(str(path)).load()
+
+
+def test_check_names_the_sources():
+    result = run_cli("-m", "simplelb", "--backends", "dns://web.test:80", "--discovery", "etcd://127.0.0.1:1/app",
+                     "--check")
+    assert result.returncode == 0, result.stderr
+    assert "dns://web.test:80 (discovered), etcd://127.0.0.1:1/app (discovered)" in result.stdout
+
+
+# --- the merge ------------------------------------------------------------------------------
+
+
+class FakeControl:
+    """What Discovery needs of a control: ``change(edit, operator=)``, applied to a held configuration."""
+
+    def __init__(self, cluster):
+        self.discovery = Discovery(self.change)
+        self.running = self.discovery.configure(cluster)
+        self.generations = 1
+
+    def change(self, edit, *, operator=True):
+        after = edit(self.running)
+        self.running = self.discovery.edited(self.running, after) if operator else after
+        self.generations += 1
+        return self.generations
+
+    def found(self, index: int, *specs: BackendSpec) -> None:
+        source = self.discovery._sources[self.discovery._order[index]]
+        self.discovery._apply([(source, specs)])  # what the watcher does with what a source sent
+
+    def names(self):
+        return [(s.name, s.weight, s.state) for s in self.running.backends]
+
+
+def spec(address: str, **kwargs) -> BackendSpec:
+    host, port = address.rsplit(":", 1)
+    return BackendSpec(host, int(port), **kwargs)
+
+
+@pytest.fixture
+def control():
+    return FakeControl(Config.of(backends="static:1,dns://a.test:80,dns://b.test:80").cluster)
+
+
+def test_static_backends_first_then_each_source_in_order_without_duplicates(control):
+    control.found(1, spec("10.0.0.2:80"), spec("static:1"))
+    control.found(0, spec("10.0.0.1:80"), spec("10.0.0.2:80"))
+    assert [name for name, _, _ in control.names()] == ["static:1", "10.0.0.1:80", "10.0.0.2:80"]
+    generation = control.generations
+    control.found(0, spec("10.0.0.1:80"), spec("10.0.0.2:80"))
+    assert control.generations == generation  # the same list again changes nothing
+
+
+def test_an_operator_change_of_a_discovered_backend_outlives_updates_until_a_reload(control):
+    control.found(0, spec("10.0.0.1:80"), spec("10.0.0.3:80"))
+    control.change(lambda c: c.with_backends(tuple(s.but(state="drain", weight=7) if s.name == "10.0.0.1:80" else s
+                                                   for s in c.backends)))
+    control.found(0, spec("10.0.0.1:80", weight=2), spec("10.0.0.4:80"))
+    assert control.names() == [("static:1", 1, "ready"), ("10.0.0.1:80", 7, "drain"), ("10.0.0.4:80", 1, "ready")]
+    control.found(0)  # gone from its source, then back: the override is still there
+    control.found(0, spec("10.0.0.1:80"))
+    assert ("10.0.0.1:80", 7, "drain") in control.names()
+    control.running = control.discovery.configure(Config.of(backends="static:1,dns://a.test:80").cluster)
+    assert control.names() == [("static:1", 1, "ready"), ("10.0.0.1:80", 1, "ready")]  # source kept, override gone
+
+
+def test_a_backend_added_by_the_operator_stays_static(control):
+    control.change(lambda c: c.with_backends((*c.backends, spec("added:2"))))
+    control.found(0, spec("10.0.0.1:80"))
+    assert [name for name, _, _ in control.names()] == ["static:1", "added:2", "10.0.0.1:80"]
+
+
+def test_a_discovered_backend_cannot_be_deleted_here(control):
+    control.found(0, spec("10.0.0.1:80"))
+    with pytest.raises(Conflict, match="is discovered"):
+        control.change(lambda c: c.with_backends(tuple(s for s in c.backends if s.name != "10.0.0.1:80")))
+
+
+def test_a_reload_that_drops_a_source_drops_its_backends(control):
+    control.found(0, spec("10.0.0.1:80"))
+    control.found(1, spec("10.0.0.2:80"))
+    control.running = control.discovery.configure(Config.of(backends="static:1,dns://b.test:80").cluster)
+    assert [name for name, _, _ in control.names()] == ["static:1", "10.0.0.2:80"]
+    assert [s["source"] for s in control.discovery.status()] == ["dns://b.test:80"]
+
+
+# --- etcd values ------------------------------------------------------------------------------
+
+
+def test_an_etcd_value_becomes_a_backend_named_by_its_key():
+    entry = parse_entry("app/backends/web-1", b'{"address": "127.0.0.1:8081", "weight": 3, "state": "drain",'
+                                              b' "registered_by": "deploy-42"}', "app/backends/")
+    assert entry == BackendSpec("127.0.0.1", 8081, 3, False, "web-1", "drain")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("app/backends/web-1", b"{not json", "not JSON"),
+    ("app/backends/web-1", b'["127.0.0.1:1"]', "not a JSON object"),
+    ("app/backends/web-1", b'{"weight": 2}', "'address' must be a string"),
+    ("app/backends/web-1", b'{"address": "127.0.0.1:1", "weight": 0}', "weight must be"),
+    ("app/backends/web-1", b'{"address": "127.0.0.1:1", "state": "off"}', "'state' must be one of"),
+    ("app/backends/a b", b'{"address": "127.0.0.1:1"}', "is not 1-128 letters"),
+])
+def test_a_malformed_etcd_value_says_what_is_wrong(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_entry(key, value, "app/backends/")
+
+
+def test_balancers_given_one_secret_file_share_the_cookie_secret(tmp_path):
+    from simplelb import LoadBalancer
+
+    path = tmp_path / "secret"
+    path.write_text("a-shared-secret-of-some-length\n")
+    config = Config.of(backends="127.0.0.1:1", sticky_secret_file=str(path), port=0)
+    balancers = [LoadBalancer(config), LoadBalancer(config)]
+    try:
+        assert {lb.cluster._secret for lb in balancers} == {b"a-shared-secret-of-some-length"}
+    finally:
+        for lb in balancers:
+            lb.stop(grace_s=0)
+    path.write_text("short")
+    with pytest.raises(ConfigError, match="one secret of at least 16 characters"):
+        Config.of(backends="127.0.0.1:1", sticky_secret_file=str(path))
