@@ -29,7 +29,6 @@ from .http1 import (
     CHUNKED,
     LAST_CHUNK,
     NO_BODY,
-    HeadTooLarge,
     ResponseHead,
     comma_tokens,
     header_values,
@@ -38,6 +37,7 @@ from .http1 import (
 )
 from .request import ClientRequest, ForwardOptions
 from .retry import IDEMPOTENT_METHODS
+from .sockio import HeadTooLarge
 from .upstream import PooledConnection
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import socket
 from typing import TYPE_CHECKING
 
 from .errors import BodyTooLarge, ClientBodyError, ClientDisconnected
-from .http1 import SCRATCH, BodyError, Framing, SocketReader, iter_body, send_chunk
+from .http1 import BodyError, Framing, iter_body, send_chunk
+from .sockio import SCRATCH, SocketReader
 
 if TYPE_CHECKING:
     from .request import ClientRequest

@@ -18,26 +18,20 @@ function:
   rather than "repaired": a repair is exactly the disagreement between two
   parsers that smuggling exploits.
 
-All socket reading goes through ``SocketReader``, a small buffer whose unread
-bytes are visible (``pending``): a backend connection is only reused when the
-response ended exactly where its framing said, with nothing left over.
+All socket reading goes through ``sockio.SocketReader``, a small buffer whose
+unread bytes are visible (``pending``): a backend connection is only reused
+when the response ended exactly where its framing said, with nothing left
+over.
 """
 
 from __future__ import annotations
 
 import re
 import socket
-import ssl
-import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import BadGateway, BadRequest, HTTPError
-
-# Bodies are copied in pieces of at most this size: large enough that a big
-# download costs few system calls, small enough that memory stays flat.
-COPY_CHUNK = 256 * 1024
+from .sockio import COPY_CHUNK, SocketReader, sendall_parts
 
 # A chunk-size line is hex digits plus optional extensions; nobody needs more.
 MAX_CHUNK_LINE = 4096
@@ -53,7 +47,6 @@ _BAD_VALUE_CHAR_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
 _VERSION_RE = re.compile(rb"HTTP/(\d)\.(\d)")
 _STATUS_LINE_RE = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
-_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
 
 Headers = list[tuple[str, str]]
@@ -62,139 +55,6 @@ Headers = list[tuple[str, str]]
 def is_token(text: str) -> bool:
     """RFC 9110 §5.6.2: one or more tchar (header names, methods, cookie names, upgrade protocols)."""
     return _TEXT_TOKEN_RE.fullmatch(text) is not None
-
-
-class SocketReader:
-    """Buffered reading from a socket, with the unread bytes visible.
-
-    ``read``/``readline`` return at most what one ``recv`` brings, so data is
-    passed on as soon as it arrives (a slow response streams, it does not wait
-    for a full buffer). EOF is ``b""``.
-    """
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self._buf = bytearray()
-        # Set when read_head changed the socket's timeout for its deadline, so
-        # the owner knows to set its own again (settimeout is a system call:
-        # it is only made when the value really changes).
-        self.timeout_changed = False
-
-    @property
-    def pending(self) -> int:
-        """How many received bytes nobody has read yet."""
-        return len(self._buf)
-
-    def peek(self) -> bytes:
-        """The received bytes nobody has read yet, left in place."""
-        return bytes(self._buf)
-
-    def take_pending(self) -> bytes:
-        """Remove and return the received bytes nobody has read yet."""
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
-
-    def fill(self, size: int = 65536) -> bool:
-        """One ``recv`` into the buffer; False at EOF. Socket errors and timeouts pass through."""
-        return self._fill(size)
-
-    def _fill(self, size: int = COPY_CHUNK) -> bool:
-        data = self.sock.recv(size)
-        if not data:
-            return False
-        self._buf += data
-        return True
-
-    def read(self, limit: int = COPY_CHUNK) -> bytes:
-        if self._buf:
-            data = bytes(self._buf[:limit])
-            del self._buf[:limit]
-            return data
-        return self.sock.recv(limit)
-
-    def read_into(self, scratch: bytearray, limit: int = COPY_CHUNK) -> memoryview:
-        """Like ``read``, into ``scratch``: the view is valid until the next read into it."""
-        view = memoryview(scratch)
-        limit = min(limit, len(scratch))
-        if self._buf:
-            count = min(len(self._buf), limit)
-            view[:count] = self._buf[:count]
-            del self._buf[:count]
-            return view[:count]
-        return view[: self.sock.recv_into(scratch, limit)]
-
-    def read_exact(self, n: int) -> bytes:
-        """Read exactly ``n`` bytes or raise ``EOFError``."""
-        while len(self._buf) < n:
-            if not self._fill():
-                raise EOFError(f"connection closed with {n - len(self._buf)} of {n} bytes unread")
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
-
-    def readline(self, limit: int) -> bytes:
-        """Read one line including its LF; raise ``ValueError`` past ``limit`` bytes, ``EOFError`` at EOF."""
-        start = 0
-        while True:
-            end = self._buf.find(b"\n", start, limit + 1)
-            if end >= 0:
-                line = bytes(self._buf[: end + 1])
-                del self._buf[: end + 1]
-                return line
-            if len(self._buf) > limit:
-                raise ValueError("line too long")
-            start = len(self._buf)
-            if not self._fill():
-                raise EOFError("connection closed in the middle of a line")
-
-    def read_head(self, max_bytes: int, deadline: float | None = None, max_first_line: int | None = None) -> bytes | None:
-        """Read a message head up to and including its empty line.
-
-        Returns ``None`` on a clean EOF before any byte (the peer simply closed
-        an idle connection). Raises ``HeadTooLarge`` past ``max_bytes`` or
-        when the start line runs past ``max_first_line``,
-        ``EOFError`` on EOF mid-head, ``TimeoutError`` once ``deadline`` (a
-        ``time.monotonic()`` value, a total budget rather than a per-read one)
-        has passed.
-        """
-        searched = 0
-        while True:
-            # RFC 9112 §2.2: empty lines before a request line are ignored.
-            while self._buf.startswith(b"\r\n") or self._buf.startswith(b"\n"):
-                del self._buf[: 2 if self._buf[0] == 13 else 1]
-            match = _HEAD_END_RE.search(self._buf, max(0, searched - 3))
-            end = match.end() if match else len(self._buf)
-            first_line_end = self._buf.find(b"\n", 0, end)
-            if max_first_line is not None and (
-                first_line_end > max_first_line or first_line_end < 0 and end > max_first_line
-            ):
-                raise HeadTooLarge(end, start_line=True)
-            if end > max_bytes:
-                raise HeadTooLarge(end, start_line=first_line_end < 0)
-            if match:
-                head = bytes(self._buf[:end])
-                del self._buf[:end]
-                return head
-            searched = len(self._buf)
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("message head not received in time")
-                self.sock.settimeout(remaining)
-                self.timeout_changed = True
-            if not self._fill(65536):
-                if not self._buf:
-                    return None
-                raise EOFError("connection closed in the middle of a message head")
-
-
-class HeadTooLarge(Exception):
-    """A head grew past its limit; ``start_line`` says the start line alone was too long."""
-
-    def __init__(self, size: int, *, start_line: bool):
-        super().__init__(f"message head larger than the limit ({size} bytes read)")
-        self.start_line = start_line
 
 
 # --- heads ------------------------------------------------------------------
@@ -376,36 +236,6 @@ class BodyError(Exception):
     """A body ended early or its chunked framing was broken."""
 
 
-class ScratchBuffers:
-    """Copy buffers lent to one body at a time and reused, so memory stays flat.
-
-    A fresh 256 KiB ``bytes`` per piece, from threads in several malloc
-    arenas, fragments the heap: a soak of 1 MiB bodies grew the process
-    without bound. A body borrows one buffer, reads into it (``recv_into``)
-    and sends from a view of it; at most ``keep`` idle ones are kept.
-    """
-
-    def __init__(self, size: int = COPY_CHUNK, keep: int = 32):
-        self.size = size
-        self.keep = keep
-        self._lock = threading.Lock()  # guards _free
-        self._free: list[bytearray] = []
-
-    @contextmanager
-    def borrow(self):
-        with self._lock:
-            buffer = self._free.pop() if self._free else bytearray(self.size)
-        try:
-            yield buffer
-        finally:
-            with self._lock:
-                if len(self._free) < self.keep:
-                    self._free.append(buffer)
-
-
-SCRATCH = ScratchBuffers()
-
-
 def iter_body(reader: SocketReader, framing: Framing, scratch: bytearray | None = None):
     """Yield the body's data (framing removed) in pieces of at most ``COPY_CHUNK``.
 
@@ -504,22 +334,6 @@ def send_chunk(sock: socket.socket, data) -> int:
     parts = [b"%x\r\n" % len(data), data, b"\r\n"]
     sendall_parts(sock, parts)
     return sum(len(p) for p in parts)
-
-
-def sendall_parts(sock: socket.socket, parts: list) -> None:
-    """``sendall`` of several buffers without joining them (``sendmsg``; one by one where not available)."""
-    if isinstance(sock, ssl.SSLSocket):  # (it has sendmsg, which raises NotImplementedError)
-        for part in parts:
-            sock.sendall(part)
-        return
-    views = [memoryview(part).cast("B") for part in parts]
-    while views:
-        sent = sock.sendmsg(views)
-        while views and sent >= len(views[0]):
-            sent -= len(views[0])
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]
 
 
 LAST_CHUNK = b"0\r\n\r\n"

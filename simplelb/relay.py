@@ -17,8 +17,9 @@ from .client import ClientConnection
 from .errors import ResponseAborted
 from .gate import Turn
 from .headers import encode_head, response_headers_for_client, with_content_length, with_field
-from .http1 import LAST_CHUNK, SCRATCH, BodyError, ResponseHead, comma_tokens, iter_body, response_framing
+from .http1 import LAST_CHUNK, BodyError, ResponseHead, comma_tokens, iter_body, response_framing
 from .request import ClientRequest
+from .sockio import SCRATCH
 from .upstream import PooledConnection
 
 

@@ -1,4 +1,4 @@
-"""The balancer as a server: the listening socket, client connections, the error funnel.
+"""The balancer as a server: the listening socket and everything with a lifetime.
 
 ``LoadBalancer`` is a ``ThreadingHTTPServer`` that owns everything with a
 lifetime: the ``Cluster`` (backends, pools, health checks), the client
@@ -7,10 +7,7 @@ on a named daemon thread; ``stop()`` drains it: stop accepting, close idle
 keep-alive connections, let in-flight requests finish within the grace
 period.
 
-``ProxyRequestHandler`` runs one client connection: it reads each request
-head (with our strict parser, not ``http.server``'s lenient one), hands the
-request to the ``Forwarder`` and turns any ``HTTPError`` into a response
-through ``error_response`` -- the one place where error responses are made.
+``handler.ProxyRequestHandler`` runs each client connection.
 """
 
 from __future__ import annotations
@@ -20,12 +17,10 @@ import socket
 import socketserver
 import threading
 import time
-from email.utils import formatdate
-from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 
 from . import algorithms
-from .accesslog import AccessLog, RequestRecord, format_text
+from .accesslog import AccessLog, RequestRecord, format_text, text_log
 from .client import ClientConnection
 from .cluster import Cluster
 from .config import Config
@@ -34,195 +29,29 @@ from .connections import ConnectionTracker
 from .control import LocalControl
 from .discovery import shared_secret
 from .errors import (
-    BadRequest,
-    ClientBodyError,
-    ClientDisconnected,
-    HTTPError,
     ListenError,
-    ResponseAborted,
     TooManyClients,
 )
 from .gate import FairGate
-from .headers import encode_head, request_id_for
-from .http1 import HeadTooLarge, SocketReader, parse_request_head
+from .handler import ProxyRequestHandler, error_response
 from .proxy import Forwarder
 from .redirect import RedirectServer
-from .request import ForwardOptions, admit
+from .request import ForwardOptions
 from .specs import bracket
 from .stats import Gauge, ServerStats
-from .tls import HandshakeFailed, TLSFrontEnd
+from .tls import TLSFrontEnd
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("simplelb.access")
 
-# Seconds a client is told to wait when no backend is healthy: about one
-# health-check round, after which a recovered backend may be back.
-RETRY_AFTER_S = 2
-
-# Logged (never sent) when the client left before its response was complete; nginx's code for it.
-CLIENT_CLOSED_REQUEST = 499
-
-
-def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] = ()) -> bytes:
-    """The error funnel: every error response the balancer itself writes is made here."""
-    phrase = _phrase(exc.status)
-    body = f"{exc.status} {phrase}: {exc.message}\n".encode("utf-8", "replace")
-    headers = [
-        ("Date", formatdate(usegmt=True)),
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-    ]
-    if exc.status == 503:  # no backend, all at their limit, or too many clients: each passes
-        headers.append(("Retry-After", str(RETRY_AFTER_S)))
-    headers += exc.headers + list(extra)
-    if close:
-        headers.append(("Connection", "close"))
-    return encode_head(f"HTTP/1.1 {exc.status} {phrase}", headers) + body
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-# A plain BaseRequestHandler, not http.server's BaseHTTPRequestHandler: we read
-# and write the wire ourselves (strict parsing, exact forwarding), and use
-# nothing of its request parsing, buffered files or response helpers.
-class ProxyRequestHandler(socketserver.BaseRequestHandler):
-    """One client connection, any number of requests on it."""
-
-    server: LoadBalancer
-
-    def setup(self) -> None:
-        self.connection = self.request
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _start(self) -> bool:
-        """The connection's TLS handshake, if any (here, on its own thread); False if it failed."""
-        if self.server.tls is not None:
-            tracker = self.server.connections
-            tracker.reading(self.connection)  # a slow handshake is evicted like a slow head
-            deadline = time.monotonic() + self.server.config.listener.client_header_timeout_s
-
-            def wrapped(tls) -> None:
-                tracker.replace(self.connection, tls)
-                self.connection = tls
-
-            try:
-                self.server.tls.accept(self.request, deadline, on_wrapped=wrapped)
-            except HandshakeFailed as exc:
-                log.debug("client %s: %s", self.client_address[0], exc)
-                return False
-        listener = self.server.config.listener
-        self.reader = SocketReader(self.connection)
-        self.client = ClientConnection(
-            self.connection, self.reader,
-            body_timeout_s=listener.client_body_timeout_s, send_timeout_s=listener.send_timeout_s,
-            max_body_bytes=listener.max_body_bytes,
-        )
-        return True
-
-    def handle(self) -> None:
-        tracker = self.server.connections
-        keepalive_s = self.server.config.listener.keepalive_timeout_s
-        try:
-            if not self._start():
-                return
-            while tracker.idle(self.connection) and self.client.wait_for_request(keepalive_s):
-                tracker.reading(self.connection)
-                if not self._serve_one():
-                    break
-        finally:
-            tracker.remove(self.connection)
-
-    def finish(self) -> None:
-        if self.connection is not self.request:  # the TLS socket took over the descriptor: close it here
-            try:
-                self.connection.close()
-            except OSError:
-                pass
-
-    def _read_head(self, started: float) -> bytes | None:
-        listener = self.server.config.listener
-        try:
-            return self.reader.read_head(
-                listener.max_header_bytes, started + listener.client_header_timeout_s, listener.max_url_bytes
-            )
-        except TimeoutError:
-            raise BadRequest("request head not received in time", status=408) from None
-        except HeadTooLarge as exc:
-            if exc.start_line:
-                raise BadRequest("request line too long", status=414) from None
-            raise BadRequest("request header section too large", status=431) from None
-        except EOFError:
-            return None
-
-    def _serve_one(self) -> bool:
-        """Read, forward and log one request; return whether the connection stays open."""
-        listener = self.server.config.listener
-        record = RequestRecord(time.monotonic(), time.time(), self.client_address[0])
-        self.client.begin_request()
-        request = None
-        try:
-            raw = self._read_head(record.started)
-            if raw is None:
-                return False
-            record.bytes_received = len(raw)
-            self.server.connections.busy(self.connection)
-            turn = self.server.gate.turn()
-            try:
-                head = parse_request_head(raw, listener.max_header_count)
-                _describe_request(record, head)
-                request = admit(head, self.client_address[0], max_body_bytes=listener.max_body_bytes,
-                                buffered=self.reader.peek() if self.reader.pending else b"")
-                if listener.request_id_header:
-                    request.request_id = (listener.request_id_header,
-                                          request_id_for(request.headers, listener.request_id_header))
-                outcome = self.server.forwarder.forward(
-                    request, self.client, closing=self.server.connections.closing, turn=turn
-                )
-            finally:
-                turn.release()
-            keep_alive = outcome.keep_alive
-        except HTTPError as exc:
-            keep_alive = not (exc.close or request is None or not request.keep_alive or request.framing.kind != "none")
-            self._send_error(exc, not keep_alive, request)
-        except ClientBodyError as exc:
-            keep_alive = False
-            self._send_error(BadRequest(str(exc), status=exc.status), True, request)
-        except ResponseAborted as exc:
-            log.warning("response aborted, closing client connection: %s", exc)
-            keep_alive, record.aborted = False, True
-        except ClientDisconnected as exc:
-            log.debug("client %s disconnected: %s", self.client_address[0], exc)
-            keep_alive, record.status = False, CLIENT_CLOSED_REQUEST
-            if record.method == "-":
-                return False  # it left before saying anything: nothing to log
-        except OSError as exc:
-            log.debug("client %s connection error: %s", self.client_address[0], exc)
-            return False
-        self.server.finish(record, request, self.client)
-        return keep_alive
-
-    def _send_error(self, exc: HTTPError, close: bool, request) -> None:
-        extra = [request.request_id] if request is not None and request.request_id is not None else []
-        try:
-            self.client.send_head(exc.status, error_response(exc, close=close, extra=extra))
-        except ClientDisconnected:
-            pass
-
-
-def _describe_request(record: RequestRecord, head) -> None:
-    record.method, record.target = head.method, head.target
-    record.protocol = f"HTTP/{head.version[0]}.{head.version[1]}"
-    for name, value in head.headers:
-        lname = name.lower()
-        if lname == "user-agent":
-            record.user_agent = value
-        elif lname == "referer":
-            record.referer = value
+def _forward_options(config: Config) -> ForwardOptions:
+    listener = config.listener
+    return ForwardOptions(
+        max_response_head=(64 * 1024, listener.max_header_count),
+        scheme="https" if listener.tls else "http",
+        allow_underscores=listener.allow_underscore_headers,
+        backend_header=listener.backend_header,
+        tunnel_timeout_s=listener.tunnel_timeout_s,
+    )
 
 
 class LoadBalancer(ThreadingHTTPServer):
@@ -259,50 +88,51 @@ class LoadBalancer(ThreadingHTTPServer):
             sticky_secret = shared_secret(config)
         self.cluster = Cluster(config.cluster, sticky_secret=sticky_secret, algorithm=algorithm)
         self.tunnels = Gauge()  # upgraded connections open now
-        self.forwarder = Forwarder(self.cluster, ForwardOptions(
-            max_response_head=(64 * 1024, listener.max_header_count),
-            scheme="https" if listener.tls else "http",
-            allow_underscores=listener.allow_underscore_headers,
-            backend_header=listener.backend_header,
-            tunnel_timeout_s=listener.tunnel_timeout_s,
-        ), self.tunnels)
+        self.forwarder = Forwarder(self.cluster, _forward_options(config), self.tunnels)
         self.tls = TLSFrontEnd(listener.tls) if listener.tls else None
         self.control = LocalControl(self.cluster, source or FixedSource(config), config, snapshot=self.snapshot,
                                     tls=self.tls, discover=discover)
         self.connections = ConnectionTracker(listener.max_clients)
         self.gate = FairGate(listener.active_requests)
         self.stats = ServerStats()
-        self.access_log = None
         self._serve_thread: threading.Thread | None = None
-        self.admin = None
+        self.admin = self.redirect = self.access_log = None
         self.address_family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
         try:
-            if listen_socket is None:
-                try:
-                    super().__init__((listener.host, listener.port), ProxyRequestHandler)
-                except OSError as exc:
-                    raise ListenError(f"cannot listen on {bracket(listener.host)}:{listener.port}", exc) from None
-            else:
-                super().__init__(listen_socket.getsockname()[:2], ProxyRequestHandler, bind_and_activate=False)
-                self.socket.close()
-                self.socket = listen_socket
-                self.server_address = listen_socket.getsockname()
-            if admin and listener.admin is not None:
-                from .admin import AdminServer
-
-                self.admin = AdminServer(listener.admin, self.control, token_file=listener.admin_token_file)
-            self.redirect = None
-            if listener.redirect_http is not None:
-                self.redirect = RedirectServer(listener.host, listener.redirect_http, self.port)
-            if listener.access_log is not None:
-                try:
-                    self.access_log = AccessLog(listener.access_log, listener.access_log_format)
-                except OSError as exc:
-                    raise ListenError(f"cannot open the access log {listener.access_log}", exc) from None
+            self._listen(listen_socket)
+            self._open_the_rest(with_admin=admin)
         except BaseException:
             self.cluster.stop()
             self.server_close()
             raise
+
+    def _listen(self, listen_socket: socket.socket | None) -> None:
+        listener = self.config.listener
+        if listen_socket is None:
+            try:
+                super().__init__((listener.host, listener.port), ProxyRequestHandler)
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {bracket(listener.host)}:{listener.port}", exc) from None
+            return
+        super().__init__(listen_socket.getsockname()[:2], ProxyRequestHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listen_socket
+        self.server_address = listen_socket.getsockname()
+
+    def _open_the_rest(self, *, with_admin: bool) -> None:
+        """The admin and redirect listeners and the access log, as configured."""
+        listener = self.config.listener
+        if with_admin and listener.admin is not None:
+            from .admin import AdminServer
+
+            self.admin = AdminServer(listener.admin, self.control, token_file=listener.admin_token_file)
+        if listener.redirect_http is not None:
+            self.redirect = RedirectServer(listener.host, listener.redirect_http, self.port)
+        if listener.access_log is not None:
+            try:
+                self.access_log = AccessLog(listener.access_log, listener.access_log_format)
+            except OSError as exc:
+                raise ListenError(f"cannot open the access log {listener.access_log}", exc) from None
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.config.listener.host == "::":
@@ -376,8 +206,8 @@ class LoadBalancer(ThreadingHTTPServer):
             record.request_id = request.request_id[1] if request.request_id else None
         if self.access_log is not None:
             self.access_log.write(record)
-        elif access_log.isEnabledFor(logging.INFO):
-            access_log.info(format_text(record))
+        elif text_log.isEnabledFor(logging.INFO):
+            text_log.info(format_text(record))
 
     def reopen_logs(self) -> None:
         if self.access_log is not None:

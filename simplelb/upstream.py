@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .errors import ConnectFailed
-from .http1 import SocketReader
+from .sockio import SocketReader
 
 
 class _WithReader:

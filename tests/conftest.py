@@ -22,7 +22,8 @@ import pytest
 
 from mockserv import MockServer
 from simplelb import Config, LoadBalancer
-from simplelb.http1 import SocketReader, iter_body, parse_request_head, request_framing
+from simplelb.http1 import iter_body, parse_request_head, request_framing
+from simplelb.sockio import SocketReader
 
 ROOT = Path(__file__).resolve().parent.parent
 

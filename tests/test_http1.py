@@ -11,9 +11,7 @@ from simplelb.http1 import (
     UNTIL_CLOSE,
     BodyError,
     Framing,
-    HeadTooLarge,
     ResponseHead,
-    SocketReader,
     chunk,
     iter_body,
     parse_request_head,
@@ -21,6 +19,7 @@ from simplelb.http1 import (
     request_framing,
     response_framing,
 )
+from simplelb.sockio import HeadTooLarge, SocketReader
 
 
 def reader_with(data: bytes) -> SocketReader:
