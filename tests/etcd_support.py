@@ -90,12 +90,7 @@ class EtcdServer:
         return self.start()
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
+        # Its data is a temporary directory thrown away next: a graceful stop (3.5 s) buys nothing.
         self.kill()
 
     def url(self, prefix: str) -> str:
