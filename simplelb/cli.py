@@ -67,13 +67,19 @@ def setup_logging(level: str) -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
+def _count(number: int, word: str) -> str:
+    return f"{number} {word}{'s' * (number != 1)}"
+
+
 def summary(config: Config) -> str:
     cluster = config.cluster
     backups = sum(spec.backup for spec in cluster.backends)
-    count = f"{len(cluster.backends) - backups} backend{'s' * (len(cluster.backends) - backups != 1)}"
+    parts = [_count(len(cluster.backends) - backups, "backend")] if len(cluster.backends) > backups else []
     if backups:
-        count += f" and {backups} backup{'s' * (backups != 1)}"
-    return f"{count} ({describe(cluster.backends, cluster.source_urls)}), algorithm {cluster.algorithm}"
+        parts.append(_count(backups, "backup"))
+    if cluster.source_urls:
+        parts.append(_count(len(cluster.source_urls), "discovery source"))
+    return f"{' and '.join(parts)} ({describe(cluster.backends, cluster.source_urls)}), algorithm {cluster.algorithm}"
 
 
 def main(argv: list[str] | None = None) -> int:

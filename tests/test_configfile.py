@@ -166,3 +166,10 @@ def test_every_option_is_accepted_in_the_config_file(tmp_path, option, tls_files
             sample = None
     path.write_text(base + (f"{option.key} = {sample}\n" if sample else ""))
     load(path)
+
+
+def test_the_example_file_shows_every_key():
+    text = (ROOT / "examples" / "simplelb.toml").read_text()
+    missing = [o.key for o in OPTIONS if not re.search(rf"^(# ?)?{re.escape(o.key)} *=", text, re.MULTILINE)]
+    assert missing == []
+    assert "[[backend]]" in text and "[[tls]]" in text
