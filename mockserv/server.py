@@ -22,6 +22,8 @@ import ssl
 import threading
 from http.server import ThreadingHTTPServer
 
+from simplelb.specs import bracket
+
 from .behaviour import Behaviour, BehaviourError, parse_error_rate, parse_health, parse_latency
 from .handler import ROUTES, MockHandler
 
@@ -30,11 +32,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def bracket(host: str) -> str:
-    """A host as it appears in a URL or ``host:port``: IPv6 literals in brackets (RFC 3986 §3.2.2)."""
-    return f"[{host}]" if ":" in host else host
 
 
 def address_family(host: str) -> socket.AddressFamily:

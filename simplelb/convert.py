@@ -18,7 +18,7 @@ from .affinity import validate_key_spec
 from .algorithms import ALGORITHMS
 from .errors import ConfigError
 from .http1 import is_token
-from .specs import HOSTNAME_RE
+from .specs import HOSTNAME_RE, bracket
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -129,7 +129,7 @@ def is_loopback(host: str) -> bool:
 def admin_address(value: Any) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:9000``; port 0 picks a free one) -> (host, port)."""
     if isinstance(value, (tuple, list)) and len(value) == 2:
-        value = f"[{value[0]}]:{value[1]}" if ":" in str(value[0]) else f"{value[0]}:{value[1]}"
+        value = f"{bracket(str(value[0]))}:{value[1]}"
     host, sep, port = str(value).rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"must be HOST:PORT, e.g. 127.0.0.1:9000, not {value!r}")
@@ -169,7 +169,7 @@ def etcd_url(value: Any) -> str:
 def dns_server(value: Any) -> tuple[str, int]:
     """``IP`` or ``IP:PORT`` (``[::1]:5353``) -> (ip, port); a resolver is addressed by IP, port 53 by default."""
     if isinstance(value, (tuple, list)) and len(value) == 2:
-        value = f"[{value[0]}]:{value[1]}" if ":" in str(value[0]) else f"{value[0]}:{value[1]}"
+        value = f"{bracket(str(value[0]))}:{value[1]}"
     text = str(value).strip()
     host, port = text, "53"
     if text.startswith("[") and "]:" in text or text.count(":") == 1:

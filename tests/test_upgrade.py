@@ -249,3 +249,16 @@ def test_an_upgrade_that_reached_a_backend_is_never_retried(scripted, balancer):
     lb = balancer([bad, good], algorithm="round-robin", eject_after=0)
     assert RawClient(lb.port).request(UPGRADE).status == 502
     assert not good.event("request").is_set()
+
+
+def test_tunnels_count_against_max_clients(mock_servers, balancer):
+    (mock,) = mock_servers(1)
+    lb = balancer([mock], max_clients=2)
+    with connect(ws_url(lb)) as first, connect(ws_url(lb)) as second:
+        first.send("a")
+        second.send("b")
+        assert (first.recv(timeout=5), second.recv(timeout=5)) == ("a", "b")
+        # Both connections are busy tunnels (never evicted like idle ones): a third client is refused.
+        refused = RawClient(lb.port).request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert refused.status == 503 and b"too many client connections" in refused.body
+    wait_for(lambda: requests.get(lb.url, timeout=5).status_code == 200, what="room again once the tunnels closed")

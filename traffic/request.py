@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from simplelb.specs import bracket
+
 # RFC 9110 section 5.6.2: methods and field names are tokens.
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -51,8 +53,7 @@ class Target:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{bracket(self.host)}:{self.port}"
 
     @property
     def url(self) -> str:
