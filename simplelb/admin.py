@@ -50,11 +50,13 @@ from .errors import ConfigError, HTTPError, NotFound
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render as render_metrics
 from .sideserver import SideServer
+from .specs import host_of
 
 log = logging.getLogger(__name__)
 
 STATUS_PAGE = Path(__file__).with_name("statuspage.html")
 MAX_CONNECTIONS = 32
+HEAD_DEADLINE_S = 10.0  # for a whole request head on the admin listener
 MAX_BODY_BYTES = 64 * 1024
 
 PUBLIC, PRIVATE, MUTATING = "public", "private", "mutating"
@@ -122,12 +124,23 @@ class AdminHandler(BaseHTTPRequestHandler):
     timeout = 10  # seconds of silence before a client is dropped: it holds only its own thread
     admin: AdminServer
 
+    def handle_one_request(self) -> None:
+        # A whole head within HEAD_DEADLINE_S, not a byte every ``timeout``: a client that drips
+        # cannot keep one of the few admin slots for ever.
+        self.server.expire_at(self.connection, HEAD_DEADLINE_S)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.expire_at(self.connection, None)
+
     def do_GET(self) -> None:
         self._dispatch()
 
     do_HEAD = do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
 
     def _dispatch(self) -> None:
+        self.server.expire_at(self.connection, None)  # the head is in
+        self._body_read = False
         try:
             path = urlsplit(self.path).path
             handler, access, args = match_route(self.command, path)
@@ -140,13 +153,18 @@ class AdminHandler(BaseHTTPRequestHandler):
         except Exception:  # a bug: answer, log it, keep serving
             log.exception("admin request %s %s failed", self.command, self.path)
             status, payload, headers = 500, {"error": "internal error (logged)"}, []
+        if not self._body_read and (self.headers.get("Content-Length", "0").strip() not in ("", "0")
+                                    or "Transfer-Encoding" in self.headers):
+            # A body we did not read (a refused request, a GET with one) must never be read
+            # as the next request: a page elsewhere could smuggle a mutation in it.
+            self.close_connection = True
         self._send_json(status, payload, headers)
 
     # --- who may call -------------------------------------------------------------
 
     def _check_caller(self) -> None:
         host = self.headers.get("Host")
-        if self.admin.loopback and host is not None and not is_loopback(_host_part(host)):
+        if self.admin.loopback and host is not None and not is_loopback(host_of(host)):
             raise refused(403, f"Host {host!r} is not a loopback name; use 127.0.0.1 or localhost")
         origin = self.headers.get("Origin")
         if origin not in (None, "null") and host is not None and origin != f"http://{host}":
@@ -174,6 +192,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body stays unread
             raise refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
         raw = self.rfile.read(length) if length else b""
+        self._body_read = True
         if len(raw) != length:
             self.close_connection = True
             raise refused(400, "body shorter than its Content-Length")
@@ -181,8 +200,8 @@ class AdminHandler(BaseHTTPRequestHandler):
             return None
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise refused(400, f"malformed JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise refused(400, f"malformed JSON: {str(exc)[:200]}") from None
 
     # --- routes ---------------------------------------------------------------------
 
@@ -267,13 +286,6 @@ class AdminHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
         log.debug("admin %s: " + format, self.client_address[0], *args)
-
-
-def _host_part(host: str) -> str:
-    """The host of a Host header value (``[::1]:9000`` -> ``::1``)."""
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class AdminServer(SideServer):

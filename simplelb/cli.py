@@ -16,6 +16,7 @@ from . import __version__
 from .config import OPTIONS, Config, defaults
 from .configfile import ConfigSource
 from .errors import ConfigError, ListenError
+from .fleet import Supervisor, WorkerFailed
 from .specs import describe
 
 
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     listener = config.listener
     try:
         if listener.workers > 1:
-            from .fleet import Supervisor
 
             return Supervisor(config, source).run()
         from .service import serve
@@ -109,3 +109,5 @@ def main(argv: list[str] | None = None) -> int:
         return serve(config, source)
     except ListenError as exc:
         parser.exit(2, f"simplelb: error: {exc.where}: {exc.strerror}\n")
+    except WorkerFailed as exc:
+        parser.exit(2, f"simplelb: error: {exc}\n")

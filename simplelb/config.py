@@ -102,7 +102,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--tls-key", "tls_key", c.optional(c.readable_file), "the private key of --tls-cert (PEM)", L, "FILE"),
     Option("--redirect-http", "redirect_http", c.optional(c.int_range(0, 65535)),
            "with TLS: also listen on this port for plain HTTP and answer every request with 308 to HTTPS", L, "PORT"),
-    Option("--backend-ca", "backend_ca", c.optional(c.readable_file),
+    Option("--backend-ca", "backend_ca", c.optional(c.ca_file),
            "verify https:// backends against the CA certificates in this PEM file (default: the system's)", C, "FILE"),
     Option("--backend-tls-insecure", "backend_tls_insecure", c.switch,
            "do not verify the certificates of https:// backends (a warning says so at start-up)", C, switch=True),

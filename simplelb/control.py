@@ -36,6 +36,11 @@ from .tls import Certificates, load_certificates
 log = logging.getLogger(__name__)
 
 
+def find_backend(backends: list[dict], name: str) -> dict | None:
+    """The status of the backend called ``name`` (not one on its way out under that name)."""
+    return next((b for b in backends if b["name"] == name and b["state"] != "removing"), None)
+
+
 class ReloadCounter:
     """Reload outcomes, and the last error (for ``/status`` and the metrics)."""
 
@@ -122,7 +127,7 @@ class LocalControl:
         return not self.shutting_down and self.cluster.available()
 
     def backend(self, name: str) -> dict | None:
-        return next((b for b in self.cluster.status() if b["name"] == name and b["state"] != "removing"), None)
+        return find_backend(self.cluster.status(), name)
 
     def status(self) -> dict:
         from . import __version__

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -187,6 +188,16 @@ def readable_file(value: Any) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     return os.path.abspath(path)
+
+
+def ca_file(value: Any) -> str:
+    """A readable PEM file of CA certificates (loaded once here, so a wrong file is an error now, not later)."""
+    path = readable_file(value)
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{path} holds no usable CA certificate (PEM): {getattr(exc, 'reason', None) or exc}") from None
+    return path
 
 
 def certificate_pairs(value: Any) -> tuple[tuple[str, str], ...]:

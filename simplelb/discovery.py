@@ -309,6 +309,8 @@ class Discovery:
             self._change(lambda running: self.merged(), operator=False)
         except (ConfigError, Conflict) as exc:  # cannot happen with deduplicated lists; say so if it does
             log.error("discovery: the merged configuration was refused: %s", exc)
+        except Exception:  # a bug: logged, and the watcher lives on to apply the next list
+            log.exception("discovery: applying the merged configuration failed")
 
     def status(self) -> list[dict]:
         with self._lock:

@@ -86,13 +86,21 @@ def lookup(resolver: dns.resolver.Resolver, source: SourceSpec) -> tuple[list[Ba
     lowest = min(record.priority for record in answer)
     specs: dict[str, BackendSpec] = {}
     for record in sorted(answer, key=lambda r: (r.priority, str(r.target), r.port)):
-        ips, target_ttl = addresses(resolver, str(record.target))
+        try:
+            ips, target_ttl = addresses(resolver, str(record.target))
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, NoRecords) as exc:
+            # One target without addresses is that target's problem, not the service's: the others
+            # stand (and the next lookup tries it again).
+            log.warning("discovery %s: SRV target %s skipped: %s", source.url, record.target, _reason(exc))
+            continue
         ttl = min(ttl, target_ttl)
         weight = max(1, min(MAX_WEIGHT, record.weight))
         backup = source.backup or record.priority != lowest
         for ip in ips:
             spec = BackendSpec(ip, record.port, weight, backup)
             specs.setdefault(spec.address, spec)
+    if not specs:
+        raise NoRecords(f"no target of {name} has an address")  # a failed lookup: the last set stays
     return list(specs.values()), ttl
 
 

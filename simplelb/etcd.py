@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
+from urllib3.connection import HTTPConnection
 
 __all__ = ["EtcdClient", "EtcdError", "KeyValue", "Lease", "Watch", "WatchEvent", "parse_etcd_url",
            "prefix_range_end"]
@@ -123,6 +125,22 @@ def _key_value(raw: dict) -> KeyValue:
         version=int(raw.get("version", 0)),
         lease=int(raw.get("lease", 0)),
     )
+
+
+# A watch waits without a read timeout (a quiet prefix sends nothing), so an etcd that vanished
+# without a word -- a crashed host, a partition -- would never be noticed. TCP keepalive notices:
+# about 10 s of silence, then three probes 5 s apart, and the read fails.
+_KEEPALIVE = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)] + [
+    (socket.IPPROTO_TCP, getattr(socket, name), value)
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+]
+
+
+class _KeepAliveAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        kwargs["socket_options"] = list(HTTPConnection.default_socket_options) + _KEEPALIVE
+        super().init_poolmanager(*args, **kwargs)
 
 
 class EtcdClient:
@@ -283,6 +301,7 @@ class Watch:
         self._stopped = threading.Event()
         self._session = requests.Session()  # its own connection: the stream holds it for as long as it runs
         self._session.trust_env = False
+        self._session.mount("http://", _KeepAliveAdapter())
         self._lock = threading.Lock()  # guards _response: the iterating thread opens it, stop() cuts it
         self._response: requests.Response | None = None
 

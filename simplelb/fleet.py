@@ -11,9 +11,10 @@ second process. The ``Supervisor`` (the parent):
   connections in TIME_WAIT.
 * starts each worker as a fresh interpreter (``python -m simplelb.worker``,
   no fork of a threaded process) with its socket and a control channel, and
-  sends it the configuration; a worker that dies is logged and replaced
-  (after a pause if workers die right after starting). The workers exit when
-  the parent dies (see ``worker``).
+  sends it the configuration. A worker that fails to start at the beginning
+  ends the run (exit 2); one that dies later is logged and replaced (after a
+  pause if it had just started); its counts stay in the sums from the moment
+  its channel closes. The workers exit when the parent dies (see ``worker``).
 * serves the one admin listener, through ``FleetControl``: a change or a
   reload is validated once here and sent to every worker; ``/status`` sums
   what every worker reports.
@@ -39,8 +40,8 @@ from .discovery import shared_secret
 from .errors import ConfigError, ListenError
 from .fleetcontrol import FleetControl
 from .redirect import RedirectServer
-from .service import Signals
-from .specs import bracket, describe
+from .service import Signals, print_banner
+from .specs import bracket
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,14 @@ def _socket(host: str) -> socket.socket:
     return sock
 
 
+class WorkerFailed(Exception):
+    """A worker could not be started; the message says which."""
+
+
 class WorkerHandle:
     """One worker process, its channel, and what it last told us."""
 
-    def __init__(self, number: int, proc: subprocess.Popen, channel: Channel):
+    def __init__(self, number: int, proc: subprocess.Popen, channel: Channel, on_gone):
         self.number = number
         self.proc = proc
         self.pid = proc.pid
@@ -72,9 +77,11 @@ class WorkerHandle:
         self.requests = Requests(channel)
         self.started = time.monotonic()
         self.ready = threading.Event()
+        self.gone = threading.Event()  # its channel closed: it exited (or is about to)
         self.generation = 0  # the fleet generation it last confirmed
         self.stats: dict | None = None  # its last report
-        self.stopping = False  # told to stop: its exit is not a death
+        self.retired = False  # its counters moved to the fleet's totals (FleetControl.retire)
+        self._on_gone = on_gone
         threading.Thread(target=self._read, name=f"worker-{number}-channel", daemon=True).start()
 
     def _read(self) -> None:
@@ -88,6 +95,15 @@ class WorkerHandle:
             elif message.get("event") == "stats":
                 self.stats = message["stats"]
         self.requests.fail_all()
+        self.gone.set()
+        self._on_gone(self)  # at once: its counts must not drop out of the sums until the next watch round
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """True once it serves; False if it exited first or did not make it in time."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.is_set() and not self.gone.is_set() and time.monotonic() < deadline:
+            self.ready.wait(0.05)
+        return self.ready.is_set()
 
     def ask(self, message: dict, timeout_s: float = 1.0) -> dict:
         return self.requests.ask(message, timeout_s)
@@ -106,6 +122,11 @@ class Supervisor:
     def live_workers(self) -> list[WorkerHandle]:
         with self._lock:
             return [w for w in self.workers.values() if w.proc.poll() is None]
+
+    def all_workers(self) -> list[WorkerHandle]:
+        """The current worker of each number, alive or not yet replaced."""
+        with self._lock:
+            return list(self.workers.values())
 
     def _reserve(self) -> socket.socket:
         host, port = self.config.listener.host, self.config.listener.port
@@ -129,7 +150,8 @@ class Supervisor:
         try:
             self.control.start()  # discovery first: the workers start with what it found
             for number in range(1, listener.workers + 1):
-                self._spawn(number)
+                if not self._spawn(number).wait_ready(READY_TIMEOUT_S):
+                    raise WorkerFailed(f"worker {number} did not start (its log says why)")
             if listener.admin is not None:
                 from .admin import AdminServer
 
@@ -150,17 +172,12 @@ class Supervisor:
 
     def _banner(self, admin, redirect) -> None:
         # Every worker is listening by now: the banner is a promise that the port answers.
-        listener, cluster = self.config.listener, self.control.current()[1]
+        listener = self.config.listener
         url = f"{'https' if listener.tls else 'http'}://{bracket(listener.host)}:{self.port}"
-        print(f"simplelb: listening on {url}, {cluster.algorithm} over {describe(cluster.backends, cluster.source_urls)}, "
-              f"{listener.workers} workers", flush=True)
-        if redirect is not None:
-            print(f"simplelb: redirecting http on port {redirect.port} to {url}", flush=True)
-        if admin is not None:
-            print(f"simplelb: admin on {admin.url} (status page: {admin.url}/)", flush=True)
+        print_banner(url, self.control.current()[1], redirect, admin, listener.workers)
 
     def _spawn(self, number: int) -> WorkerHandle:
-        """Start worker ``number`` and wait (up to READY_TIMEOUT_S) until it is listening."""
+        """Start worker ``number`` and send it the configuration (``wait_ready`` says when it serves)."""
         listener = self.config.listener
         sock = _socket(listener.host)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -178,7 +195,7 @@ class Supervisor:
         finally:
             sock.close()
             theirs.close()
-        worker = WorkerHandle(number, proc, Channel(ours))
+        worker = WorkerHandle(number, proc, Channel(ours), self.control.retire)
         # Held: no change may reach the worker before its first message, nor be sent between the two.
         with self.control.held() as (generation, cluster):
             with self._lock:
@@ -189,8 +206,6 @@ class Supervisor:
             except ChannelClosed:
                 pass
             worker.generation = generation
-        if not worker.ready.wait(READY_TIMEOUT_S):
-            log.warning("worker %d (pid %d) did not report ready", number, proc.pid)
         return worker
 
     def _watch(self) -> None:
@@ -200,7 +215,8 @@ class Supervisor:
             if self.signals.reopen.is_set():
                 self.signals.reopen.clear()
                 for worker in self.live_workers():  # each worker writes the access log itself
-                    _signal(worker.pid, signal.SIGUSR1)
+                    if worker.ready.is_set():  # (before that, it has no handler for the signal yet)
+                        _signal(worker.pid, signal.SIGUSR1)
             if self.signals.reload.is_set():
                 self.signals.reload.clear()
                 try:
@@ -220,15 +236,15 @@ class Supervisor:
         log.warning("worker %d (pid %d) died (%s); starting a new one", worker.number, worker.pid, how)
         self.control.retire(worker)
         if time.monotonic() - worker.started < QUICK_DEATH_S:
-            time.sleep(1.0)
+            self.signals.stop.wait(1.0)  # a worker that dies at once must not make us spin
         worker.channel.close()
-        self._spawn(worker.number)
+        if not self.signals.stop.is_set():
+            self._spawn(worker.number)  # its readiness is not awaited: the watch goes on meanwhile
 
     def _drain(self) -> None:
         workers = self.live_workers()
         log.info("stopping %d workers", len(workers))
         for worker in workers:
-            worker.stopping = True
             _signal(worker.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.config.listener.grace_period_s + 5
         for worker in workers:

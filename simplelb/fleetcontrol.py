@@ -27,11 +27,13 @@ from collections.abc import Callable, Iterator
 from .channel import ChannelClosed
 from .config import ClusterConfig, Config
 from .configfile import FixedSource
-from .control import ReloadCounter, load_for_reload
+from .control import ReloadCounter, find_backend, load_for_reload
 from .discovery import Discovery
-from .stats import BOUNDS_S, add_counts
+from .stats import BOUNDS_S, add_counts, zeroed
 
 log = logging.getLogger(__name__)
+
+APPLY_TIMEOUT_S = 1.0  # a change reaches every worker within a second, or that worker is replaced
 
 # Per backend: these add up over the workers; the rest is the backend's description.
 BACKEND_SUMS = ("in_flight", "requests", "failures", "ejections", "retries", "responses", "response_time",
@@ -57,18 +59,12 @@ def without_gauges(values: dict, prefix: str = "") -> dict:
     for key, value in values.items():
         path = f"{prefix}{key}"
         if path in GAUGES or key in GAUGES:
-            out[key] = _zeroed(value)
+            out[key] = zeroed(value)
         elif isinstance(value, dict):
             out[key] = without_gauges(value, path + ".")
         else:
             out[key] = value
     return out
-
-
-def _zeroed(value):
-    if isinstance(value, dict):
-        return {k: _zeroed(v) for k, v in value.items()}
-    return 0 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def merge_backends(reports: list[list[dict]], retired: dict[str, dict]) -> list[dict]:
@@ -80,7 +76,7 @@ def merge_backends(reports: list[list[dict]], retired: dict[str, dict]) -> list[
         for entry in report:
             name = entry["name"]
             if name not in merged:
-                base = retired.get(name) or {key: _zeroed(entry[key]) for key in BACKEND_SUMS}
+                base = retired.get(name) or {key: zeroed(entry[key]) for key in BACKEND_SUMS}
                 merged[name] = {**entry, **{key: base[key] for key in BACKEND_SUMS}}
                 votes[name], latencies[name] = Counter(), []
             row = merged[name]
@@ -169,14 +165,17 @@ class FleetControl:
 
         def apply(worker) -> None:
             try:
-                answer = worker.ask(message, timeout_s=1.0)
+                answer = worker.ask(message, timeout_s=APPLY_TIMEOUT_S)
             except ChannelClosed as exc:
-                log.warning("worker %d did not confirm generation %d: %s", worker.number, message["generation"], exc)
-                return
+                answer = {"ok": False, "error": f"no confirmation ({exc})"}
             if answer.get("ok"):
                 worker.generation = answer["generation"]
-            else:
-                log.error("worker %d refused generation %d: %s", worker.number, message["generation"], answer.get("error"))
+                return
+            # Every worker must run what was validated here: one that cannot is replaced, and its
+            # successor starts with this generation. Until then /status says it is not applied.
+            log.error("worker %d failed generation %d (%s); replacing it", worker.number, message["generation"],
+                      answer.get("error"))
+            worker.proc.kill()
 
         _each(self._supervisor.live_workers(), apply)
         return self._generation
@@ -193,11 +192,14 @@ class FleetControl:
         _each(self._supervisor.live_workers(), ask)
 
     def retire(self, worker) -> None:
-        """A worker is gone: keep its last counters in the sums (not its gauges)."""
-        if worker.stats is None:
-            return
-        stats = without_gauges(worker.stats)
+        """A worker is gone: keep its last counters in the sums (not its gauges). Called once or more."""
         with self._retired_lock:
+            if worker.retired:
+                return
+            worker.retired = True  # from now on its counts are in the totals, not read from it
+            if worker.stats is None:
+                return
+            stats = without_gauges(worker.stats)
             for entry in stats["backends"]:
                 counts = {key: entry[key] for key in BACKEND_SUMS}
                 earlier = self._retired_backends.get(entry["name"])
@@ -207,21 +209,19 @@ class FleetControl:
     def ready(self) -> bool:
         if self.shutting_down:
             return False
-        return any(
-            entry["state"] in ("up", "draining")
-            for worker in self._supervisor.live_workers() if worker.stats
-            for entry in worker.stats["backends"]
-        )
+        return any(entry["up"] for worker in self._supervisor.live_workers() if worker.stats
+                   for entry in worker.stats["backends"])
 
     def backend(self, name: str) -> dict | None:
-        return next((b for b in self.status()["backends"] if b["name"] == name and b["state"] != "removing"), None)
+        return find_backend(self.status()["backends"], name)
 
     def status(self) -> dict:
         from . import __version__
 
         self.refresh()
-        workers = [w for w in self._supervisor.live_workers() if w.stats is not None]
-        with self._retired_lock:
+        with self._retired_lock:  # who is counted live and what the dead left, seen at one moment
+            workers = [w for w in self._supervisor.all_workers() if not w.retired and w.stats is not None]
+            reports = [w.stats for w in workers]
             retired_backends = dict(self._retired_backends)
             retired = self._retired
         generation, cluster = self.current()
@@ -236,6 +236,6 @@ class FleetControl:
             "reloads": self.reloads.as_dict(),
             "histogram_bounds_s": BOUNDS_S,
             "discovery": self.discovery.status(),
-            **merge_stats([w.stats for w in workers], retired),
-            "backends": merge_backends([w.stats["backends"] for w in workers], retired_backends),
+            **merge_stats(reports, retired),
+            "backends": merge_backends([report["backends"] for report in reports], retired_backends),
         }

@@ -79,8 +79,14 @@ def _backends(backends: list[dict]) -> Iterator[Metric]:
     weight = GaugeMetricFamily("simplelb_backend_weight", "Effective weight (slow start included)", labels=["backend"])
     probes = CounterMetricFamily("simplelb_health_checks", "Health probes", labels=["backend", "result"])
     ejections = CounterMetricFamily("simplelb_backend_ejections", "Passive-health ejections", labels=["backend"])
+    seen: set[str] = set()
     for b in backends:
         name = b["name"]
+        if name in seen:
+            # A name that moved to another address while the old backend finishes its requests: the
+            # current one is listed first; a second series with the same labels would void the scrape.
+            continue
+        seen.add(name)
         for code in STATUS_CLASSES:
             responses.add_metric([name, code], b["responses"][code])
         duration.add_metric([name], _buckets(b["response_time"]), b["response_time"]["sum"])

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler
 
 from .request import HOST_RE
 from .sideserver import SideServer
+from .specs import bracket, host_of
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,15 @@ class RedirectHandler(BaseHTTPRequestHandler):
         if not host or len(self.headers.get_all("Host", [])) > 1 or not HOST_RE.fullmatch(host):
             self._answer(400, "a request to be redirected to HTTPS needs one valid Host header\n")
             return
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") and ":" in host else host
+        name = bracket(host_of(host))
         port = "" if self.https_port == 443 else f":{self.https_port}"
         target = self.path if self.path.startswith("/") else "/"
         self._answer(308, "moved to HTTPS\n", [("Location", f"https://{name}{port}{target}")])
 
     def _answer(self, status: int, text: str, headers: list[tuple[str, str]] = ()) -> None:
         body = text.encode()
+        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # its body is never read: it must not be taken for a request
         self.send_response(status)
         for name, value in [*headers, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]:
             self.send_header(name, value)

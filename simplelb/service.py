@@ -7,8 +7,7 @@
 * SIGUSR1: reopen the access log (after logrotate moved it).
 * SIGUSR2, SIGALRM: logged and ignored, rather than ending the process.
 
-Handlers only set flags; the main thread does the work, so nothing runs
-inside a signal handler.
+Handlers only set flags (and log a line); the main thread does the work.
 """
 
 from __future__ import annotations
@@ -58,6 +57,17 @@ class Signals:
         self.wake.clear()
 
 
+def print_banner(url: str, cluster, redirect, admin, workers: int = 1) -> None:
+    """The start-up lines, on stdout whatever the log level: scripts read the ports from them."""
+    more = f", {workers} workers" if workers > 1 else ""
+    print(f"simplelb: listening on {url}, {cluster.algorithm} over {describe(cluster.backends, cluster.source_urls)}"
+          f"{more}", flush=True)
+    if redirect is not None:
+        print(f"simplelb: redirecting http on port {redirect.port} to {url}", flush=True)
+    if admin is not None:
+        print(f"simplelb: admin on {admin.url} (status page: {admin.url}/)", flush=True)
+
+
 def _ignored(signum, frame) -> None:
     log.warning("%s ignored (SIGHUP reloads, SIGUSR1 reopens the access log, SIGTERM stops)",
                 signal.Signals(signum).name)
@@ -75,15 +85,7 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
     if on_ready is not None:
         on_ready()
     if banner:
-        # The banner goes to stdout whatever the log level: scripts read the ports from it.
-        cluster = balancer.cluster.view.config  # with what discovery found at start
-        print(f"simplelb: listening on {balancer.url}, {cluster.algorithm} over "
-              f"{describe(cluster.backends, cluster.source_urls)}",
-              flush=True)
-        if balancer.redirect is not None:
-            print(f"simplelb: redirecting http on port {balancer.redirect.port} to {balancer.url}", flush=True)
-        if balancer.admin is not None:
-            print(f"simplelb: admin on {balancer.admin.url} (status page: {balancer.admin.url}/)", flush=True)
+        print_banner(balancer.url, balancer.cluster.view.config, balancer.redirect, balancer.admin)
     while not signals.stop.is_set():
         signals.wait()
         if signals.reopen.is_set():
@@ -95,6 +97,8 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
                 balancer.control.reload()
             except ConfigError:
                 pass  # logged and counted by reload(); the old configuration keeps serving
+            except Exception:  # a bug: logged; the balancer goes on serving rather than die mid-signal
+                log.exception("reload failed unexpectedly")
     balancer.control.shutting_down = True
     log.info("shutting down: draining in-flight requests (up to %gs)", config.listener.grace_period_s)
     balancer.stop()

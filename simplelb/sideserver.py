@@ -15,12 +15,20 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from http.server import ThreadingHTTPServer
 
 from .errors import ListenError
 from .specs import bracket
 
 log = logging.getLogger(__name__)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class _Server(ThreadingHTTPServer):
@@ -32,8 +40,27 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set[socket.socket] = set()  # guarded by _open_lock, for close_connections()
+        self._deadlines: dict[socket.socket, float] = {}  # guarded by _open_lock: closed when passed
         self._open_lock = threading.Lock()
         super().__init__(address, handler)
+
+    def expire_at(self, sock: socket.socket, after_s: float | None) -> None:
+        """Close ``sock`` if it is still here ``after_s`` from now (None: no deadline)."""
+        with self._open_lock:
+            if after_s is None:
+                self._deadlines.pop(sock, None)
+            else:
+                self._deadlines[sock] = time.monotonic() + after_s
+
+    def service_actions(self) -> None:
+        # Called by serve_forever between polls: the reaper of overdue connections.
+        now = time.monotonic()
+        with self._open_lock:
+            overdue = [sock for sock, deadline in self._deadlines.items() if deadline <= now]
+            for sock in overdue:
+                del self._deadlines[sock]
+        for sock in overdue:
+            _shut(sock)
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # not HTTPServer's: it looks up our FQDN, slowly
@@ -52,16 +79,14 @@ class _Server(ThreadingHTTPServer):
         finally:
             with self._open_lock:
                 self._open.discard(request)
+                self._deadlines.pop(request, None)
             self._slots.release()
 
     def close_connections(self) -> None:
         with self._open_lock:
             connections = list(self._open)
         for sock in connections:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(sock)
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], OSError):

@@ -38,6 +38,13 @@ def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def host_of(authority: str) -> str:
+    """The host of ``host[:port]`` (a Host header value): ``[::1]:9000`` -> ``::1``, ``a:80`` -> ``a``."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """Where a backend listens, its share of traffic, and what the operator wants of it."""

@@ -77,7 +77,7 @@ class ServerStats:
 def add_counts(total: Any, more: Any) -> Any:
     """``total + more`` for numbers, element-wise for lists, key-wise for dicts (keys of either)."""
     if isinstance(total, dict):
-        return {key: add_counts(total.get(key, _zero(more[key])), more[key]) if key in more else total[key]
+        return {key: add_counts(total.get(key, zeroed(more[key])), more[key]) if key in more else total[key]
                 for key in {**total, **more}}
     if isinstance(total, list):
         return [add_counts(a, b) for a, b in zip(total, more, strict=True)]
@@ -86,11 +86,12 @@ def add_counts(total: Any, more: Any) -> Any:
     return total + more
 
 
-def _zero(value: Any) -> Any:
+def zeroed(value: Any) -> Any:
+    """``value`` with every number set to 0 (labels and flags kept)."""
     if isinstance(value, dict):
-        return {key: _zero(v) for key, v in value.items()}
+        return {key: zeroed(v) for key, v in value.items()}
     if isinstance(value, list):
-        return [_zero(v) for v in value]
+        return [zeroed(v) for v in value]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     return 0

@@ -78,6 +78,9 @@ class WorkerLink:
                     self.balancer.tls.install(load_certificates(tuple(map(tuple, message["tls"]))))
             except ConfigError as exc:  # the parent validated it; say so rather than die
                 return {"ok": False, "error": str(exc)}
+            except Exception as exc:  # a bug: say so, and let the parent replace this worker
+                log.exception("applying generation %s failed", message.get("generation"))
+                return {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
             self.generation = message["generation"]
             return {"ok": True, "generation": self.generation}
         if op == "stats":
@@ -126,6 +129,7 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the access log is open: a reopen must not kill us
     parser = argparse.ArgumentParser(prog="simplelb.worker", description="a worker of simplelb --workers (internal)")
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)

@@ -224,3 +224,56 @@ def test_stopping_closes_open_admin_connections(mock_servers, balancer):
         lb.admin.stop()
         with pytest.raises(requests.ConnectionError):
             session.get(lb.admin.url + "/livez", timeout=5)
+
+
+def test_a_refused_request_never_smuggles_its_body_in_as_the_next_request(admin_lb):
+    import socket
+
+    lb, admin, mocks = admin_lb
+    victim = mocks[0].address
+    patch = json.dumps({"state": "maint"}).encode()
+    inner = (f"PATCH /backends/{victim} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {len(patch)}\r\n\r\n").encode() + patch
+    outer = (b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\n"
+             b"Content-Length: %d\r\n\r\n" % len(inner)) + inner  # what a no-cors fetch from any site can send
+    port = int(admin.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(outer)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403") and answer.count(b"HTTP/1.1 ") == 1  # and then closed
+    assert requests.get(admin + f"/backends/{victim}", timeout=5).json()["state"] == "up"
+
+
+def test_deeply_nested_json_is_a_400(admin_lb):
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = requests.post(admin_lb[1] + "/backends", data=body[:60_000], headers=JSON, timeout=5)
+    assert response.status_code == 400 and "malformed JSON" in response.json()["error"]
+
+
+def test_a_head_dripped_slowly_is_cut_off_at_the_deadline(admin_lb, monkeypatch):
+    import socket
+    import time
+
+    from simplelb import admin as admin_module
+
+    monkeypatch.setattr(admin_module, "HEAD_DEADLINE_S", 0.5)
+    port = int(admin_lb[1].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /status HTTP/1.1\r\n")
+        for _ in range(20):  # a header line every 0.2 s: each read is quick, the head never ends
+            try:
+                sock.sendall(b"X-Drip: 1\r\n")
+            except OSError:
+                break
+            if time.monotonic() - started > 3:
+                break
+            time.sleep(0.2)
+        sock.settimeout(3)
+        try:
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 3

@@ -237,3 +237,16 @@ def test_a_reload_keeps_restarts_or_stops_sources_as_the_file_says(dns_server, m
         assert lb.control.status()["discovery"] == []
     finally:
         lb.stop(grace_s=1)
+
+
+def test_one_srv_target_without_addresses_does_not_take_the_others_away(dns_server):
+    from simplelb.dnsdiscovery import NoRecords
+
+    dns_server.set(SRV, "SRV", ["10 1 8001 a.svc.test.", "10 1 8002 gone.svc.test."], ttl=30)
+    dns_server.set("a.svc.test.", "A", ["127.0.0.1"], ttl=30)  # gone.svc.test. does not exist
+    resolver = make_resolver(("127.0.0.1", dns_server.port))
+    specs, _ = lookup(resolver, SourceSpec("dns+srv://_http._tcp.svc.test"))
+    assert [s.address for s in specs] == ["127.0.0.1:8001"]
+    dns_server.set(SRV, "SRV", ["10 1 8002 gone.svc.test."], ttl=30)
+    with pytest.raises(NoRecords):  # none has an address: a failed lookup, and the last set stays
+        lookup(resolver, SourceSpec("dns+srv://_http._tcp.svc.test"))

@@ -64,7 +64,7 @@ def test_probe_that_drips_bytes_still_ends_at_the_total_timeout(scripted):
 
 def test_balancer_takes_a_failing_backend_out_and_brings_it_back(mock_servers, balancer):
     mocks = mock_servers(2)
-    lb = balancer(mocks, health_interval_s=0.05, health_timeout_s=0.05, rise=2, fall=2)
+    lb = balancer(mocks, health_interval_s=0.2, rise=2, fall=2)
     requests.post(mocks[0].url + "/_mock/health", data="down", timeout=5)
     wait_for(lambda: state(lb, 0) == "down", what="mock-1 marked down")
     before = mocks[0].requests
