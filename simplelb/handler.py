@@ -94,7 +94,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
                 log.debug("client %s: %s", self.client_address[0], exc)
                 return False
         listener = self.server.config.listener
-        self.reader = SocketReader(self.connection)
+        self.reader = SocketReader(self.connection, kernel_timeouts=True)
         self.client = ClientConnection(
             self.connection, self.reader,
             body_timeout_s=listener.client_body_timeout_s, send_timeout_s=listener.send_timeout_s,

@@ -38,7 +38,7 @@ class _WithReader:
 
     def connect(self) -> None:
         super().connect()
-        self.reader = SocketReader(self.sock)
+        self.reader = SocketReader(self.sock, kernel_timeouts=True)
 
     def close(self) -> None:
         self.reader = None
@@ -92,8 +92,7 @@ class BackendPool:
         conn = self._pool._get_conn()
         if conn.sock is None:
             return conn, False
-        if conn.sock.gettimeout() != self.read_timeout_s:  # no system call unless it changed
-            conn.sock.settimeout(self.read_timeout_s)
+        self._limit(conn)  # (no system call unless a reload changed it)
         return conn, True
 
     def take_fresh(self) -> PooledConnection:
@@ -111,7 +110,12 @@ class BackendPool:
             conn.close()
             self._pool._put_conn(None)  # give the pool its slot back
             raise ConnectFailed(_describe(exc)) from None
-        conn.sock.settimeout(self.read_timeout_s)
+        self._limit(conn)
+
+    def _limit(self, conn: PooledConnection) -> None:
+        """The read timeout, for each receive and each send (as a Python socket timeout did before)."""
+        conn.reader.recv_timeout(self.read_timeout_s)
+        conn.reader.send_timeout(self.read_timeout_s)
 
     def release(self, conn: PooledConnection, reusable: bool) -> None:
         """Return ``conn`` for reuse, or close it; either way its pool slot is freed."""
