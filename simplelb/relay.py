@@ -17,7 +17,7 @@ from .client import ClientConnection
 from .errors import ResponseAborted
 from .gate import Turn
 from .headers import encode_head, response_headers_for_client, with_content_length, with_field
-from .http1 import LAST_CHUNK, BodyError, ResponseHead, comma_tokens, iter_body, response_framing
+from .http1 import LAST_CHUNK, BodyError, Framing, ResponseHead, comma_tokens, iter_body, response_framing
 from .request import ClientRequest
 from .sockio import SCRATCH
 from .upstream import PooledConnection
@@ -63,8 +63,16 @@ def relay(
         headers.append(("Connection", "keep-alive"))
     head_bytes = encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers)
     turn.release()  # what is left is waiting on sockets
-    client.send_head(head.status, head_bytes)
-    _relay_body(conn, backend, framing, client, rechunk)
+    if framing.kind == "length":
+        # The body bytes that came with the head go out with it, in one system call;
+        # a small body is then complete, with no buffer or generator set up for it.
+        early = conn.reader.take(framing.length)
+        client.send_head(head.status, head_bytes + early if early else head_bytes)
+        if len(early) < framing.length:
+            _relay_body(conn, backend, Framing("length", framing.length - len(early)), client, rechunk)
+    else:
+        client.send_head(head.status, head_bytes)
+        _relay_body(conn, backend, framing, client, rechunk)
     return keep_alive, framing.kind != "close" and _backend_keeps_alive(head, connection)
 
 

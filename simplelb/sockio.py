@@ -81,6 +81,12 @@ class SocketReader:
         """The received bytes nobody has read yet, left in place."""
         return bytes(self._buf)
 
+    def take(self, limit: int) -> bytes:
+        """Remove and return up to ``limit`` of the received bytes nobody has read yet (no system call)."""
+        data = bytes(self._buf[:limit])
+        del self._buf[:limit]
+        return data
+
     def take_pending(self) -> bytes:
         """Remove and return the received bytes nobody has read yet."""
         data = bytes(self._buf)
