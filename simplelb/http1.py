@@ -60,20 +60,61 @@ def is_token(text: str) -> bool:
 # --- heads ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RequestHead:
-    method: str
-    target: str  # exactly as on the wire
-    version: tuple[int, int]
-    headers: Headers
+class _Head:
+    """What both heads share: the fields in order, and each field's values by lower-case name."""
+
+    __slots__ = ()
+
+    def values(self, lname: str) -> list[str] | tuple[str, ...]:
+        """Every value of the field named ``lname`` (lower case), in order; ``header_values`` without a scan."""
+        index = self._index
+        if index is None:
+            index = self._index = _index(self.headers)
+        return index.get(lname, _NONE)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
 
 
-@dataclass(frozen=True)
-class ResponseHead:
-    version: tuple[int, int]
-    status: int
-    reason: str
-    headers: Headers
+class RequestHead(_Head):
+    __slots__ = ("method", "target", "version", "headers", "_index")
+    _fields = ("method", "target", "version", "headers")
+
+    def __init__(self, method: str, target: str, version: tuple[int, int], headers: Headers, index=None):
+        self.method = method
+        self.target = target  # exactly as on the wire
+        self.version = version
+        self.headers = headers
+        self._index = index
+
+
+class ResponseHead(_Head):
+    __slots__ = ("version", "status", "reason", "headers", "_index")
+    _fields = ("version", "status", "reason", "headers")
+
+    def __init__(self, version: tuple[int, int], status: int, reason: str, headers: Headers, index=None):
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self._index = index
+
+
+_NONE: tuple[str, ...] = ()
+
+
+def _index(headers: Headers) -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    for name, value in headers:
+        lname = name.lower()
+        if lname in index:
+            index[lname].append(value)
+        else:
+            index[lname] = [value]
+    return index
 
 
 def _split_lines(head: bytes) -> list[bytes]:
@@ -110,6 +151,85 @@ def parse_header_lines(lines: list[bytes], max_count: int, error: type[HTTPError
 
 def parse_request_head(head: bytes, max_headers: int = 100) -> RequestHead:
     """Parse a request head (RFC 9112 §3); raise ``BadRequest`` (400/505) when it is not valid."""
+    return _fast_request(head, max_headers) or _strict_request(head, max_headers)
+
+
+def parse_response_head(head: bytes, max_headers: int = 100) -> ResponseHead:
+    """Parse a response head (RFC 9112 §4); raise ``BadGateway`` when it is not valid."""
+    return _fast_response(head, max_headers) or _strict_response(head, max_headers)
+
+
+# The fast path takes the heads almost every peer sends -- CRLF line ends, no
+# control characters, plain names, HTTP/1.x -- with a few bytes and string
+# methods over the whole head instead of regular expressions per line, and
+# indexes the fields by name as it goes. Anything else returns None and
+# goes the strict way, which accepts exactly the same heads (tests/test_http1.py
+# runs both) and says what is wrong with the others.
+
+
+def _clean_lines(head: bytes, max_headers: int) -> list[str] | None:
+    """The lines of a head with CRLF line ends only and no control character but HTAB, as text."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or _CONTROL_RE.search(head):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    del lines[-2:]  # the empty line that ends the head
+    return lines if lines and len(lines) - 1 <= max_headers else None
+
+
+def _fast_fields(lines: list[str]) -> tuple[Headers, dict[str, list[str]]] | None:
+    headers: Headers = []
+    index: dict[str, list[str]] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not (colon and name.isascii() and name.replace("-", "").isalnum()):
+            return None  # folding, an odd name: the strict path decides
+        value = value.strip(" \t")
+        headers.append((name, value))
+        lname = name.lower()
+        if lname in index:
+            index[lname].append(value)
+        else:
+            index[lname] = [value]
+    return headers, index
+
+
+def _fast_request(head: bytes, max_headers: int) -> RequestHead | None:
+    lines = _clean_lines(head, max_headers)
+    if lines is None:
+        return None
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not (parts[0].isascii() and parts[0].isalpha()) or not _TEXT_TARGET_RE.fullmatch(parts[1]):
+        return None
+    version = _FAST_VERSIONS.get(parts[2])
+    fields = _fast_fields(lines[1:]) if version else None
+    if fields is None:
+        return None
+    return RequestHead(parts[0], parts[1], version, *fields)
+
+
+def _fast_response(head: bytes, max_headers: int) -> ResponseHead | None:
+    lines = _clean_lines(head, max_headers)
+    if lines is None:
+        return None
+    parts = lines[0].split(" ", 2)
+    version = _FAST_VERSIONS.get(parts[0])
+    if not version or len(parts) < 2 or len(parts[1]) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
+        return None
+    status = int(parts[1])
+    fields = _fast_fields(lines[1:]) if status >= 100 else None
+    if fields is None:
+        return None
+    return ResponseHead(version, status, parts[2] if len(parts) == 3 else "", *fields)
+
+
+_FAST_VERSIONS = {"HTTP/1.1": (1, 1), "HTTP/1.0": (1, 0)}
+# Controls other than HTAB, LF and CR: never valid anywhere in a head.
+_CONTROL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TEXT_TARGET_RE = re.compile(r"[\x21-\x7e]+")
+
+
+def _strict_request(head: bytes, max_headers: int) -> RequestHead:
     lines = _split_lines(head)
     parts = lines[0].split(b" ") if lines else []
     if len(parts) != 3:
@@ -131,8 +251,7 @@ def parse_request_head(head: bytes, max_headers: int = 100) -> RequestHead:
     return RequestHead(method.decode("ascii"), target.decode("ascii"), (major, minor), headers)
 
 
-def parse_response_head(head: bytes, max_headers: int = 100) -> ResponseHead:
-    """Parse a response head (RFC 9112 §4); raise ``BadGateway`` when it is not valid."""
+def _strict_response(head: bytes, max_headers: int) -> ResponseHead:
     lines = _split_lines(head)
     match = _STATUS_LINE_RE.fullmatch(lines[0]) if lines else None
     if not match:
