@@ -122,18 +122,18 @@ def _exchange(
         # A small body kept for retries goes with the head, in one system call.
         with_head = request.body if request.body is not None and len(request.body) <= WITH_HEAD_MAX else b""
         _send_head(conn.sock, backend, request, options, with_head)
+        turn.release()  # sent: the request leaves the gate for good (gate.py); the rest is waiting and relaying
         body_failure = None
-        with turn.paused():  # sending a body and waiting for the answer: no CPU to speak of
-            if request.framing is not NO_BODY and not with_head:
-                body_failure = _send_body(conn.sock, request, client)
-            try:
-                return _read_head(conn, request, backend, options.max_response_head, client)
-            except _StaleConnection:
-                if body_failure is not None:
-                    raise BadGateway(
-                        f"backend {backend.name} stopped reading the request body ({body_failure})", reason="reset"
-                    ) from None
-                raise
+        if request.framing is not NO_BODY and not with_head:
+            body_failure = _send_body(conn.sock, request, client)
+        try:
+            return _read_head(conn, request, backend, options.max_response_head, client)
+        except _StaleConnection:
+            if body_failure is not None:
+                raise BadGateway(
+                    f"backend {backend.name} stopped reading the request body ({body_failure})", reason="reset"
+                ) from None
+            raise
     except BaseException as exc:
         backend.pool.release(conn, reusable=False)
         if isinstance(exc, (GatewayTimeout, BadGateway)):
