@@ -194,12 +194,13 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
 
 def _describe_request(record: RequestRecord, head) -> None:
     record.method, record.target = head.method, head.target
-    record.protocol = f"HTTP/{head.version[0]}.{head.version[1]}"
-    for name, value in head.headers:
-        lname = name.lower()
-        if lname == "user-agent":
-            record.user_agent = value
-        elif lname == "referer":
-            record.referer = value
+    record.protocol = _PROTOCOLS.get(head.version) or f"HTTP/{head.version[0]}.{head.version[1]}"
+    if agents := head.values("user-agent"):
+        record.user_agent = agents[-1]  # (the last one, as a scan that kept overwriting found)
+    if referers := head.values("referer"):
+        record.referer = referers[-1]
+
+
+_PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
 
 

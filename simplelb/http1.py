@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
 
 from .errors import BadGateway, BadRequest, HTTPError
 from .sockio import COPY_CHUNK, SocketReader, sendall_parts
@@ -269,12 +268,23 @@ def _strict_response(head: bytes, max_headers: int) -> ResponseHead:
 # --- framing ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Framing:
     """How a body is delimited: ``kind`` is "none", "length", "chunked" or "close"."""
 
-    kind: str
-    length: int = 0
+    __slots__ = ("kind", "length")
+
+    def __init__(self, kind: str, length: int = 0):
+        self.kind = kind
+        self.length = length
+
+    def __eq__(self, other) -> bool:
+        return type(other) is Framing and (self.kind, self.length) == (other.kind, other.length)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.length))
+
+    def __repr__(self) -> str:
+        return f"Framing(kind={self.kind!r}, length={self.length!r})"
 
 
 NO_BODY = Framing("none")
@@ -290,10 +300,17 @@ def header_values(headers: Headers, name: str) -> list[str]:
 
 def comma_tokens(headers: Headers, name: str) -> list[str]:
     """The comma-separated list elements of every ``name`` field, lower-cased."""
-    return [item.strip().lower() for value in header_values(headers, name) for item in value.split(",") if item.strip()]
+    return tokens(header_values(headers, name))
+
+
+def tokens(values) -> list[str]:
+    """The comma-separated list elements of field values (``head.values(name)``), lower-cased."""
+    return [item.strip().lower() for value in values for item in value.split(",") if item.strip()]
 
 
 def _content_length(values: list[str], error: type[HTTPError]) -> int:
+    if len(values) == 1 and values[0].isdigit() and values[0].isascii() and len(values[0]) <= 18:
+        return int(values[0])  # the usual case, which the rules below accept as it is
     # RFC 9110 §8.6: a list of identical values may be taken as one; anything else is invalid.
     items = {item.strip() for value in values for item in value.split(",")}
     if len(items) != 1:
@@ -306,9 +323,9 @@ def _content_length(values: list[str], error: type[HTTPError]) -> int:
 
 def request_framing(head: RequestHead) -> Framing:
     """RFC 9112 §6.3, for a request."""
-    transfer_codings = comma_tokens(head.headers, "Transfer-Encoding")
-    lengths = header_values(head.headers, "Content-Length")
-    if header_values(head.headers, "Transfer-Encoding"):
+    lengths = head.values("content-length")
+    if te := head.values("transfer-encoding"):
+        transfer_codings = tokens(te)
         if head.version < (1, 1):
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if lengths:
@@ -330,10 +347,10 @@ def response_framing(request_method: str, head: ResponseHead) -> Framing:
     """RFC 9112 §6.3, for a response to ``request_method``."""
     if request_method == "HEAD" or head.status < 200 or head.status in (204, 304):
         return NO_BODY
-    if header_values(head.headers, "Transfer-Encoding"):
-        if header_values(head.headers, "Content-Length"):
+    if te := head.values("transfer-encoding"):
+        if head.values("content-length"):
             raise BadGateway("backend response has both Transfer-Encoding and Content-Length")
-        codings = comma_tokens(head.headers, "Transfer-Encoding")
+        codings = tokens(te)
         if codings == ["chunked"]:
             return CHUNKED
         # Another transfer coding (gzip, ...) is of the backend's hop: we would have to
@@ -342,7 +359,7 @@ def response_framing(request_method: str, head: ResponseHead) -> Framing:
         # refused, as nginx does.
         other = next((c for c in codings if c != "chunked"), codings[-1] if codings else "")
         raise BadGateway(f"backend response has a transfer coding we do not relay: {other!r}")
-    lengths = header_values(head.headers, "Content-Length")
+    lengths = head.values("content-length")
     if lengths:
         return Framing("length", _content_length(lengths, BadGateway))
     return UNTIL_CLOSE
