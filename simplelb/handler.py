@@ -109,7 +109,8 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             if not self._start():
                 return
             while tracker.idle(self.connection) and self.client.wait_for_request(keepalive_s):
-                tracker.reading(self.connection)
+                if not self.reader.has_head():  # (a head already here goes from idle to busy at once)
+                    tracker.reading(self.connection)
                 if not self._serve_one():
                     break
         finally:
