@@ -15,6 +15,7 @@ from either side.
 
 from __future__ import annotations
 
+import queue
 import socket
 import ssl
 
@@ -53,6 +54,31 @@ class PooledTLSConnection(_WithReader, urllib3.connection.HTTPSConnection):
     """A connection to an ``https://`` backend: SNI set to its host, its certificate checked by the context."""
 
 
+class _PoolQueue(queue.LifoQueue):
+    """The urllib3 pool's LIFO queue without its condition variables.
+
+    The pool never waits on it (``pool_block=False``: an empty pool opens a
+    new connection, a full one closes the extra), yet ``queue.Queue`` signals
+    ``not_empty`` and ``not_full`` at every ``get`` and ``put`` -- a few lock
+    operations per request for waiters that never exist. Here both only take
+    the mutex, and never block: empty raises ``Empty``, full raises ``Full``,
+    as the non-blocking calls urllib3 makes expect.
+    """
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        with self.mutex:
+            if self.queue:
+                return self.queue.pop()
+        raise queue.Empty
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        with self.mutex:
+            if len(self.queue) < self.maxsize:
+                self.queue.append(item)
+                return
+        raise queue.Full
+
+
 class BackendPool:
     """Warm connections to one backend."""
 
@@ -76,6 +102,9 @@ class BackendPool:
         pool_kwargs = {"ssl_context": tls} if tls is not None else None
         self._pool = adapter.poolmanager.connection_from_host(host, port, scheme=scheme, pool_kwargs=pool_kwargs)
         self._pool.ConnectionCls = PooledTLSConnection if tls is not None else PooledConnection
+        lighter = _PoolQueue(self._pool.pool.maxsize)
+        lighter.queue.extend(self._pool.pool.queue)  # the empty slots urllib3 put there
+        self._pool.pool = lighter
         self._pool.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
 
     def configure(self, connect_timeout_s: float, read_timeout_s: float) -> None:
