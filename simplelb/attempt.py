@@ -43,6 +43,11 @@ from .upstream import PooledConnection
 log = logging.getLogger(__name__)
 
 
+# A body kept for retries up to this size is sent with the head (one copy, one
+# system call); a larger one (--retry-body-limit raised) is sent after it.
+WITH_HEAD_MAX = 64 * 1024
+
+
 class AttemptFailed(Exception):
     """One attempt failed before any response byte reached the client.
 
@@ -114,19 +119,21 @@ def _exchange(
 ) -> ResponseHead:
     """Send the request on ``conn`` and read the final response head; on any failure ``conn`` is released."""
     try:
-        _send_head(conn.sock, backend, request, options)
+        # A small body kept for retries goes with the head, in one system call.
+        with_head = request.body if request.body is not None and len(request.body) <= WITH_HEAD_MAX else b""
+        _send_head(conn.sock, backend, request, options, with_head)
+        turn.release()  # sent: the request leaves the gate for good (gate.py); the rest is waiting and relaying
         body_failure = None
-        with turn.paused():  # sending a body and waiting for the answer: no CPU to speak of
-            if request.framing is not NO_BODY:
-                body_failure = _send_body(conn.sock, request, client)
-            try:
-                return _read_head(conn, request, backend, options.max_response_head, client)
-            except _StaleConnection:
-                if body_failure is not None:
-                    raise BadGateway(
-                        f"backend {backend.name} stopped reading the request body ({body_failure})", reason="reset"
-                    ) from None
-                raise
+        if request.framing is not NO_BODY and not with_head:
+            body_failure = _send_body(conn.sock, request, client)
+        try:
+            return _read_head(conn, request, backend, options.max_response_head, client)
+        except _StaleConnection:
+            if body_failure is not None:
+                raise BadGateway(
+                    f"backend {backend.name} stopped reading the request body ({body_failure})", reason="reset"
+                ) from None
+            raise
     except BaseException as exc:
         backend.pool.release(conn, reusable=False)
         if isinstance(exc, (GatewayTimeout, BadGateway)):
@@ -134,7 +141,8 @@ def _exchange(
         raise
 
 
-def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest, options: ForwardOptions) -> None:
+def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest, options: ForwardOptions,
+               body: bytes = b"") -> None:
     headers = request_headers_for_backend(
         request.headers, request.client_ip, connection=request.connection, default_host=backend.address,
         scheme=options.scheme, allow_underscores=options.allow_underscores, upgrade=request.upgrade,
@@ -146,7 +154,7 @@ def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest, op
     elif request.framing.kind == "length":
         headers = with_content_length(headers, request.framing.length)
     try:
-        sock.sendall(encode_head(f"{request.method} {request.target} HTTP/1.1", headers))
+        sock.sendall(encode_head(f"{request.method} {request.target} HTTP/1.1", headers) + body)
     except OSError as exc:
         raise _StaleConnection(str(exc)) from None
 

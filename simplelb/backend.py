@@ -28,7 +28,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import ClientSideError
@@ -64,11 +63,16 @@ class BackendGone(Exception):
 
 
 class Attempt:
-    """One request attempt against a backend, as seen by ``Backend.track``."""
+    """One request attempt against a backend: the context manager ``Backend.track`` returns.
 
-    __slots__ = ("_clock", "started_at", "responded_at", "status")
+    A plain class rather than a generator-based context manager: it is entered
+    and left once per request, and a generator costs a frame and a few calls more.
+    """
 
-    def __init__(self, clock: Callable[[], float]):
+    __slots__ = ("_backend", "_clock", "started_at", "responded_at", "status")
+
+    def __init__(self, backend: Backend, clock: Callable[[], float]):
+        self._backend = backend
         self._clock = clock
         self.started_at = clock()
         self.responded_at: float | None = None
@@ -78,6 +82,17 @@ class Attempt:
         """The response head arrived: the latency sample ends here."""
         self.responded_at = self._clock()
         self.status = status
+
+    def __enter__(self) -> Attempt:
+        self._backend._begin()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc is None or isinstance(exc, ClientSideError):  # the client's doing counts for nothing
+            self._backend._finish(self, "", "")
+        else:
+            self._backend._finish(self, str(exc) or exc_type.__name__, getattr(exc, "reason", "protocol"))
+        return False
 
 
 class BackendEvents:
@@ -337,9 +352,8 @@ class Backend:
 
     # --- the request path ---------------------------------------------------
 
-    @contextmanager
-    def track(self):
-        """Count one attempt as in flight for as long as the block runs.
+    def track(self) -> Attempt:
+        """Count one attempt as in flight for as long as the block runs (``with backend.track() as attempt``).
 
         This is the one place where per-request state changes. Raises
         ``BackendFull`` or ``BackendGone`` (before anything happens) when the
@@ -351,23 +365,15 @@ class Backend:
         sample, so a backend that fails fast never looks fast; consecutive
         failures (and, if configured, 5xx answers) feed passive health.
         """
-        attempt = Attempt(self._clock)
+        return Attempt(self, self._clock)
+
+    def _begin(self) -> None:
         with self._lock:
             if self._removing or self.spec.state == "maint":
                 raise BackendGone(self.name)
             if self._max_conns and self._in_flight >= self._max_conns:
                 raise BackendFull(self.name)
             self._in_flight += 1
-        failure, reason = "", ""
-        try:
-            yield attempt
-        except ClientSideError:
-            raise
-        except BaseException as exc:
-            failure, reason = str(exc) or exc.__class__.__name__, getattr(exc, "reason", "protocol")
-            raise
-        finally:
-            self._finish(attempt, failure, reason)
 
     def _finish(self, attempt: Attempt, failure: str, reason: str) -> None:
         now = self._clock()

@@ -3,9 +3,9 @@
 ``ClientConnection`` sends to the client and reads the request body from it,
 turning socket failures into ``ClientDisconnected`` and malformed bodies
 into ``ClientBodyError`` -- the client's doing, never held against a backend.
-One socket timeout serves both directions, so it is switched as the
-exchange moves between reading the body and sending the response (and only
-when it changes: ``settimeout`` is a system call).
+Each phase sets its limit through the reader (``recv_timeout`` for the wait
+for a request and for the body, ``send_timeout`` for the response), which
+makes a system call only when a limit changes (``sockio``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ class ClientConnection:
         self.body_timeout_s = body_timeout_s
         self.send_timeout_s = send_timeout_s
         self.max_body_bytes = max_body_bytes
-        self._timeout: float | None = None
         self.begin_request()
 
     def begin_request(self) -> None:
@@ -48,38 +47,31 @@ class ClientConnection:
         self.body_bytes_received = 0
         self.status_sent = 0  # the status of the response whose head went out, if one did
 
-    def use_timeout(self, timeout_s: float) -> None:
-        """Set the socket timeout, making the system call only when the value changes."""
-        if self._timeout != timeout_s or self.reader.timeout_changed:
-            self.sock.settimeout(timeout_s)
-            self._timeout = timeout_s
-            self.reader.timeout_changed = False
-
     def wait_for_request(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the next request's first bytes; False if none came."""
         if self.reader.pending:
             return True
-        self.use_timeout(timeout_s)
+        self.reader.recv_timeout(timeout_s)
         try:
             return self.reader.fill()
         except OSError:  # timeout, reset, or shut down by the server
             return False
 
     def send(self, data: bytes) -> None:
-        self.use_timeout(self.send_timeout_s)
+        self.reader.send_timeout(self.send_timeout_s)
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            raise ClientDisconnected(str(exc)) from None
+            raise ClientDisconnected(_why(exc)) from None
         self.bytes_sent += len(data)
 
     def send_chunk(self, data) -> None:
         """One chunk of a re-chunked body (``data`` may be a view of a scratch buffer)."""
-        self.use_timeout(self.send_timeout_s)
+        self.reader.send_timeout(self.send_timeout_s)
         try:
             self.bytes_sent += send_chunk(self.sock, data)
         except OSError as exc:
-            raise ClientDisconnected(str(exc)) from None
+            raise ClientDisconnected(_why(exc)) from None
 
     def send_head(self, status: int, data: bytes) -> None:
         """Send a response head (or a whole small response) with its final ``status``."""
@@ -102,7 +94,7 @@ class ClientConnection:
         A length-framed body over ``max_body_bytes`` was refused by ``admit``
         already; a chunked one is counted here as it arrives.
         """
-        self.use_timeout(self.body_timeout_s)
+        self.reader.recv_timeout(self.body_timeout_s)
         try:
             with SCRATCH.borrow() as scratch:
                 yield from self._counted(iter_body(self.reader, framing, scratch))
@@ -121,3 +113,8 @@ class ClientConnection:
             yield data
 
 
+
+
+def _why(exc: OSError) -> str:
+    # A send that ran into SO_SNDTIMEO fails with EAGAIN: say what it means.
+    return "timed out" if isinstance(exc, BlockingIOError) else str(exc)

@@ -53,6 +53,20 @@ def int_range(low: int, high: int) -> Callable[[Any], int]:
     return number(low, high, integer=True)
 
 
+def workers(value: Any) -> int:
+    """``N`` processes (1-64), or ``auto``: one per CPU this process may run on (``taskset`` counts)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # no CPU affinity on this system
+            cpus = os.cpu_count() or 1
+        return max(1, min(64, cpus))
+    try:
+        return int_range(1, 64)(value)
+    except ConfigError:
+        raise ConfigError(f"must be a whole number from 1 up to 64, or auto, not {value!r}") from None
+
+
 def optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``None`` (unset) passes; anything else is converted."""
     return lambda value: None if value is None else convert(value)

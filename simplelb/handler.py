@@ -94,7 +94,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
                 log.debug("client %s: %s", self.client_address[0], exc)
                 return False
         listener = self.server.config.listener
-        self.reader = SocketReader(self.connection)
+        self.reader = SocketReader(self.connection, kernel_timeouts=True)
         self.client = ClientConnection(
             self.connection, self.reader,
             body_timeout_s=listener.client_body_timeout_s, send_timeout_s=listener.send_timeout_s,
@@ -109,7 +109,8 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             if not self._start():
                 return
             while tracker.idle(self.connection) and self.client.wait_for_request(keepalive_s):
-                tracker.reading(self.connection)
+                if not self.reader.has_head():  # (a head already here goes from idle to busy at once)
+                    tracker.reading(self.connection)
                 if not self._serve_one():
                     break
         finally:
@@ -194,12 +195,13 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
 
 def _describe_request(record: RequestRecord, head) -> None:
     record.method, record.target = head.method, head.target
-    record.protocol = f"HTTP/{head.version[0]}.{head.version[1]}"
-    for name, value in head.headers:
-        lname = name.lower()
-        if lname == "user-agent":
-            record.user_agent = value
-        elif lname == "referer":
-            record.referer = value
+    record.protocol = _PROTOCOLS.get(head.version) or f"HTTP/{head.version[0]}.{head.version[1]}"
+    if agents := head.values("user-agent"):
+        record.user_agent = agents[-1]  # (the last one, as a scan that kept overwriting found)
+    if referers := head.values("referer"):
+        record.referer = referers[-1]
+
+
+_PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
 
 

@@ -77,11 +77,16 @@ def request_headers_for_backend(
     offer (the protocols the client asked for) is passed on as
     ``Connection: Upgrade`` and ``Upgrade``.
     """
+    if connection is None:
+        connection = comma_tokens(headers, "Connection")
+    named = set(connection) - _NEVER_CONNECTION_SCOPED
     kept: Headers = []
     prior_for: list[str] = []
     host = ""
-    for name, value in remove_hop_by_hop(headers, connection):
+    for name, value in headers:
         lname = name.lower()
+        if lname in HOP_BY_HOP or lname in named:  # remove_hop_by_hop, in the same pass
+            continue
         if "_" in name and not allow_underscores:
             continue
         if lname == "x-forwarded-for":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
 
 from .errors import BadGateway, BadRequest, HTTPError
 from .sockio import COPY_CHUNK, SocketReader, sendall_parts
@@ -60,20 +59,61 @@ def is_token(text: str) -> bool:
 # --- heads ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RequestHead:
-    method: str
-    target: str  # exactly as on the wire
-    version: tuple[int, int]
-    headers: Headers
+class _Head:
+    """What both heads share: the fields in order, and each field's values by lower-case name."""
+
+    __slots__ = ()
+
+    def values(self, lname: str) -> list[str] | tuple[str, ...]:
+        """Every value of the field named ``lname`` (lower case), in order; ``header_values`` without a scan."""
+        index = self._index
+        if index is None:
+            index = self._index = _index(self.headers)
+        return index.get(lname, _NONE)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
 
 
-@dataclass(frozen=True)
-class ResponseHead:
-    version: tuple[int, int]
-    status: int
-    reason: str
-    headers: Headers
+class RequestHead(_Head):
+    __slots__ = ("method", "target", "version", "headers", "_index")
+    _fields = ("method", "target", "version", "headers")
+
+    def __init__(self, method: str, target: str, version: tuple[int, int], headers: Headers, index=None):
+        self.method = method
+        self.target = target  # exactly as on the wire
+        self.version = version
+        self.headers = headers
+        self._index = index
+
+
+class ResponseHead(_Head):
+    __slots__ = ("version", "status", "reason", "headers", "_index")
+    _fields = ("version", "status", "reason", "headers")
+
+    def __init__(self, version: tuple[int, int], status: int, reason: str, headers: Headers, index=None):
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self._index = index
+
+
+_NONE: tuple[str, ...] = ()
+
+
+def _index(headers: Headers) -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    for name, value in headers:
+        lname = name.lower()
+        if lname in index:
+            index[lname].append(value)
+        else:
+            index[lname] = [value]
+    return index
 
 
 def _split_lines(head: bytes) -> list[bytes]:
@@ -110,6 +150,85 @@ def parse_header_lines(lines: list[bytes], max_count: int, error: type[HTTPError
 
 def parse_request_head(head: bytes, max_headers: int = 100) -> RequestHead:
     """Parse a request head (RFC 9112 §3); raise ``BadRequest`` (400/505) when it is not valid."""
+    return _fast_request(head, max_headers) or _strict_request(head, max_headers)
+
+
+def parse_response_head(head: bytes, max_headers: int = 100) -> ResponseHead:
+    """Parse a response head (RFC 9112 §4); raise ``BadGateway`` when it is not valid."""
+    return _fast_response(head, max_headers) or _strict_response(head, max_headers)
+
+
+# The fast path takes the heads almost every peer sends -- CRLF line ends, no
+# control characters, plain names, HTTP/1.x -- with a few bytes and string
+# methods over the whole head instead of regular expressions per line, and
+# indexes the fields by name as it goes. Anything else returns None and
+# goes the strict way, which accepts exactly the same heads (tests/test_http1.py
+# runs both) and says what is wrong with the others.
+
+
+def _clean_lines(head: bytes, max_headers: int) -> list[str] | None:
+    """The lines of a head with CRLF line ends only and no control character but HTAB, as text."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or _CONTROL_RE.search(head):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    del lines[-2:]  # the empty line that ends the head
+    return lines if lines and len(lines) - 1 <= max_headers else None
+
+
+def _fast_fields(lines: list[str]) -> tuple[Headers, dict[str, list[str]]] | None:
+    headers: Headers = []
+    index: dict[str, list[str]] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not (colon and name.isascii() and name.replace("-", "").isalnum()):
+            return None  # folding, an odd name: the strict path decides
+        value = value.strip(" \t")
+        headers.append((name, value))
+        lname = name.lower()
+        if lname in index:
+            index[lname].append(value)
+        else:
+            index[lname] = [value]
+    return headers, index
+
+
+def _fast_request(head: bytes, max_headers: int) -> RequestHead | None:
+    lines = _clean_lines(head, max_headers)
+    if lines is None:
+        return None
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not (parts[0].isascii() and parts[0].isalpha()) or not _TEXT_TARGET_RE.fullmatch(parts[1]):
+        return None
+    version = _FAST_VERSIONS.get(parts[2])
+    fields = _fast_fields(lines[1:]) if version else None
+    if fields is None:
+        return None
+    return RequestHead(parts[0], parts[1], version, *fields)
+
+
+def _fast_response(head: bytes, max_headers: int) -> ResponseHead | None:
+    lines = _clean_lines(head, max_headers)
+    if lines is None:
+        return None
+    parts = lines[0].split(" ", 2)
+    version = _FAST_VERSIONS.get(parts[0])
+    if not version or len(parts) < 2 or len(parts[1]) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
+        return None
+    status = int(parts[1])
+    fields = _fast_fields(lines[1:]) if status >= 100 else None
+    if fields is None:
+        return None
+    return ResponseHead(version, status, parts[2] if len(parts) == 3 else "", *fields)
+
+
+_FAST_VERSIONS = {"HTTP/1.1": (1, 1), "HTTP/1.0": (1, 0)}
+# Controls other than HTAB, LF and CR: never valid anywhere in a head.
+_CONTROL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TEXT_TARGET_RE = re.compile(r"[\x21-\x7e]+")
+
+
+def _strict_request(head: bytes, max_headers: int) -> RequestHead:
     lines = _split_lines(head)
     parts = lines[0].split(b" ") if lines else []
     if len(parts) != 3:
@@ -131,8 +250,7 @@ def parse_request_head(head: bytes, max_headers: int = 100) -> RequestHead:
     return RequestHead(method.decode("ascii"), target.decode("ascii"), (major, minor), headers)
 
 
-def parse_response_head(head: bytes, max_headers: int = 100) -> ResponseHead:
-    """Parse a response head (RFC 9112 §4); raise ``BadGateway`` when it is not valid."""
+def _strict_response(head: bytes, max_headers: int) -> ResponseHead:
     lines = _split_lines(head)
     match = _STATUS_LINE_RE.fullmatch(lines[0]) if lines else None
     if not match:
@@ -150,12 +268,23 @@ def parse_response_head(head: bytes, max_headers: int = 100) -> ResponseHead:
 # --- framing ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Framing:
     """How a body is delimited: ``kind`` is "none", "length", "chunked" or "close"."""
 
-    kind: str
-    length: int = 0
+    __slots__ = ("kind", "length")
+
+    def __init__(self, kind: str, length: int = 0):
+        self.kind = kind
+        self.length = length
+
+    def __eq__(self, other) -> bool:
+        return type(other) is Framing and (self.kind, self.length) == (other.kind, other.length)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.length))
+
+    def __repr__(self) -> str:
+        return f"Framing(kind={self.kind!r}, length={self.length!r})"
 
 
 NO_BODY = Framing("none")
@@ -171,10 +300,17 @@ def header_values(headers: Headers, name: str) -> list[str]:
 
 def comma_tokens(headers: Headers, name: str) -> list[str]:
     """The comma-separated list elements of every ``name`` field, lower-cased."""
-    return [item.strip().lower() for value in header_values(headers, name) for item in value.split(",") if item.strip()]
+    return tokens(header_values(headers, name))
+
+
+def tokens(values) -> list[str]:
+    """The comma-separated list elements of field values (``head.values(name)``), lower-cased."""
+    return [item.strip().lower() for value in values for item in value.split(",") if item.strip()]
 
 
 def _content_length(values: list[str], error: type[HTTPError]) -> int:
+    if len(values) == 1 and values[0].isdigit() and values[0].isascii() and len(values[0]) <= 18:
+        return int(values[0])  # the usual case, which the rules below accept as it is
     # RFC 9110 §8.6: a list of identical values may be taken as one; anything else is invalid.
     items = {item.strip() for value in values for item in value.split(",")}
     if len(items) != 1:
@@ -187,9 +323,9 @@ def _content_length(values: list[str], error: type[HTTPError]) -> int:
 
 def request_framing(head: RequestHead) -> Framing:
     """RFC 9112 §6.3, for a request."""
-    transfer_codings = comma_tokens(head.headers, "Transfer-Encoding")
-    lengths = header_values(head.headers, "Content-Length")
-    if header_values(head.headers, "Transfer-Encoding"):
+    lengths = head.values("content-length")
+    if te := head.values("transfer-encoding"):
+        transfer_codings = tokens(te)
         if head.version < (1, 1):
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if lengths:
@@ -211,10 +347,10 @@ def response_framing(request_method: str, head: ResponseHead) -> Framing:
     """RFC 9112 §6.3, for a response to ``request_method``."""
     if request_method == "HEAD" or head.status < 200 or head.status in (204, 304):
         return NO_BODY
-    if header_values(head.headers, "Transfer-Encoding"):
-        if header_values(head.headers, "Content-Length"):
+    if te := head.values("transfer-encoding"):
+        if head.values("content-length"):
             raise BadGateway("backend response has both Transfer-Encoding and Content-Length")
-        codings = comma_tokens(head.headers, "Transfer-Encoding")
+        codings = tokens(te)
         if codings == ["chunked"]:
             return CHUNKED
         # Another transfer coding (gzip, ...) is of the backend's hop: we would have to
@@ -223,7 +359,7 @@ def response_framing(request_method: str, head: ResponseHead) -> Framing:
         # refused, as nginx does.
         other = next((c for c in codings if c != "chunked"), codings[-1] if codings else "")
         raise BadGateway(f"backend response has a transfer coding we do not relay: {other!r}")
-    lengths = header_values(head.headers, "Content-Length")
+    lengths = head.values("content-length")
     if lengths:
         return Framing("length", _content_length(lengths, BadGateway))
     return UNTIL_CLOSE

@@ -84,6 +84,7 @@ class Forwarder:
         last_failure: AttemptFailed | None = None
         queue_deadline = None
         while True:
+            turn.enter()  # a retry gets back in line: its first attempt left the gate once sent
             backend, queue_deadline = self._choose(view, key, pinned, tried, queue_deadline, turn)
             if backend is None:
                 if last_failure is not None:

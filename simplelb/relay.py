@@ -17,7 +17,7 @@ from .client import ClientConnection
 from .errors import ResponseAborted
 from .gate import Turn
 from .headers import encode_head, response_headers_for_client, with_content_length, with_field
-from .http1 import LAST_CHUNK, BodyError, ResponseHead, comma_tokens, iter_body, response_framing
+from .http1 import LAST_CHUNK, BodyError, Framing, ResponseHead, iter_body, response_framing, tokens
 from .request import ClientRequest
 from .sockio import SCRATCH
 from .upstream import PooledConnection
@@ -42,9 +42,9 @@ def relay(
     names the backend that answered, when the operator asked for it.
     """
     framing = response_framing(request.method, head)
-    connection = comma_tokens(head.headers, "Connection")
+    connection = tokens(head.values("connection"))
     headers = response_headers_for_client(head.headers, connection, backend_header)
-    if framing.kind == "length":
+    if framing.kind == "length" and not _plain_length(head, headers, framing.length):
         headers = with_content_length(headers, framing.length)
     if request.request_id is not None:
         headers = with_field(headers, *request.request_id)
@@ -63,8 +63,16 @@ def relay(
         headers.append(("Connection", "keep-alive"))
     head_bytes = encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers)
     turn.release()  # what is left is waiting on sockets
-    client.send_head(head.status, head_bytes)
-    _relay_body(conn, backend, framing, client, rechunk)
+    if framing.kind == "length":
+        # The body bytes that came with the head go out with it, in one system call;
+        # a small body is then complete, with no buffer or generator set up for it.
+        early = conn.reader.take(framing.length)
+        client.send_head(head.status, head_bytes + early if early else head_bytes)
+        if len(early) < framing.length:
+            _relay_body(conn, backend, Framing("length", framing.length - len(early)), client, rechunk)
+    else:
+        client.send_head(head.status, head_bytes)
+        _relay_body(conn, backend, framing, client, rechunk)
     return keep_alive, framing.kind != "close" and _backend_keeps_alive(head, connection)
 
 
@@ -99,3 +107,8 @@ def _backend_keeps_alive(head: ResponseHead, connection: list[str]) -> bool:
     if head.version >= (1, 1):
         return "close" not in connection
     return "keep-alive" in connection
+
+
+def _plain_length(head: ResponseHead, headers, length: int) -> bool:
+    """Whether the one Content-Length field is already exactly what ``with_content_length`` writes."""
+    return len(head.values("content-length")) == 1 and ("Content-Length", str(length)) in headers

@@ -21,9 +21,8 @@ from .http1 import (
     Framing,
     RequestHead,
     check_chunked_prefix,
-    comma_tokens,
-    header_values,
     request_framing,
+    tokens,
 )
 
 
@@ -88,8 +87,8 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffere
     if head.method == "CONNECT":
         raise BadRequest("CONNECT is not supported: this is a reverse proxy", status=405, close=False)
     target = head.target
-    headers = list(head.headers)
-    hosts = header_values(headers, "Host")
+    headers = head.headers  # (never changed in place: the absolute form below makes a new list)
+    hosts = head.values("host")
     if len(hosts) > 1:
         raise BadRequest("more than one Host header")
     if head.version >= (1, 1) and not hosts:
@@ -121,12 +120,12 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffere
     if max_body_bytes and framing.kind == "length" and framing.length > max_body_bytes:
         # Refused before any backend is contacted, and without a 100 Continue.
         raise BadRequest(f"request body of {framing.length} bytes is larger than {max_body_bytes}", status=413)
-    connection = comma_tokens(headers, "Connection")
+    connection = tokens(head.values("connection"))
     if head.version >= (1, 1):
         keep_alive = "close" not in connection
     else:
         keep_alive = "keep-alive" in connection
-    expect = [v.strip().lower() for v in header_values(headers, "Expect")]
+    expect = [v.strip().lower() for v in head.values("expect")]
     expect_continue = head.version >= (1, 1) and "100-continue" in expect and framing is not NO_BODY
     request = ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue, connection)
     if head.version >= (1, 1):

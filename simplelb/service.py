@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 
 from .config import Config
+from .cpu import run_on_one_cpu
 from .errors import ConfigError
 from .specs import describe
 
@@ -78,6 +79,7 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
     """Run one balancer in this process until SIGINT or SIGTERM, then drain it."""
     from .server import LoadBalancer  # after logging is set up
 
+    run_on_one_cpu()  # before any thread starts: they all inherit it (cpu.py says why)
     signals = Signals()
     signals.install()
     balancer = LoadBalancer(config, source=source, listen_socket=listen_socket, sticky_secret=sticky_secret)

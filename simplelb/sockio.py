@@ -5,13 +5,24 @@ as they arrive, either as fresh ``bytes`` or (``read_into``) as views of a
 buffer borrowed from ``SCRATCH``, so a body of any size passes through the
 same few buffers. ``sendall_parts`` sends several buffers in one system call
 (``sendmsg``) without joining them.
+
+Timeouts. A Python socket with a timeout calls ``poll()`` before every
+``recv`` and ``send``: two system calls where one would do. A reader made
+with ``kernel_timeouts=True`` keeps its socket blocking and hands the limits
+to the kernel instead (``SO_RCVTIMEO``, ``SO_SNDTIMEO``): the one ``recv``
+or ``send`` waits at most that long and fails with ``EAGAIN``, which the
+reader turns into the ``TimeoutError`` a Python timeout would have raised.
+TLS sockets keep Python's timeouts: the ``ssl`` module retries a blocking
+socket's ``EAGAIN`` forever, so a kernel limit would never fire. Either way
+the reader remembers what is set, so a limit costs a system call only when
+it changes.
 """
 
 from __future__ import annotations
 
-import re
 import socket
 import ssl
+import struct
 import threading
 import time
 from contextlib import contextmanager
@@ -20,7 +31,20 @@ from contextlib import contextmanager
 # download costs few system calls, small enough that memory stays flat.
 COPY_CHUNK = 256 * 1024
 
-_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+_LINE_END_BYTES = (b"\r", b"\n")
+
+
+def _head_end(buf: bytearray, start: int) -> int:
+    """Where the first empty line (``\\r?\\n\\r?\\n``) at or after ``start`` ends; 0 if there is none.
+
+    Two ``find`` calls instead of a regular expression: the first LF followed
+    by an LF, or by CRLF, ends the head.
+    """
+    bare = buf.find(b"\n\n", start)
+    crlf = buf.find(b"\n\r\n", start, bare + 1 if bare >= 0 else len(buf))
+    if crlf >= 0:
+        return crlf + 3
+    return bare + 2 if bare >= 0 else 0
 
 
 class SocketReader:
@@ -31,13 +55,38 @@ class SocketReader:
     for a full buffer). EOF is ``b""``.
     """
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, *, kernel_timeouts: bool = False):
         self.sock = sock
         self._buf = bytearray()
-        # Set when read_head changed the socket's timeout for its deadline, so
-        # the owner knows to set its own again (settimeout is a system call:
-        # it is only made when the value really changes).
-        self.timeout_changed = False
+        self._kernel = kernel_timeouts and not isinstance(sock, ssl.SSLSocket)
+        if self._kernel and sock.gettimeout() is not None:
+            sock.settimeout(None)  # blocking: the kernel's limits apply, and no poll() precedes a call
+        # The limits in force (-1: not known, so the first setting is always made).
+        self._recv_s = self._send_s = -1.0
+
+    def recv_timeout(self, seconds: float) -> None:
+        """Limit each receive to ``seconds`` from now on; a system call only when the limit changes."""
+        if seconds != self._recv_s:
+            if self._kernel:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+            else:
+                self.sock.settimeout(seconds)
+                self._send_s = seconds  # a Python timeout serves both directions
+            self._recv_s = seconds
+
+    def send_timeout(self, seconds: float) -> None:
+        """Limit each send to ``seconds`` from now on; a system call only when the limit changes."""
+        if seconds != self._send_s:
+            if self._kernel:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
+            else:
+                self.sock.settimeout(seconds)
+                self._recv_s = seconds
+            self._send_s = seconds
+
+    def has_head(self) -> bool:
+        """Whether a whole head (not starting with an empty line) is already buffered: no wait to read it."""
+        return self._buf[:1] not in _LINE_END_BYTES and _head_end(self._buf, 0) > 0
 
     @property
     def pending(self) -> int:
@@ -47,6 +96,12 @@ class SocketReader:
     def peek(self) -> bytes:
         """The received bytes nobody has read yet, left in place."""
         return bytes(self._buf)
+
+    def take(self, limit: int) -> bytes:
+        """Remove and return up to ``limit`` of the received bytes nobody has read yet (no system call)."""
+        data = bytes(self._buf[:limit])
+        del self._buf[:limit]
+        return data
 
     def take_pending(self) -> bytes:
         """Remove and return the received bytes nobody has read yet."""
@@ -59,7 +114,10 @@ class SocketReader:
         return self._fill(size)
 
     def _fill(self, size: int = COPY_CHUNK) -> bool:
-        data = self.sock.recv(size)
+        try:
+            data = self.sock.recv(size)
+        except BlockingIOError:  # SO_RCVTIMEO ran out (a blocking socket fails only so with EAGAIN)
+            raise TimeoutError("timed out") from None
         if not data:
             return False
         self._buf += data
@@ -70,7 +128,10 @@ class SocketReader:
             data = bytes(self._buf[:limit])
             del self._buf[:limit]
             return data
-        return self.sock.recv(limit)
+        try:
+            return self.sock.recv(limit)
+        except BlockingIOError:
+            raise TimeoutError("timed out") from None
 
     def read_into(self, scratch: bytearray, limit: int = COPY_CHUNK) -> memoryview:
         """Like ``read``, into ``scratch``: the view is valid until the next read into it."""
@@ -81,7 +142,10 @@ class SocketReader:
             view[:count] = self._buf[:count]
             del self._buf[:count]
             return view[:count]
-        return view[: self.sock.recv_into(scratch, limit)]
+        try:
+            return view[: self.sock.recv_into(scratch, limit)]
+        except BlockingIOError:
+            raise TimeoutError("timed out") from None
 
     def read_exact(self, n: int) -> bytes:
         """Read exactly ``n`` bytes or raise ``EOFError``."""
@@ -120,10 +184,10 @@ class SocketReader:
         searched = 0
         while True:
             # RFC 9112 §2.2: empty lines before a request line are ignored.
-            while self._buf.startswith(b"\r\n") or self._buf.startswith(b"\n"):
+            while self._buf[:1] in _LINE_END_BYTES and (self._buf.startswith(b"\r\n") or self._buf.startswith(b"\n")):
                 del self._buf[: 2 if self._buf[0] == 13 else 1]
-            match = _HEAD_END_RE.search(self._buf, max(0, searched - 3))
-            end = match.end() if match else len(self._buf)
+            found = _head_end(self._buf, max(0, searched - 3))
+            end = found if found else len(self._buf)
             first_line_end = self._buf.find(b"\n", 0, end)
             if max_first_line is not None and (
                 first_line_end > max_first_line or first_line_end < 0 and end > max_first_line
@@ -131,7 +195,7 @@ class SocketReader:
                 raise HeadTooLarge(end, start_line=True)
             if end > max_bytes:
                 raise HeadTooLarge(end, start_line=first_line_end < 0)
-            if match:
+            if found:
                 head = bytes(self._buf[:end])
                 del self._buf[:end]
                 return head
@@ -140,12 +204,20 @@ class SocketReader:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError("message head not received in time")
-                self.sock.settimeout(remaining)
-                self.timeout_changed = True
+                self.recv_timeout(remaining)
             if not self._fill(65536):
                 if not self._buf:
                     return None
                 raise EOFError("connection closed in the middle of a message head")
+
+
+def _timeval(seconds: float) -> bytes:
+    """A ``struct timeval`` for SO_RCVTIMEO/SO_SNDTIMEO; never all zero, which would mean no limit."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    if whole == 0 and micros == 0:
+        micros = 1
+    return struct.pack("@ll", whole, micros)
 
 
 class HeadTooLarge(Exception):

@@ -24,7 +24,7 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 def status_class(status: int) -> str:
-    return f"{min(max(status // 100, 1), 5)}xx"
+    return STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
 
 
 class Histogram:

@@ -15,6 +15,7 @@ from either side.
 
 from __future__ import annotations
 
+import queue
 import socket
 import ssl
 
@@ -38,7 +39,7 @@ class _WithReader:
 
     def connect(self) -> None:
         super().connect()
-        self.reader = SocketReader(self.sock)
+        self.reader = SocketReader(self.sock, kernel_timeouts=True)
 
     def close(self) -> None:
         self.reader = None
@@ -51,6 +52,31 @@ class PooledConnection(_WithReader, urllib3.connection.HTTPConnection):
 
 class PooledTLSConnection(_WithReader, urllib3.connection.HTTPSConnection):
     """A connection to an ``https://`` backend: SNI set to its host, its certificate checked by the context."""
+
+
+class _PoolQueue(queue.LifoQueue):
+    """The urllib3 pool's LIFO queue without its condition variables.
+
+    The pool never waits on it (``pool_block=False``: an empty pool opens a
+    new connection, a full one closes the extra), yet ``queue.Queue`` signals
+    ``not_empty`` and ``not_full`` at every ``get`` and ``put`` -- a few lock
+    operations per request for waiters that never exist. Here both only take
+    the mutex, and never block: empty raises ``Empty``, full raises ``Full``,
+    as the non-blocking calls urllib3 makes expect.
+    """
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        with self.mutex:
+            if self.queue:
+                return self.queue.pop()
+        raise queue.Empty
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        with self.mutex:
+            if len(self.queue) < self.maxsize:
+                self.queue.append(item)
+                return
+        raise queue.Full
 
 
 class BackendPool:
@@ -76,6 +102,9 @@ class BackendPool:
         pool_kwargs = {"ssl_context": tls} if tls is not None else None
         self._pool = adapter.poolmanager.connection_from_host(host, port, scheme=scheme, pool_kwargs=pool_kwargs)
         self._pool.ConnectionCls = PooledTLSConnection if tls is not None else PooledConnection
+        lighter = _PoolQueue(self._pool.pool.maxsize)
+        lighter.queue.extend(self._pool.pool.queue)  # the empty slots urllib3 put there
+        self._pool.pool = lighter
         self._pool.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
 
     def configure(self, connect_timeout_s: float, read_timeout_s: float) -> None:
@@ -92,8 +121,7 @@ class BackendPool:
         conn = self._pool._get_conn()
         if conn.sock is None:
             return conn, False
-        if conn.sock.gettimeout() != self.read_timeout_s:  # no system call unless it changed
-            conn.sock.settimeout(self.read_timeout_s)
+        self._limit(conn)  # (no system call unless a reload changed it)
         return conn, True
 
     def take_fresh(self) -> PooledConnection:
@@ -111,7 +139,12 @@ class BackendPool:
             conn.close()
             self._pool._put_conn(None)  # give the pool its slot back
             raise ConnectFailed(_describe(exc)) from None
-        conn.sock.settimeout(self.read_timeout_s)
+        self._limit(conn)
+
+    def _limit(self, conn: PooledConnection) -> None:
+        """The read timeout, for each receive and each send (as a Python socket timeout did before)."""
+        conn.reader.recv_timeout(self.read_timeout_s)
+        conn.reader.send_timeout(self.read_timeout_s)
 
     def release(self, conn: PooledConnection, reusable: bool) -> None:
         """Return ``conn`` for reuse, or close it; either way its pool slot is freed."""

@@ -27,6 +27,7 @@ import threading
 
 from .channel import Channel, ChannelClosed
 from .config import Config, cluster_from_dict, listener_from_dict
+from .cpu import run_on_one_cpu
 from .errors import ConfigError
 from .tls import load_certificates
 
@@ -91,6 +92,7 @@ class WorkerLink:
 def run(listen_fd: int, control_fd: int, number: int) -> int:
     from .server import LoadBalancer
 
+    run_on_one_cpu(number)  # before any thread starts: workers spread over the cores (cpu.py)
     channel = Channel(socket.socket(fileno=control_fd))
     first = channel.receive()
     if first is None:

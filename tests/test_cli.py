@@ -186,3 +186,15 @@ def test_workers_share_the_port_restart_when_killed_and_stop_together(process, s
     assert "Traceback" not in proc.stderr
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: --workers auto is a single process")
+def test_workers_auto_starts_one_worker_per_cpu_each_on_its_own(process, scripted):
+    backend = scripted(serve_forever_ok)
+    proc, url = start_balancer(process, backend.address, extra=("--workers", "auto"))
+    cpus = sorted(os.sched_getaffinity(0))[:64]
+    wait_for(lambda: len(_children(proc.proc.pid)) == len(cpus), what="one worker per CPU")
+    assert sorted(min(os.sched_getaffinity(pid)) for pid in _children(proc.proc.pid)) == cpus
+    assert requests.get(url, timeout=5).status_code == 200
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0

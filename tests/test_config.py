@@ -185,3 +185,15 @@ def test_cluster_config_round_trips_through_plain_values():
 
     config = Config.of(backends="a:1=3", backups="[::1]:2", algorithm="hash", hash_balance_factor=1.5).cluster
     assert cluster_from_dict(config.to_dict()) == config
+
+
+def test_workers_auto_is_one_per_cpu():
+    import os
+
+    assert Config.of(backends="a:1", workers="auto").listener.workers == min(64, len(os.sched_getaffinity(0)))
+    assert Config.of(backends="a:1", workers="AUTO").listener.workers >= 1
+    assert Config.of(backends="a:1", workers="3").listener.workers == 3
+    with pytest.raises(ConfigError, match="--workers: must be a whole number from 1 up to 64, or auto"):
+        Config.of(backends="a:1", workers="many")
+    with pytest.raises(ConfigError, match="or auto"):
+        Config.of(backends="a:1", workers=0)
