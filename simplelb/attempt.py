@@ -21,19 +21,18 @@ import logging
 import socket
 
 from .backend import Backend
+from .body import LAST_CHUNK, send_chunk
 from .client import ClientConnection
 from .errors import BadGateway, ConnectFailed, GatewayTimeout, HTTPError
 from .gate import Turn
 from .headers import encode_head, remove_hop_by_hop, request_headers_for_backend, with_content_length, with_field
 from .http1 import (
     CHUNKED,
-    LAST_CHUNK,
     NO_BODY,
     ResponseHead,
     comma_tokens,
     header_values,
     parse_response_head,
-    send_chunk,
 )
 from .request import ClientRequest, ForwardOptions
 from .retry import IDEMPOTENT_METHODS

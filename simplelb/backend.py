@@ -28,9 +28,9 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from .errors import ClientSideError
+from .errors import BackendFull, BackendGone, ClientSideError
+from .health import HealthChange
 from .latency import PeakEwma
 from .specs import BackendSpec
 from .stats import STATUS_CLASSES, Histogram, status_class
@@ -43,23 +43,6 @@ SLOW_START_FLOOR = 0.1
 
 STATES = ("up", "down", "ejected", "draining", "maint", "removing")
 FAILURE_REASONS = ("connect", "timeout", "reset", "protocol", "5xx")
-
-
-@dataclass(frozen=True)
-class HealthChange:
-    """A backend went up or down; ``reason`` is the probe result that tipped it."""
-
-    backend: Backend
-    healthy: bool
-    reason: str
-
-
-class BackendFull(Exception):
-    """The backend is at its connection limit; nothing was sent."""
-
-
-class BackendGone(Exception):
-    """The backend left rotation (removed, maintenance) after it was chosen; nothing was sent."""
 
 
 class Attempt:
@@ -164,14 +147,6 @@ class Backend:
     @property
     def address(self) -> str:
         return self.spec.address
-
-    @property
-    def host(self) -> str:
-        return self.spec.host
-
-    @property
-    def port(self) -> int:
-        return self.spec.port
 
     @property
     def backup(self) -> bool:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+from .body import BodyError, iter_body, send_chunk
 from .errors import BodyTooLarge, ClientBodyError, ClientDisconnected
-from .http1 import BodyError, Framing, iter_body, send_chunk
+from .http1 import Framing
 from .sockio import SCRATCH, SocketReader
 
 if TYPE_CHECKING:

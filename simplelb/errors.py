@@ -144,3 +144,14 @@ class BodyTooLarge(ClientBodyError):
     """A chunked request body grew past ``--max-body`` while it was being forwarded."""
 
     status = 413
+
+
+# --- signals from a backend to the proxy (never answered as such) ------------
+
+
+class BackendFull(Exception):
+    """The chosen backend is at its connection limit; nothing was sent."""
+
+
+class BackendGone(Exception):
+    """The backend left rotation (removed, maintenance) after it was chosen; nothing was sent."""

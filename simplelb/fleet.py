@@ -41,6 +41,7 @@ from .errors import ConfigError, ListenError
 from .fleetcontrol import FleetControl
 from .redirect import RedirectServer
 from .service import Signals, print_banner
+from .sockio import take_ipv4_too
 from .specs import bracket
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ def _socket(host: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6 and host == "::":
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    take_ipv4_too(sock, host)
     return sock
 
 

@@ -17,15 +17,25 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .specs import bracket
 
 if TYPE_CHECKING:
-    from .backend import Backend, HealthChange
+    from .backend import Backend
     from .config import ClusterConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    """A backend went up or down (``Backend.record_probe``); ``reason`` is the probe result that tipped it."""
+
+    backend: Backend
+    healthy: bool
+    reason: str
 
 
 def probe(host: str, port: int, path: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> tuple[bool, str]:
@@ -146,7 +156,7 @@ class HealthChecker:
         def probe_one(backend: Backend) -> None:
             tls = backend.pool.tls if backend.pool is not None else None
             try:
-                results[backend] = self._probe(backend.host, backend.port, config.health_path,
+                results[backend] = self._probe(backend.spec.host, backend.spec.port, config.health_path,
                                                config.health_timeout_s, tls)
             except Exception as exc:  # a bug, not the backend's fault: say so, and count it as a failure
                 log.exception("probing %s failed", backend.name)

@@ -36,10 +36,10 @@ import logging
 from dataclasses import dataclass
 
 from .attempt import AttemptFailed, send_request
-from .backend import Backend, BackendFull, BackendGone
+from .backend import Backend
 from .client import ClientConnection
 from .cluster import Cluster, ClusterView
-from .errors import NoHealthyBackend
+from .errors import BackendFull, BackendGone, NoHealthyBackend
 from .gate import NO_TURN, Turn
 from .relay import relay
 from .request import ClientRequest, ForwardOptions

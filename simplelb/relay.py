@@ -13,11 +13,12 @@ client learns the end from the close.
 from __future__ import annotations
 
 from .backend import Backend
+from .body import LAST_CHUNK, BodyError, iter_body
 from .client import ClientConnection
 from .errors import ResponseAborted
 from .gate import Turn
 from .headers import encode_head, response_headers_for_client, with_content_length, with_field
-from .http1 import LAST_CHUNK, BodyError, Framing, ResponseHead, iter_body, response_framing, tokens
+from .http1 import Framing, ResponseHead, response_framing, tokens
 from .request import ClientRequest
 from .sockio import SCRATCH
 from .upstream import PooledConnection

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .body import check_chunked_prefix
 from .errors import BadRequest
 from .headers import upgrade_offer
 from .http1 import (
@@ -20,7 +21,6 @@ from .http1 import (
     NO_BODY,
     Framing,
     RequestHead,
-    check_chunked_prefix,
     request_framing,
     tokens,
 )

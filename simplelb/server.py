@@ -37,6 +37,7 @@ from .handler import ProxyRequestHandler, error_response
 from .proxy import Forwarder
 from .redirect import RedirectServer
 from .request import ForwardOptions
+from .sockio import take_ipv4_too
 from .specs import bracket
 from .stats import Gauge, ServerStats
 from .tls import TLSFrontEnd
@@ -135,9 +136,7 @@ class LoadBalancer(ThreadingHTTPServer):
                 raise ListenError(f"cannot open the access log {listener.access_log}", exc) from None
 
     def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6 and self.config.listener.host == "::":
-            # "::" means every address: take IPv4 too where the system allows (dual stack).
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        take_ipv4_too(self.socket, self.config.listener.host)
         socketserver.TCPServer.server_bind(self)  # not HTTPServer's: it looks up our FQDN, slowly
 
     @property

@@ -272,3 +272,9 @@ def sendall_parts(sock: socket.socket, parts: list) -> None:
             views.pop(0)
         if views and sent:
             views[0] = views[0][sent:]
+
+
+def take_ipv4_too(sock: socket.socket, host: str) -> None:
+    """On ``::`` (every address), accept IPv4 connections too where the system allows (dual stack)."""
+    if sock.family == socket.AF_INET6 and host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

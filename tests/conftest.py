@@ -22,7 +22,8 @@ import pytest
 
 from mockserv import MockServer
 from simplelb import Config, LoadBalancer
-from simplelb.http1 import iter_body, parse_request_head, request_framing
+from simplelb.body import iter_body
+from simplelb.http1 import parse_request_head, request_framing
 from simplelb.sockio import SocketReader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,7 +245,8 @@ class RawClient:
         self.sock.sendall(data)
 
     def read_response(self, method: str = "GET") -> RawResponse:
-        from simplelb.http1 import BodyError, parse_response_head, response_framing
+        from simplelb.body import BodyError
+        from simplelb.http1 import parse_response_head, response_framing
 
         raw = self.reader.read_head(1 << 20)
         assert raw is not None, "connection closed before a response"

@@ -33,7 +33,7 @@ def backends(*weights, clock=None):
 
 
 def names(picks):
-    return "".join("abcdefgh"[int(b.host[1:])] for b in picks)
+    return "".join("abcdefgh"[int(b.spec.host[1:])] for b in picks)
 
 
 def hold(stack: ExitStack, backend: Backend, count: int = 1) -> None:

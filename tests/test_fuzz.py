@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from mockserv import MockServer
 from simplelb import Config, LoadBalancer
-from simplelb.http1 import iter_body, parse_response_head, response_framing
+from simplelb.body import iter_body
+from simplelb.http1 import parse_response_head, response_framing
 from simplelb.sockio import SocketReader
 
 from .conftest import ScriptedBackend, serve_forever_ok

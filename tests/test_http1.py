@@ -4,16 +4,14 @@ import time
 
 import pytest
 
+from simplelb.body import BodyError, chunk, iter_body
 from simplelb.errors import BadGateway, BadRequest
 from simplelb.http1 import (
     CHUNKED,
     NO_BODY,
     UNTIL_CLOSE,
-    BodyError,
     Framing,
     ResponseHead,
-    chunk,
-    iter_body,
     parse_request_head,
     parse_response_head,
     request_framing,

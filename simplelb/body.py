@@ -1,0 +1,129 @@
+"""Message bodies on the wire: reading one by its framing, and chunked coding.
+
+``iter_body`` yields a body's data whatever its framing (``http1.Framing``):
+a fixed length, chunked (trailers read and dropped, never merged into the
+headers) or until the connection closes. It never reads past the body's end,
+so the connection can carry the next message. ``check_chunked_prefix``
+vets the start of a chunked request body that arrived with its head, and
+``send_chunk`` frames outgoing data without copying large pieces.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+from .http1 import Framing
+from .sockio import COPY_CHUNK, SocketReader, sendall_parts
+
+# A chunk-size line is hex digits plus optional extensions; nobody needs more.
+MAX_CHUNK_LINE = 4096
+
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
+
+
+class BodyError(Exception):
+    """A body ended early or its chunked framing was broken."""
+
+
+def iter_body(reader: SocketReader, framing: Framing, scratch: bytearray | None = None):
+    """Yield the body's data (framing removed) in pieces of at most ``COPY_CHUNK``.
+
+    With ``scratch``, each piece is a view into it, valid until the next one
+    (use it, or copy it, before asking for more). Raises ``BodyError`` if the
+    body is cut short or malformed; socket errors (timeouts, resets) pass
+    through for the caller to classify.
+    """
+    read = reader.read if scratch is None else (lambda limit: reader.read_into(scratch, limit))
+    if framing.kind == "length":
+        remaining = framing.length
+        while remaining:
+            data = read(min(remaining, COPY_CHUNK))
+            if not data:
+                raise BodyError(f"connection closed with {remaining} of {framing.length} body bytes missing")
+            remaining -= len(data)
+            yield data
+    elif framing.kind == "chunked":
+        yield from _iter_chunked(reader, read)
+    elif framing.kind == "close":
+        while data := read(COPY_CHUNK):
+            yield data
+
+
+def _iter_chunked(reader: SocketReader, read):
+    try:
+        while True:
+            line = reader.readline(MAX_CHUNK_LINE)
+            match = _CHUNK_SIZE_RE.fullmatch(line.rstrip(b"\r\n") if line.endswith(b"\r\n") else b"!")
+            if not match:
+                raise BodyError(f"malformed chunk size line {line[:40]!r}")
+            size = int(match.group(1), 16)
+            if size == 0:
+                break
+            while size:
+                data = read(min(size, COPY_CHUNK))
+                if not data:
+                    raise BodyError("connection closed inside a chunk")
+                size -= len(data)
+                yield data
+            if reader.read_exact(2) != b"\r\n":
+                raise BodyError("chunk data not followed by CRLF")
+        # Trailer section: read and dropped, never merged into the headers.
+        total = 0
+        while (line := reader.readline(MAX_CHUNK_LINE)) not in (b"\r\n", b"\n"):
+            total += len(line)
+            if total > 64 * 1024:
+                raise BodyError("trailer section too large")
+    except ValueError as exc:
+        raise BodyError("chunk size line too long") from exc
+    except EOFError as exc:
+        raise BodyError(str(exc)) from exc
+
+
+def check_chunked_prefix(data: bytes) -> str | None:
+    """The first framing error in the start of a chunked body, or None if it is valid as far as it goes.
+
+    For a request whose first body bytes came with its head: a malformed
+    body is refused before any backend sees the head (RFC 9112 §7.1).
+    """
+    pos = 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return "chunk size line too long" if len(data) - pos > MAX_CHUNK_LINE else None
+        line = data[pos : end + 1]
+        match = _CHUNK_SIZE_RE.fullmatch(line[:-2]) if line.endswith(b"\r\n") else None
+        if not match:
+            return f"malformed chunk size line {line[:40]!r}"
+        size = int(match.group(1), 16)
+        pos = end + 1
+        if size == 0:
+            return None  # the trailer section is checked as it streams
+        if len(data) < pos + size + 2:
+            return None
+        if data[pos + size : pos + size + 2] != b"\r\n":
+            return "chunk data not followed by CRLF"
+        pos += size + 2
+
+
+def chunk(data: bytes) -> bytes:
+    """Frame ``data`` as one chunk (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+# Below this a chunk is framed by copying it; above, it is sent from where it lies.
+_COPY_BELOW = 16 * 1024
+
+
+def send_chunk(sock: socket.socket, data) -> int:
+    """Send ``data`` as one chunk, in one system call where the socket allows; return the bytes sent."""
+    if len(data) < _COPY_BELOW:
+        framed = chunk(data)
+        sock.sendall(framed)
+        return len(framed)
+    parts = [b"%x\r\n" % len(data), data, b"\r\n"]
+    sendall_parts(sock, parts)
+    return sum(len(p) for p in parts)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
