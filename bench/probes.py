@@ -163,11 +163,11 @@ def busy_new_connection_wait(bench, name: str, busy: int = 200, probes: int = 40
 
 
 def bodies(bench, name: str = "simplelb") -> list[dict]:
-    """Big downloads and uploads through simplelb, one connection: MB/s and RSS growth."""
+    """Big downloads and uploads through ``name``, one connection: MB/s and RSS growth."""
     if bench.backend_kind != "nginx" or not shutil.which("curl"):
         return []
     port, pid = bench.targets[name]
-    pids = process_tree(pid)
+    pids = process_tree(pid) if pid else []  # direct: the backend, whose memory is not ours to watch
     rows = []
     for label, size_name in (("10 MiB", "10m"), ("300 MiB", "300m")):
         path = bench.tmp / "www" / size_name
@@ -186,10 +186,10 @@ def bodies(bench, name: str = "simplelb") -> list[dict]:
                     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
                 status, _, speed = out.partition(" ")
                 if status != "200":
-                    raise SystemExit(f"bench: {label} {direction} through simplelb answered {status}")
+                    raise SystemExit(f"bench: {label} {direction} through {name} answered {status}")
                 speeds.append(float(speed) / 1e6)
                 growth.append((peak.kib - rss_before) / 1024)
-            rows.append({"body": label, "direction": direction, "mb_per_s": round(statistics.median(speeds)),
+            rows.append({"target": name, "body": label, "direction": direction, "mb_per_s": round(statistics.median(speeds)),
                          "rss_growth_mib": round(max(growth), 1)})
     return rows
 

@@ -128,7 +128,9 @@ def main() -> int:
         if "busy" in args.parts:
             results["busy_new_connection"] = {name: busy_new_connection_wait(bench, name) for name in lbs}
         if "bodies" in args.parts:
-            results["bodies"] = bodies(bench)
+            # direct: what the machine does without a proxy; before: the baseline tree.
+            results["bodies"] = [row for name in ("direct", "simplelb", "before") if name in bench.targets
+                                 for row in bodies(bench, name)]
     except SystemExit:
         bench.close(show_logs=True)
         raise

@@ -73,6 +73,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--port", "port", c.int_range(0, 65535), "port to listen on (0 picks a free one)", L),
     Option("--workers", "workers", c.workers,
            "processes serving the listening port (auto: one per CPU), each with its own health checks", L, "N"),
+    Option("--cpu-affinity", "cpu_affinity", c.choice(("one", "any")),
+           "one: each balancer process keeps its threads on one CPU (faster under load); any: wherever the system puts them", L, "MODE"),
     Option("--admin", "admin", c.optional(c.admin_address), "admin listener HOST:PORT (status, API, reload); off by default", L, "HOST:PORT"),
     Option("--admin-token-file", "admin_token_file", c.optional(c.token_file),
            "file holding a token the admin API requires as 'Authorization: Bearer <token>'", L, "FILE"),
@@ -173,6 +175,7 @@ class ListenerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    cpu_affinity: str = "one"
     admin: tuple[str, int] | None = None  # None: no admin listener
     admin_token_file: str | None = None
     log_level: str = "info"

@@ -79,7 +79,8 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
     """Run one balancer in this process until SIGINT or SIGTERM, then drain it."""
     from .server import LoadBalancer  # after logging is set up
 
-    run_on_one_cpu()  # before any thread starts: they all inherit it (cpu.py says why)
+    if config.listener.cpu_affinity == "one":
+        run_on_one_cpu()  # before any thread starts: they all inherit it (cpu.py says why)
     signals = Signals()
     signals.install()
     balancer = LoadBalancer(config, source=source, listen_socket=listen_socket, sticky_secret=sticky_secret)

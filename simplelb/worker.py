@@ -92,12 +92,13 @@ class WorkerLink:
 def run(listen_fd: int, control_fd: int, number: int) -> int:
     from .server import LoadBalancer
 
-    run_on_one_cpu(number)  # before any thread starts: workers spread over the cores (cpu.py)
     channel = Channel(socket.socket(fileno=control_fd))
     first = channel.receive()
     if first is None:
         return 1
     config = Config(listener_from_dict(first["listener"]), cluster_from_dict(first["cluster"]))
+    if config.listener.cpu_affinity == "one":
+        run_on_one_cpu(number)  # before any thread starts: workers spread over the cores (cpu.py)
     logging.basicConfig(
         level=getattr(logging, config.listener.log_level.upper()),
         format=f"%(asctime)s %(levelname)-7s worker {number} %(name)s: %(message)s",

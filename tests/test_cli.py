@@ -198,3 +198,24 @@ def test_workers_auto_starts_one_worker_per_cpu_each_on_its_own(process, scripte
     assert requests.get(url, timeout=5).status_code == 200
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.wait() == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to keep to")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cpu_affinity_any_leaves_the_processes_where_the_system_puts_them(process, scripted, workers):
+    backend = scripted(serve_forever_ok)
+    proc, url = start_balancer(process, backend.address, extra=("--workers", workers, "--cpu-affinity", "any"))
+    assert requests.get(url, timeout=5).status_code == 200
+    serving = _children(proc.proc.pid) if workers == "2" else [proc.proc.pid]
+    assert len(serving) == int(workers)
+    for pid in serving:
+        assert os.sched_getaffinity(pid) == os.sched_getaffinity(0)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_cpu_affinity_rejects_other_values():
+    result = run_cli("-m", "simplelb", "--backends", "127.0.0.1:1", "--cpu-affinity", "all")
+    assert result.returncode == 2
+    assert "--cpu-affinity: must be one of one, any, not 'all'" in result.stderr
+    assert "Traceback" not in result.stderr
