@@ -69,12 +69,11 @@ def send_request(
     backend: Backend, request: ClientRequest, client: ClientConnection, turn: Turn, options: ForwardOptions
 ) -> tuple[PooledConnection, ResponseHead]:
     """Send ``request`` to ``backend``; return the connection and the final response head (or a 101)."""
-    can_resend = request.method in IDEMPOTENT_METHODS and request.replayable
-    conn, reused = _connect(backend, turn, fresh=False, can_resend=can_resend)
+    conn, reused = _connect(backend, turn, fresh=False)
     try:
         return conn, _exchange(conn, backend, request, client, turn, options)
     except _StaleConnection as exc:
-        if not (reused and can_resend):
+        if not (reused and request.method in IDEMPOTENT_METHODS and request.replayable):
             raise _closed_without_answer(backend, exc) from None
         log.debug("pooled connection to %s was dead (%s); sending again on a new one", backend.name, exc)
     conn, _ = _connect(backend, turn, fresh=True)
@@ -90,13 +89,13 @@ def _closed_without_answer(backend: Backend, exc: Exception) -> AttemptFailed:
     )
 
 
-def _connect(backend: Backend, turn: Turn, *, fresh: bool, can_resend: bool = False) -> tuple[PooledConnection, bool]:
+def _connect(backend: Backend, turn: Turn, *, fresh: bool) -> tuple[PooledConnection, bool]:
     """A connection to ``backend`` (pooled unless ``fresh``), and whether it was reused."""
     pool = backend.pool
     if fresh:
         conn, reused = pool.take_fresh(), False
     else:
-        conn, reused = pool.take(can_resend=can_resend)
+        conn, reused = pool.take()
     log.debug("%s connection to %s", "reusing a pooled" if reused else "opening a new", backend.name)
     if not reused:
         try:

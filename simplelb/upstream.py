@@ -18,7 +18,6 @@ from __future__ import annotations
 import queue
 import socket
 import ssl
-import time
 
 import requests
 import urllib3
@@ -27,10 +26,6 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .errors import ConnectFailed
 from .sockio import SocketReader
-
-# A connection back in the pool for less than this is taken without a liveness
-# check by requests that can be sent again (BackendPool.take).
-RECENT_S = 0.1
 
 
 class _WithReader:
@@ -41,7 +36,6 @@ class _WithReader:
     """
 
     reader: SocketReader | None = None
-    released_at = 0.0  # when it last went back to the pool (time.monotonic())
 
     def connect(self) -> None:
         super().connect()
@@ -118,36 +112,17 @@ class BackendPool:
         self.read_timeout_s = read_timeout_s
         self._pool.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
 
-    def take(self, *, can_resend: bool = False) -> tuple[PooledConnection, bool]:
+    def take(self) -> tuple[PooledConnection, bool]:
         """Take a connection from the pool; the flag says whether it is already connected.
 
-        The pool drops connections the backend has closed while they were idle
-        (a ``poll()`` on each). With ``can_resend`` -- the caller sends the
-        request again on a new connection if this one turns out dead -- a
-        connection back from its last response less than ``RECENT_S`` ago is
-        taken without that system call: under load that is every connection,
-        and a backend closes idle ones after seconds, not milliseconds (a
-        close in between is the resend's case). A connection that is not
-        connected must go through ``connect()``.
+        The pool drops connections the backend has closed while they were idle.
+        A connection that is not connected must go through ``connect()``.
         """
-        conn = self._take_recent() if can_resend else None
-        if conn is None:
-            conn = self._pool._get_conn()
+        conn = self._pool._get_conn()
         if conn.sock is None:
             return conn, False
         self._limit(conn)  # (no system call unless a reload changed it)
         return conn, True
-
-    def _take_recent(self) -> PooledConnection | None:
-        """The most recently used pooled connection if it came back within ``RECENT_S``, else None (left in the pool)."""
-        pool = self._pool.pool
-        if pool is None:
-            return None  # closed: _get_conn says so
-        with pool.mutex:
-            if pool.queue and (conn := pool.queue[-1]) is not None and conn.sock is not None \
-                    and time.monotonic() - conn.released_at < RECENT_S:
-                return pool.queue.pop()
-        return None
 
     def take_fresh(self) -> PooledConnection:
         """A connection that is not connected yet (a pooled one is closed first)."""
@@ -174,7 +149,6 @@ class BackendPool:
     def release(self, conn: PooledConnection, reusable: bool) -> None:
         """Return ``conn`` for reuse, or close it; either way its pool slot is freed."""
         if reusable and conn.reader is not None and conn.reader.pending == 0:
-            conn.released_at = time.monotonic()
             self._pool._put_conn(conn)
         else:
             conn.close()
