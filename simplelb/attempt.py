@@ -120,7 +120,15 @@ def _exchange(
     try:
         # A small body kept for retries goes with the head, in one system call.
         with_head = request.body if request.body is not None and len(request.body) <= WITH_HEAD_MAX else b""
-        _send_head(conn.sock, backend, request, options, with_head)
+        if with_head:
+            turn.release()  # a body can fill the backend's window: wait for it outside the gate
+        try:
+            _send_head(conn.sock, backend, request, options, with_head)
+        except _StaleConnection:
+            if not with_head:
+                raise
+            # The backend may have answered early (e.g. 413) and stopped reading the body
+            # that went with the head: its answer is read next; none at all is a dead connection.
         turn.release()  # sent: the request leaves the gate for good (gate.py); the rest is waiting and relaying
         body_failure = None
         if request.framing is not NO_BODY and not with_head:
