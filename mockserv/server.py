@@ -90,6 +90,7 @@ class MockServer:
         self._lock = threading.Lock()  # guards _connections, requests and websockets
         self._lifecycle = threading.Lock()  # guards _httpd and _thread: start and stop, one at a time
         self._connections: set[socket.socket] = set()
+        self._cutting = False  # stopped: a connection accepted just before is cut as it is tracked
         self.requests = 0  # non-control requests served (a WebSocket handshake counts as one)
         self.websockets = 0  # WebSocket connections open now
         self._httpd: _Server | None = _Server((host, port), self.handler_class, name)
@@ -122,6 +123,8 @@ class MockServer:
                 return self
             if self._httpd is None:
                 self._httpd = _Server((self.host, self.port), self.handler_class, self.name)
+            with self._lock:
+                self._cutting = False
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever, args=(0.05,), name=f"mockserv {self.name}", daemon=True
             )
@@ -139,14 +142,10 @@ class MockServer:
                 self._httpd.server_close()
                 self._httpd = None
         with self._lock:
+            self._cutting = True
             connections = list(self._connections)
         for sock in connections:
-            try:
-                # The plain socket's shutdown, also for a TLS socket: SSLSocket.shutdown would first
-                # drop its SSL state under the thread that is reading it. Either way the reader wakes.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _cut(sock)
 
     crash = stop  # from outside, a crash and a stop look the same: the port goes dead
 
@@ -186,6 +185,9 @@ class MockServer:
     def _track(self, sock: socket.socket, open_: bool) -> None:
         with self._lock:
             (self._connections.add if open_ else self._connections.discard)(sock)
+            cut = open_ and self._cutting  # accepted, but its thread got here after the crash
+        if cut:
+            _cut(sock)
 
     def _count(self) -> None:
         with self._lock:
@@ -200,3 +202,14 @@ class MockServer:
         finally:
             with self._lock:
                 self.websockets -= 1
+
+
+def _cut(sock: socket.socket) -> None:
+    """Wake and end whatever reads ``sock``: the plain socket's shutdown, also for a TLS socket.
+
+    (SSLSocket.shutdown would first drop its SSL state under the thread that is reading it.)
+    """
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -5,8 +5,9 @@ over several cores buy nothing: they only hand the interpreter lock from core
 to core, and every hand-off wakes a thread elsewhere (an inter-processor
 interrupt, a cold cache). A busy balancer hands it over several times per
 request -- at every ``recv`` and ``send`` -- and on the 2-core bench machine,
-keeping the threads on one core served 20-36% more requests per second at
-concurrency 10 to 200, with a quarter less CPU per request (bench/README.md).
+keeping one worker's threads on one core served 29-39% more requests per
+second at concurrency 10 to 200, with a quarter less CPU per request
+(bench/README.md). ``--cpu-affinity any`` leaves them where the system puts them.
 Kernel work for the sockets still happens wherever the kernel does it, and
 other processes still use the other cores: a worker per core (``--workers
 auto``) is how a balancer uses them all.
