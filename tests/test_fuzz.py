@@ -19,6 +19,7 @@ from simplelb.http1 import parse_response_head, response_framing
 from simplelb.sockio import SocketReader
 
 from .conftest import ScriptedBackend, serve_forever_ok
+from .mutations import mutated
 
 VALID = [
     b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -32,22 +33,8 @@ VALID = [
 ALPHABET = b"\r\n\x00 \t:;,-=+0123456789abcdefABCDEFxHT/P.?#%\x7f\xff"
 
 
-@st.composite
-def mutated_requests(draw):
-    data = bytearray(draw(st.sampled_from(VALID)))
-    for _ in range(draw(st.integers(0, 6))):
-        op = draw(st.sampled_from(["insert", "delete", "replace", "duplicate"]))
-        pos = draw(st.integers(0, len(data)))
-        if op == "insert":
-            data[pos:pos] = bytes([draw(st.sampled_from(ALPHABET))])
-        elif op == "delete" and pos < len(data):
-            del data[pos]
-        elif op == "replace" and pos < len(data):
-            data[pos] = draw(st.sampled_from(ALPHABET))
-        elif op == "duplicate":
-            end = draw(st.integers(pos, min(len(data), pos + 40)))
-            data[pos:pos] = data[pos:end]
-    return bytes(data)
+def mutated_requests():
+    return mutated(VALID, ALPHABET, max_edits=6, max_copy=40)
 
 
 @pytest.fixture(scope="module")
