@@ -23,8 +23,11 @@ import pytest
 from mockserv import MockServer
 from simplelb import Config, LoadBalancer
 from simplelb.body import iter_body
+from simplelb.etcd import EtcdClient
 from simplelb.http1 import parse_request_head, request_framing
 from simplelb.sockio import SocketReader
+
+from .etcd_support import running_etcd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +73,18 @@ def mock_servers():
 
 # Tests that are not about health checks keep probes out of the way.
 QUIET_HEALTH = {"health_interval_s": 60.0}
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 
 
 @pytest.fixture
@@ -450,3 +465,20 @@ class SteadyTraffic:
         for thread in self._threads:
             thread.join(15)
         return self
+
+
+# --- a real etcd (skipped, saying what to install, without the binary) ---------------------
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    """One etcd per test module; tests keep apart with their own key prefix (``etcd.prefix()``)."""
+    with running_etcd() as server:
+        yield server
+
+
+@pytest.fixture
+def client(etcd):
+    etcd_client = EtcdClient(etcd.endpoint)
+    yield etcd_client
+    etcd_client.close()

@@ -1,13 +1,8 @@
 """A real etcd for tests: started on free loopback ports in a temporary directory, stopped after.
 
-Any test module can use it (the balancer's discovery tests too)::
-
-    from .etcd_support import running_etcd
-
-    @pytest.fixture(scope="module")
-    def etcd():
-        with running_etcd() as server:
-            yield server
+Test modules use it through conftest's ``etcd`` fixture (one server per
+module) and ``client`` (an ``EtcdClient`` on it), or ``running_etcd()`` for
+a server of their own.
 
 Tests that share one server keep apart by using their own key prefix
 (``server.prefix()``). Without an ``etcd`` binary the tests are skipped

@@ -1,29 +1,19 @@
 """dns:// and dns+srv:// backends, resolved from a real (small, authoritative) DNS server whose records change."""
 
-import socket
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from mockserv import MockServer
-from simplelb import Config, LoadBalancer
+from simplelb import LoadBalancer
 from simplelb.dnsdiscovery import lookup, make_resolver
 from simplelb.specs import SourceSpec
 
-from .conftest import JSON, SteadyTraffic, wait_for
+from .conftest import JSON, SteadyTraffic, needs_ipv6, wait_for
 from .dns_support import DnsServer
 
 SRV = "_http._tcp.svc.test."
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -33,19 +23,13 @@ def dns_server():
 
 
 @pytest.fixture
-def lb_on(dns_server):
-    started = []
+def lb_on(balancer, dns_server):
+    """A balancer resolving with the test's DNS server."""
 
     def make(backends: str, **kwargs) -> LoadBalancer:
-        options = {"port": 0, "admin": "127.0.0.1:0", "health_interval_s": 60.0, "dns_server": dns_server.address,
-                   "log_level": "warning", **kwargs}
-        lb = LoadBalancer(Config.of(backends=backends, **options)).start()
-        started.append(lb)
-        return lb
+        return balancer(backends, admin="127.0.0.1:0", dns_server=dns_server.address, log_level="warning", **kwargs)
 
-    yield make
-    for lb in started:
-        lb.stop(grace_s=1)
+    return make
 
 
 def states(lb) -> dict[str, str]:
@@ -75,7 +59,7 @@ def test_a_lookup_gives_every_address_and_srv_gives_ports_weights_and_tiers(dns_
     assert ttl == 40
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+@needs_ipv6
 def test_addresses_added_and_removed_in_dns_are_added_and_removed_here(dns_server, lb_on):
     v4 = MockServer("v4").start()
     v6 = MockServer("v6", host="::1", port=v4.port).start()

@@ -11,19 +11,6 @@ from .conftest import free_port, wait_for
 from .etcd_support import running_etcd
 
 
-@pytest.fixture(scope="module")
-def etcd():
-    with running_etcd() as server:
-        yield server
-
-
-@pytest.fixture
-def client(etcd):
-    etcd_client = EtcdClient(etcd.endpoint)
-    yield etcd_client
-    etcd_client.close()
-
-
 @pytest.fixture
 def prefix(etcd):
     return etcd.prefix() + "/"

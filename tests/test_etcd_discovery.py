@@ -8,39 +8,21 @@ import time
 import pytest
 import requests
 
-from simplelb import Config, LoadBalancer
+from simplelb import LoadBalancer
 from simplelb.etcd import EtcdClient
 
 from .conftest import wait_for
 from .etcd_support import running_etcd
 
 
-@pytest.fixture(scope="module")
-def etcd():
-    with running_etcd() as server:
-        yield server
-
-
 @pytest.fixture
-def client(etcd):
-    etcd_client = EtcdClient(etcd.endpoint)
-    yield etcd_client
-    etcd_client.close()
-
-
-@pytest.fixture
-def lb_on():
-    started = []
+def lb_on(balancer):
+    """A balancer whose backends come from ``url`` alone."""
 
     def make(url: str, **kwargs) -> LoadBalancer:
-        options = {"port": 0, "health_interval_s": 60.0, "log_level": "warning", **kwargs}
-        lb = LoadBalancer(Config.of(discovery=url, **options)).start()
-        started.append(lb)
-        return lb
+        return balancer("", discovery=url, log_level="warning", **kwargs)
 
-    yield make
-    for lb in started:
-        lb.stop(grace_s=1)
+    return make
 
 
 def rows(lb) -> dict[str, dict]:

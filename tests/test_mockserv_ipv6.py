@@ -1,7 +1,6 @@
 """mockserv on IPv6 loopback: URLs bracketed, HTTP, WebSocket, TLS and the command line."""
 
 import signal
-import socket
 
 import pytest
 import requests
@@ -10,17 +9,9 @@ from websockets.sync.client import connect
 from mockserv import MockServer
 from mockserv.tls import MockTls, certificate_names
 
+from .conftest import needs_ipv6
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+pytestmark = needs_ipv6
 
 
 @pytest.fixture

@@ -11,20 +11,6 @@ from mockserv.register import Registration, backend_entries
 from simplelb.etcd import EtcdClient
 
 from .conftest import free_port, run_cli, wait_for
-from .etcd_support import running_etcd
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    with running_etcd() as server:
-        yield server
-
-
-@pytest.fixture
-def client(etcd):
-    etcd_client = EtcdClient(etcd.endpoint)
-    yield etcd_client
-    etcd_client.close()
 
 
 def registered(client: EtcdClient, prefix: str) -> dict:

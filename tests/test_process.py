@@ -2,14 +2,21 @@
 
 import re
 import signal
-import socket
 
 import pytest
 import requests
 
 from mockserv import MockServer
 
-from .conftest import free_port, read_then_reset, run_cli, serve_forever_ok, start_lb_process, wait_for
+from .conftest import (
+    free_port,
+    needs_ipv6,
+    read_then_reset,
+    run_cli,
+    serve_forever_ok,
+    start_lb_process,
+    wait_for,
+)
 
 
 def test_stray_signals_are_logged_not_fatal_and_sigquit_stops_gracefully(process, mock_servers):
@@ -74,18 +81,6 @@ def test_debug_logging_shows_picks_retries_and_pool_reuse(process, scripted):
 
 
 # --- IPv6 -----------------------------------------------------------------------------
-
-
-def ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback here")
 
 
 @needs_ipv6

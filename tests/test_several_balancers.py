@@ -5,23 +5,7 @@ import json
 import pytest
 import requests
 
-from simplelb.etcd import EtcdClient
-
 from .conftest import SteadyTraffic, start_lb_process, wait_for
-from .etcd_support import running_etcd
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    with running_etcd() as server:
-        yield server
-
-
-@pytest.fixture
-def client(etcd):
-    etcd_client = EtcdClient(etcd.endpoint)
-    yield etcd_client
-    etcd_client.close()
 
 
 def register(client, prefix: str, mock) -> None:
