@@ -69,7 +69,9 @@ def test_open_loop_keeps_its_schedule_and_counts_the_stall(scripted):
     assert len(stalled) >= 15
     summary = summarize(results, elapsed, rate=50)
     assert summary["latency_ms"]["p99"] > 300
-    assert summary["generator"]["fell_behind"] is False
+    # The send rate is over the sends, not the wait for the stalled answers. (Not "fell_behind":
+    # with 60 sends its p99 lag is the one latest send, which a busy CI machine can make 20 ms.)
+    assert summary["generator"]["sent_rps"] >= 0.95 * 50
 
 
 def test_timeline_attributes_traffic_when_a_backend_is_taken_down():
