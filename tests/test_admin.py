@@ -21,7 +21,12 @@ def test_status_describes_the_balancer_and_every_backend(admin_lb):
     lb, admin, mocks = admin_lb
     for _ in range(4):
         requests.get(lb.url, timeout=5)
-    status = requests.get(admin + "/status", timeout=5).json()
+
+    def counted() -> dict:  # a request is counted just after its answer went out
+        return requests.get(admin + "/status", timeout=5).json()
+
+    wait_for(lambda: sum(b["requests"] for b in counted()["backends"]) == 4, what="all four requests counted")
+    status = counted()
     assert {"version", "uptime_s", "algorithm", "generation", "workers", "backends"} <= set(status)
     assert status["algorithm"] == "round-robin" and status["generation"] == 1
     assert [w["generation"] for w in status["workers"]] == [1]

@@ -44,6 +44,9 @@ def test_counts_match_the_traffic_exactly(scripted, balancer):
     with socket.create_connection(("127.0.0.1", lb.port)) as raw:  # a 400 of the balancer's own
         raw.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n")
         assert raw.recv(100).startswith(b"HTTP/1.1 400")
+    # A request is counted when its handler is done with it, just after the client has its answer.
+    wait_for(lambda: value(scrape(lb.admin.url), "simplelb_request_duration_seconds_count") == 14,
+             what="every request counted")
     samples = scrape(lb.admin.url)
     assert {code: value(samples, "simplelb_requests_total", code=code) for code in ("1xx", "2xx", "3xx", "4xx", "5xx")} \
         == {"1xx": 0, "2xx": 7, "3xx": 1, "4xx": 4, "5xx": 2}
@@ -167,6 +170,8 @@ def test_workers_add_up_exactly(process, mock_servers, workers):
     for _ in range(50):
         with requests.Session() as session:  # new connections: the kernel spreads them over the workers
             assert session.get(url, timeout=5).status_code == 200
+    wait_for(lambda: value(scrape(admin), "simplelb_request_duration_seconds_count") == 50,
+             what="every request counted")  # just after its answer went out (and summed from the workers)
     samples = scrape(admin)
     assert value(samples, "simplelb_requests_total", code="2xx") == 50
     assert total(samples, "simplelb_backend_responses_total") == 50
