@@ -386,6 +386,25 @@ def test_a_post_finds_a_fresh_connection_when_the_backend_closed_the_pooled_one(
             time.sleep(0.1)  # the backend's FIN has arrived: the pool's check on taking it sees it
 
 
+def test_bytes_a_backend_sends_unasked_on_an_idle_connection_are_never_an_answer(scripted, balancer):
+    def answer_then_babble(conn):
+        # A correct answer, then a whole unsolicited response on the idle connection: a
+        # balancer that reused it would hand "stray" to the next client as its answer.
+        while (request := conn.read_request()) is not None:
+            conn.respond(200, request.target.encode())
+            conn.send(b"HTTP/1.1 200 X\r\nContent-Length: 5\r\n\r\nstray")
+            conn.backend.event("babbled").set()
+
+    backend = scripted(answer_then_babble)
+    lb = balancer([backend])
+    with requests.Session() as session:
+        for i in range(4):
+            backend.event("babbled").clear()
+            assert session.get(lb.url + f"/{i}", timeout=5).text == f"/{i}"
+            assert backend.event("babbled").wait(5)
+    assert backend.connections == 4  # each babbling connection was dropped, never reused
+
+
 def test_client_disconnecting_mid_response_does_not_disturb_the_balancer(scripted, balancer, raw_client):
     def big_or_small(conn):
         while (got := conn.read_request()) is not None:
