@@ -21,7 +21,6 @@ import hashlib
 import math
 import random
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,22 +50,34 @@ class RoundRobin:
 
     def __init__(self, rng: random.Random | None = None):
         self._lock = threading.Lock()  # guards _current
-        # Weak keys: a backend removed from the cluster takes its score with it.
-        self._current: weakref.WeakKeyDictionary[Backend, float] = weakref.WeakKeyDictionary()
+        # A plain dict, not a WeakKeyDictionary: weak keys cost a Python call
+        # and a new weakref on every read and write. Scores of backends that
+        # left (removed, or down for a while) are forgotten once more than a
+        # few pile up, so churn (DNS, etcd) cannot grow it without bound.
+        self._current: dict[Backend, float] = {}
 
     def pick(self, backends: Sequence[Backend], key: str | None = None) -> Backend:
         with self._lock:
+            current = self._current
+            if len(current) > len(backends) + _STALE_SCORES_KEPT:
+                current = self._current = {b: current[b] for b in backends if b in current}
             total = 0
             best = None
             best_score = 0
             for backend in backends:
-                score = self._current.get(backend, 0) + backend.weight
-                self._current[backend] = score
-                total += backend.weight
+                weight = backend.weight
+                score = current.get(backend, 0) + weight
+                current[backend] = score
+                total += weight
                 if best is None or score > best_score:
                     best, best_score = backend, score
-            self._current[best] = best_score - total
+            current[best] = best_score - total
             return best
+
+
+# Scores of backends not among the candidates, kept until this many pile up
+# (a backend that is down for a moment comes back with its place in the rotation).
+_STALE_SCORES_KEPT = 16
 
 
 class LeastConnections:

@@ -1,5 +1,7 @@
+import gc
 import math
 import random
+import weakref
 from collections import Counter
 from contextlib import ExitStack
 
@@ -65,6 +67,21 @@ def test_equal_weights_rotate():
     pool = backends(1, 1, 1)
     rr = RoundRobin()
     assert names(rr.pick(pool) for _ in range(6)) == "abcabc"
+
+
+def test_round_robin_lets_go_of_backends_that_left_and_keeps_rotating():
+    # Discovery churn: backends come and go; the ones gone must not be held forever.
+    rr = RoundRobin()
+    gone = weakref.ref(backends(1)[0])  # (a backend nobody else holds)
+    first = backends(1, 1)
+    rr.pick(first)
+    left = weakref.ref(first[0])
+    del first
+    for _ in range(50):  # fifty generations of two backends each
+        pool = backends(1, 1)
+        assert names(rr.pick(pool) for _ in range(4)) == "abab"
+    gc.collect()
+    assert gone() is None and left() is None
 
 
 def test_only_candidates_are_picked():
