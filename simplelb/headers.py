@@ -161,8 +161,11 @@ def with_field(headers: Headers, name: str, value: str) -> Headers:
 
 def encode_head(start_line: str, headers: Headers) -> bytes:
     """Serialise a message head; latin-1 gives back exactly the bytes that were parsed."""
-    lines = [start_line, *(f"{k}: {v}" for k, v in headers), "", ""]
-    return "\r\n".join(lines).encode("latin-1")
+    # (map over str.join: each field line is made in C, with no generator frame per field)
+    return "\r\n".join([start_line, *map(_FIELD_LINE, headers), "", ""]).encode("latin-1")
+
+
+_FIELD_LINE = ": ".join  # (name, value) -> "name: value"
 
 
 def with_content_length(headers: Headers, length: int) -> Headers:

@@ -164,8 +164,10 @@ def parse_response_head(head: bytes, max_headers: int = 100) -> ResponseHead:
 
 def _clean_lines(head: bytes, max_headers: int) -> list[str] | None:
     """The lines of a head with CRLF line ends only and no control character but HTAB, as text."""
-    crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or _CONTROL_RE.search(head):
+    # Dropping every control (CR and LF included) must remove exactly the CRLF pairs: then there
+    # is no bare CR or LF and no other control. One pass in C, where a count per character and a
+    # regular expression took three times the instructions.
+    if len(head.translate(None, _CONTROLS_BUT_HTAB)) != len(head) - 2 * head.count(b"\r\n"):
         return None
     lines = head.decode("latin-1").split("\r\n")
     del lines[-2:]  # the empty line that ends the head
@@ -177,8 +179,8 @@ def _fast_fields(lines: list[str]) -> tuple[Headers, dict[str, list[str]]] | Non
     index: dict[str, list[str]] = {}
     for line in lines:
         name, colon, value = line.partition(":")
-        if not (colon and name.isascii() and name.replace("-", "").isalnum()):
-            return None  # folding, an odd name: the strict path decides
+        if not (colon and name):
+            return None
         value = value.strip(" \t")
         headers.append((name, value))
         lname = name.lower()
@@ -186,6 +188,12 @@ def _fast_fields(lines: list[str]) -> tuple[Headers, dict[str, list[str]]] | Non
             index[lname].append(value)
         else:
             index[lname] = [value]
+    # Every name at once (one check, not three a line): ASCII letters, digits and dashes;
+    # folding or an odd name leaves this to the strict path. (Lower-casing a latin-1 name
+    # changes nothing of this: only A-Z lower to ASCII.)
+    names = "".join(index)
+    if names and not (names.isascii() and names.replace("-", "").isalnum()):
+        return None
     return headers, index
 
 
@@ -219,8 +227,7 @@ def _fast_response(head: bytes, max_headers: int) -> ResponseHead | None:
 
 
 _FAST_VERSIONS = {"HTTP/1.1": (1, 1), "HTTP/1.0": (1, 0)}
-# Controls other than HTAB, LF and CR: never valid anywhere in a head.
-_CONTROL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROLS_BUT_HTAB = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 _TEXT_TARGET_RE = re.compile(r"[\x21-\x7e]+")
 
 
@@ -301,6 +308,8 @@ def comma_tokens(headers: Headers, name: str) -> list[str]:
 
 def tokens(values) -> list[str]:
     """The comma-separated list elements of field values (``head.values(name)``), lower-cased."""
+    if not values:
+        return []  # (most requests have no Connection field: no comprehension set up for nothing)
     return [item.strip().lower() for value in values for item in value.split(",") if item.strip()]
 
 

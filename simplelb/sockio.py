@@ -183,23 +183,24 @@ class SocketReader:
         """
         searched = 0
         while True:
-            # RFC 9112 §2.2: empty lines before a request line are ignored.
-            while self._buf[:1] in _LINE_END_BYTES and (self._buf.startswith(b"\r\n") or self._buf.startswith(b"\n")):
-                del self._buf[: 2 if self._buf[0] == 13 else 1]
-            found = _head_end(self._buf, max(0, searched - 3))
-            end = found if found else len(self._buf)
-            first_line_end = self._buf.find(b"\n", 0, end)
-            if max_first_line is not None and (
-                first_line_end > max_first_line or first_line_end < 0 and end > max_first_line
-            ):
-                raise HeadTooLarge(end, start_line=True)
-            if end > max_bytes:
-                raise HeadTooLarge(end, start_line=first_line_end < 0)
-            if found:
-                head = bytes(self._buf[:end])
-                del self._buf[:end]
-                return head
-            searched = len(self._buf)
+            if self._buf:  # (empty, e.g. before a backend's answer is read: nothing to search yet)
+                # RFC 9112 §2.2: empty lines before a request line are ignored.
+                while self._buf[:1] in _LINE_END_BYTES and (self._buf.startswith(b"\r\n") or self._buf.startswith(b"\n")):
+                    del self._buf[: 2 if self._buf[0] == 13 else 1]
+                found = _head_end(self._buf, max(0, searched - 3))
+                end = found if found else len(self._buf)
+                first_line_end = self._buf.find(b"\n", 0, end)
+                if max_first_line is not None and (
+                    first_line_end > max_first_line or first_line_end < 0 and end > max_first_line
+                ):
+                    raise HeadTooLarge(end, start_line=True)
+                if end > max_bytes:
+                    raise HeadTooLarge(end, start_line=first_line_end < 0)
+                if found:
+                    head = bytes(self._buf[:end])
+                    del self._buf[:end]
+                    return head
+                searched = len(self._buf)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
