@@ -216,6 +216,11 @@ class Backend:
         return self._ejected_until is not None
 
     @property
+    def removing(self) -> bool:
+        """Taken out of the cluster: finishing what it has in flight, then closed."""
+        return self._removing
+
+    @property
     def draining(self) -> bool:
         return self.spec.state == "drain"
 

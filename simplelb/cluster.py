@@ -229,7 +229,7 @@ class Cluster(BackendEvents):
     def released(self, backend: Backend) -> None:
         if self._view.config.max_conns:
             self.queue.released()
-        if backend.state == "removing":
+        if backend.removing:
             self._reap_if_idle(backend)
 
     def failed(self, backend: Backend, streak: int, reason: str) -> None:

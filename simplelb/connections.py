@@ -64,14 +64,12 @@ class ConnectionTracker:
         with self._lock:
             if sock not in self._state:
                 return False
-            was = self._state[sock][0]
             if self.closing:
                 del self._state[sock]
                 self._quiet.notify_all()
                 return False
             self._state[sock] = (IDLE, time.monotonic())
-            if was == BUSY:
-                self._quiet.notify_all()
+            # (No notify: only wait_quiet waits, and only once closing is set, handled above.)
             return True
 
     def reading(self, sock: socket.socket) -> None:
