@@ -217,6 +217,13 @@ class Bench:
         proc = self.spawn(["nginx", "-c", str(conf)])
         self.targets[name] = (port, proc.pid)
 
+    def start_floor(self, name: str = "floor") -> None:
+        """``bench/floor.py``: the least a thread-per-connection CPython proxy costs (round three)."""
+        port = free_port()
+        proc = self.spawn([sys.executable, str(ROOT / "bench" / "floor.py"), str(port),
+                           ",".join(str(p) for p in self.backends)])
+        self.targets[name] = (port, proc.pid)
+
     def certificate(self) -> tuple[Path, Path]:
         """One certificate for 127.0.0.1 and localhost (EC P-256), shared by simplelb and HAProxy."""
         if self.cert is None:

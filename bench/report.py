@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-ORDER = ("direct", "simplelb", "simplelb-w2", "before", "before-w2", "haproxy", "nginx", "simplelb-admin")
+ORDER = ("direct", "simplelb", "simplelb-w2", "before", "before-w2", "haproxy", "nginx", "floor", "simplelb-admin")
 
 
 def _row(name: str, label: str, m: dict) -> str:
@@ -75,6 +75,9 @@ def _ratios(table: dict, concurrency: int) -> list[str]:
             out.append(f"w2/haproxy {rps('simplelb-w2') / haproxy:.2f}x")
     if lb and rps("before"):
         out.append(f"simplelb/before {lb / rps('before'):.2f}x")
+    floor, ours = table.get(f"floor@{concurrency}"), table.get(f"simplelb@{concurrency}")
+    if floor and ours and floor.get("cpu_us_per_request") and ours.get("cpu_us_per_request"):
+        out.append(f"CPU/request simplelb/floor {ours['cpu_us_per_request'] / floor['cpu_us_per_request']:.1f}x")
     if lb and rps("simplelb-admin"):
         out.append(f"with --admin and scraping {rps('simplelb-admin') / lb - 1:+.1%}")
     return out

@@ -1,7 +1,7 @@
 """The side-by-side benchmark: simplelb against direct access, HAProxy and nginx, interleaved.
 
     python bench/run.py [--rounds 3] [--duration 3] [--concurrency 1,10,50,200] [--baseline DIR]
-                        [--parts matrix,counting,syscalls,idle,busy,bodies,tls] [--json bench/results/latest.json]
+                        [--parts matrix,floor,counting,syscalls,idle,busy,bodies,tls] [--json bench/results/latest.json]
 
 Backends are two nginx servers answering ``ok`` (the project's mock servers
 if nginx is not installed). Targets, each measured in every round, one after
@@ -10,6 +10,8 @@ the other, so drift on a shared machine hits them all alike:
 * ``direct``      -- the first backend itself, the ceiling;
 * ``simplelb``    -- one worker process; ``simplelb-w2`` -- ``--workers 2``;
 * ``haproxy`` and ``nginx`` as proxies to the same backends, when installed;
+* ``floor`` -- ``bench/floor.py``, a bare thread-per-connection proxy in
+  CPython: what the design costs before any of simplelb's own work;
 * ``before`` and ``before-w2`` -- with ``--baseline DIR``, the simplelb of
   another source tree (an earlier commit: ``git archive <rev> simplelb | tar -x -C DIR``);
 * ``simplelb-admin`` -- one worker with ``--admin`` while a scraper reads
@@ -42,7 +44,7 @@ from peers import ROOT, Bench  # noqa: E402,F401 - Bench is imported from here b
 from probes import Scraper, bodies, busy_new_connection_wait, idle_first_response, syscalls_per_request  # noqa: E402
 from report import print_report  # noqa: E402
 
-PARTS = ("matrix", "counting", "syscalls", "idle", "busy", "bodies", "tls")
+PARTS = ("matrix", "floor", "counting", "syscalls", "idle", "busy", "bodies", "tls")
 COUNTING_LEVELS = (10, 50)  # where the cost of counting is measured (simplelb-admin against simplelb)
 TLS_LEVEL = 10  # concurrency of the HTTPS measurements
 
@@ -66,6 +68,8 @@ def start(bench: Bench, args) -> None:
         bench.start_simplelb("before-w2", 2, root=Path(args.baseline))
     bench.start_haproxy()
     bench.start_nginx()
+    if "floor" in args.parts:
+        bench.start_floor()
     if "counting" in args.parts:
         bench.start_simplelb("simplelb-admin", 1, admin=True)
     if "tls" in args.parts:
