@@ -19,42 +19,19 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import ROOT, Bench, free_port  # noqa: E402
+from peers import ROOT, Bench, free_port, wait_port  # noqa: E402
+from probes import keepalive_client  # noqa: E402
 
 WARMUP = 200  # requests in the short run; the long run has --requests more
-REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n"
-
-
-def _send(port: int, count: int, timeout_s: float = 120) -> None:
-    """``count`` keep-alive GETs on one connection, each answer read whole (the backends say ``ok``)."""
-    deadline = time.monotonic() + timeout_s
-    while True:  # under valgrind, the balancer takes a while to start
-        try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: the balancer did not start listening on port {port}") from None
-            time.sleep(0.2)
-    with sock:
-        for _ in range(count):
-            sock.sendall(REQUEST)
-            answer = b""
-            while not answer.endswith(b"ok"):
-                data = sock.recv(4096)
-                if not data:
-                    raise SystemExit("bench: the balancer closed the connection")
-                answer += data
 
 
 def instructions(tree: Path, backends: list[int], count: int) -> int:
@@ -70,7 +47,8 @@ def instructions(tree: Path, backends: list[int], count: int) -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            _send(port, count)
+            wait_port(port, "the balancer under valgrind", timeout_s=120)  # (valgrind starts slowly)
+            keepalive_client(port, count)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
@@ -91,7 +69,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a source tree of an earlier simplelb, counted alongside")
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
-    if not subprocess.run(["which", "valgrind"], capture_output=True).returncode == 0:
+    if shutil.which("valgrind") is None:
         raise SystemExit("bench: valgrind is not installed (apt-get install valgrind)")
     bench = Bench(types.SimpleNamespace(duration=0))
     try:

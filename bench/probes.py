@@ -47,7 +47,8 @@ def _read_response(sock: socket.socket) -> None:
         body += more
 
 
-def _keepalive_client(port: int, requests: int) -> None:
+def keepalive_client(port: int, requests: int) -> None:
+    """``requests`` keep-alive GETs on one connection, each answer read to its end."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(requests):
@@ -56,7 +57,7 @@ def _keepalive_client(port: int, requests: int) -> None:
 
 
 def _fixed_load(port: int, total: int, concurrency: int) -> None:
-    threads = [threading.Thread(target=_keepalive_client, args=(port, total // concurrency))
+    threads = [threading.Thread(target=keepalive_client, args=(port, total // concurrency))
                for _ in range(concurrency)]
     for thread in threads:
         thread.start()
