@@ -12,8 +12,8 @@ run mean a leaked file trusts nothing for long.
 The certificates satisfy strict verifiers (Python 3.13's
 ``VERIFY_X509_STRICT``, OpenSSL's defaults): the CA is marked critical as a
 CA, the server certificate is for server authentication only, and both carry
-key identifiers. The server context speaks TLS 1.2 and 1.3 and offers ALPN
-``http/1.1`` only.
+key identifiers. The server context speaks TLS 1.2 and 1.3, offers ALPN
+``http/1.1`` only, and issues no TLS 1.3 session tickets (see ``_server_context``).
 """
 
 from __future__ import annotations
@@ -134,6 +134,13 @@ class MockTls:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_alpn_protocols(["http/1.1"])
+        # No TLS 1.3 session tickets. OpenSSL sends them after the handshake, unasked, and a client
+        # that reads on one thread while it writes on another (websockets' sync client: its reader
+        # thread wakes on the tickets while the caller sends the upgrade request) has its SSL object
+        # mid post-handshake processing as it writes: the request's SSL_write "succeeds" and nothing
+        # reaches the wire, so both ends wait on each other for ever (a rare hang of test_wss_echo).
+        # Nobody resumes sessions with a server whose certificate is new at every start anyway.
+        context.num_tickets = 0
         cert_file, key_file = self._workdir / "server.pem", self._workdir / "server.key"
         cert_file.write_bytes(cert_pem)
         key_file.touch(mode=0o600)
