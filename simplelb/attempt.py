@@ -161,7 +161,7 @@ def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest, op
     elif request.framing.kind == "length":
         headers = with_content_length(headers, request.framing.length)
     try:
-        sock.sendall(encode_head(f"{request.method} {request.target} HTTP/1.1", headers) + body)
+        sock.sendall(encode_head(f"{request.head.method} {request.target} HTTP/1.1", headers) + body)
     except OSError as exc:
         raise _StaleConnection(str(exc)) from None
 

@@ -33,7 +33,7 @@ from .errors import BackendFull, BackendGone, ClientSideError
 from .health import HealthChange
 from .latency import PeakEwma
 from .specs import BackendSpec
-from .stats import STATUS_CLASSES, Histogram, status_class
+from .stats import STATUS_CLASS_BY_HUNDREDS, STATUS_CLASSES, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ class Attempt:
         self.status = status
 
     def __enter__(self) -> Attempt:
-        self._backend._begin()
-        return self
+        return self  # (counted in flight already, by ``Backend.track``)
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
         if exc is None or isinstance(exc, ClientSideError):  # the client's doing counts for nothing
@@ -131,6 +130,7 @@ class Backend:
 
     def _set(self, spec, rise, fall, max_conns, slow_start_s, count_5xx_as_failure) -> None:
         self.spec = spec
+        self.name = spec.name  # (the same in every spec it is given: the cluster matches specs by name)
         self._rise = rise
         self._fall = fall
         self._max_conns = max_conns  # 0: no limit
@@ -139,10 +139,6 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.address} weight={self.spec.weight} {self.state}>"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     @property
     def address(self) -> str:
@@ -345,15 +341,13 @@ class Backend:
         sample, so a backend that fails fast never looks fast; consecutive
         failures (and, if configured, 5xx answers) feed passive health.
         """
-        return Attempt(self, self._clock)
-
-    def _begin(self) -> None:
         with self._lock:
             if self._removing or self.spec.state == "maint":
                 raise BackendGone(self.name)
             if self._max_conns and self._in_flight >= self._max_conns:
                 raise BackendFull(self.name)
             self._in_flight += 1
+        return Attempt(self, self._clock)
 
     def _finish(self, attempt: Attempt, failure: str, reason: str) -> None:
         now = self._clock()
@@ -362,7 +356,7 @@ class Backend:
         with self._lock:
             self._in_flight -= 1
             if attempt.responded_at is not None:
-                self._responses[status_class(attempt.status)] += 1
+                self._responses[STATUS_CLASS_BY_HUNDREDS[attempt.status // 100]] += 1
                 self._response_time.observe(attempt.responded_at - attempt.started_at)
             if failure:
                 self._failures[reason if reason in self._failures else "protocol"] += 1

@@ -84,7 +84,6 @@ class Forwarder:
         last_failure: AttemptFailed | None = None
         queue_deadline = None
         while True:
-            turn.enter()  # a retry gets back in line: its first attempt left the gate once sent
             backend, queue_deadline = self._choose(view, key, pinned, tried, queue_deadline, turn)
             if backend is None:
                 if last_failure is not None:
@@ -112,6 +111,7 @@ class Forwarder:
                     raise failure.error from None
                 retries += 1
                 log.info("retrying %s %s on another backend: %s", request.method, request.target, failure)
+                turn.enter()  # the retry gets back in line: its first attempt left the gate once sent
 
     def _choose(
         self,
@@ -166,8 +166,9 @@ class Forwarder:
                 return self._tunnel(conn, backend, request, head, client, named, turn)
             reusable = False
             try:
+                # (The turn was released once the request was sent: relaying only waits on sockets.)
                 keep_alive, reusable = relay(conn, backend, request, head, client, closing=closing,
-                                             extra_headers=extra_headers, turn=turn, backend_header=named)
+                                             extra_headers=extra_headers, backend_header=named)
             finally:
                 backend.pool.release(conn, reusable)
             return Outcome(head.status, backend.name, keep_alive)
@@ -197,4 +198,4 @@ def _candidates(view: ClusterView, tried: set[Backend], *, keyed: bool) -> list[
 def _should_keep_body(request: ClientRequest, limit: int) -> bool:
     """Whether to read the body up front so the request can be retried: small, and idempotent."""
     framing = request.framing
-    return framing.kind == "length" and framing.length <= limit and request.method in IDEMPOTENT_METHODS
+    return framing.kind == "length" and framing.length <= limit and request.head.method in IDEMPOTENT_METHODS

@@ -16,7 +16,6 @@ from .backend import Backend
 from .body import LAST_CHUNK, BodyError, iter_body
 from .client import ClientConnection
 from .errors import ResponseAborted
-from .gate import Turn
 from .headers import encode_head, response_headers_for_client, with_content_length, with_field
 from .http1 import Framing, ResponseHead, response_framing, tokens
 from .request import ClientRequest
@@ -33,7 +32,6 @@ def relay(
     *,
     closing: bool,
     extra_headers: list[tuple[str, str]],
-    turn: Turn,
     backend_header: tuple[str, str] | None = None,
 ) -> tuple[bool, bool]:
     """Send the response to the client; return (keep client connection, reuse backend connection).
@@ -63,7 +61,6 @@ def relay(
     elif request.head.version < (1, 1):
         headers.append(("Connection", "keep-alive"))
     head_bytes = encode_head(f"HTTP/1.1 {head.status} {head.reason}", headers)
-    turn.release()  # what is left is waiting on sockets
     if framing.kind == "length":
         # The body bytes that came with the head go out with it, in one system call;
         # a small body is then complete, with no buffer or generator set up for it.

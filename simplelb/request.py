@@ -128,7 +128,7 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffere
     expect = [v.strip().lower() for v in head.values("expect")]
     expect_continue = head.version >= (1, 1) and "100-continue" in expect and framing is not NO_BODY
     request = ClientRequest(head, target, headers, framing, client_ip, keep_alive, expect_continue, connection)
-    if head.version >= (1, 1):
+    if "upgrade" in connection and head.version >= (1, 1):
         request.upgrade = upgrade_offer(headers, connection)
     return request
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from .errors import ConfigError
 
@@ -61,7 +62,7 @@ class BackendSpec:
         if not self.name:
             object.__setattr__(self, "name", self.location)
 
-    @property
+    @cached_property  # (read for every request forwarded)
     def address(self) -> str:
         """``host:port``: where to connect (and the Host a request without one gets)."""
         return f"{bracket(self.host)}:{self.port}"

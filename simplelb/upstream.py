@@ -38,6 +38,7 @@ class _WithReader:
     """
 
     reader: SocketReader | None = None
+    timeout_s = -1.0  # the read timeout its socket has (-1: none set yet)
 
     def connect(self) -> None:
         super().connect()
@@ -143,7 +144,8 @@ class BackendPool:
         conn = self._pool._get_conn()
         if conn.sock is None:
             return conn, False
-        self._limit(conn)  # (no system call unless a reload changed it)
+        if conn.timeout_s != self.read_timeout_s:  # a reload changed it while the connection was pooled
+            self._limit(conn)
         return conn, True
 
     def take_fresh(self) -> PooledConnection:
@@ -167,6 +169,7 @@ class BackendPool:
         """The read timeout, for each receive and each send (as a Python socket timeout did before)."""
         conn.reader.recv_timeout(self.read_timeout_s)
         conn.reader.send_timeout(self.read_timeout_s)
+        conn.timeout_s = self.read_timeout_s
 
     def release(self, conn: PooledConnection, reusable: bool) -> None:
         """Return ``conn`` for reuse, or close it; either way its pool slot is freed."""
