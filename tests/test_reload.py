@@ -1,6 +1,7 @@
 """Reload: the file read again and applied whole, or not at all, under traffic, with zero client errors."""
 
 import signal
+import time
 
 import pytest
 import requests
@@ -172,3 +173,16 @@ def test_readyz_turns_503_at_sigterm_while_requests_drain(process, scripted):
     client.join(10)
     assert result["r"].status_code == 200
     assert proc.wait() == 0
+
+
+def test_a_reloaded_read_timeout_reaches_connections_already_pooled(file_balancer, mock_servers):
+    (mock,) = mock_servers(1)
+    lb, path = file_balancer([mock], extra="read-timeout = 30\nretries = 0")
+    assert requests.get(lb.url, timeout=10).status_code == 200  # leaves one warm connection in the pool
+    write_config(path, [mock], extra="read-timeout = 0.5\nretries = 0")
+    assert reload(lb).status_code == 200
+    mock.set_latency("3000")
+    started = time.monotonic()
+    answer = requests.get(lb.url, timeout=10)  # on the pooled connection, taken with the old timeout
+    assert answer.status_code == 504
+    assert time.monotonic() - started < 2.5
