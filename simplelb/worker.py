@@ -45,6 +45,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def _on_sigterm() -> list[int]:
+    """Install SIGTERM's handler: it appends to the list returned, and does nothing else.
+
+    Nothing that takes a lock: the handler runs in the main thread between two
+    bytecodes, perhaps while that thread holds the very lock it would take --
+    inside ``Event.wait``, or inside the handler itself when a second SIGTERM
+    comes, as it does when a parent with several threads dies
+    (``PR_SET_PDEATHSIG`` fires again as each of its threads exits). A
+    ``stopping.set()`` here deadlocked such a worker for good.
+    """
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: received.append(signum))
+    return received
+
+
 class WorkerLink:
     """This worker's side of the control channel, served on a named daemon thread."""
 
@@ -106,7 +121,7 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    terminated = _on_sigterm()
     for signum in (signal.SIGINT, signal.SIGQUIT):  # a terminal sends them to the group: the parent's to act on
         signal.signal(signum, signal.SIG_IGN)
     for signum in (signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM):
@@ -120,8 +135,9 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
     balancer.start()
     channel.send({"event": "ready", "pid": os.getpid()})
     link.start()
-    while not stopping.wait(0.5):
+    while not terminated and not stopping.wait(0.5):  # (SIGTERM is seen within 0.5 s: see _on_sigterm)
         pass
+    stopping.set()  # the control thread takes the channel's EOF from now on as no news
     balancer.stop()
     try:
         channel.send({"event": "stats", "stats": link.stats()})  # the last word: counters up to now
