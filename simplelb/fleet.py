@@ -236,7 +236,7 @@ class Supervisor:
         log.warning("worker %d (pid %d) died (%s); starting a new one", worker.number, worker.pid, how)
         self.control.retire(worker)
         if time.monotonic() - worker.started < QUICK_DEATH_S:
-            self.signals.stop.wait(1.0)  # a worker that dies at once must not make us spin
+            self.signals.wait(1.0)  # a worker that dies at once must not make us spin
         worker.channel.close()
         if not self.signals.stop.is_set():
             self._spawn(worker.number)  # its readiness is not awaited: the watch goes on meanwhile

@@ -7,12 +7,14 @@
 * SIGUSR1: reopen the access log (after logrotate moved it).
 * SIGUSR2, SIGALRM: logged and ignored, rather than ending the process.
 
-Handlers only set flags (and log a line); the main thread does the work.
+Handlers only record the signal (``Signals`` says why); the main thread does the work.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -26,36 +28,75 @@ log = logging.getLogger("simplelb")
 
 
 class Signals:
-    """What the process was asked to do, set from signal handlers, read by the main loop."""
+    """What the process was asked to do by signals: recorded by the handlers, acted on in ``wait()``.
+
+    A handler runs in the main thread between two of its bytecodes -- perhaps
+    while that thread holds a lock: inside ``Event.wait``, or inside the
+    handler itself when a second signal comes (two SIGHUPs in a row; a dying
+    ``--workers`` parent's SIGTERM to its workers, which comes once per thread
+    it had). A handler that takes a lock (``Event.set``, logging, a file's)
+    can then wait for ever on its own thread. So the handlers here take none:
+    they append the signal to a list and write a byte to a pipe that
+    ``wait()`` selects on, and ``wait()`` -- ordinary code in the main
+    thread -- sets the events and logs.
+    """
+
+    # Stop: /readyz turns 503, then drain. SIGQUIT is nginx's graceful stop.
+    PROCESS = {signal.SIGINT: "stop", signal.SIGTERM: "stop", signal.SIGQUIT: "stop",
+               signal.SIGHUP: "reload", signal.SIGUSR1: "reopen"}
+    # Not ours to act on, but not fatal either (their default would end the process without a word).
+    IGNORED = (signal.SIGUSR2, signal.SIGALRM)
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.reopen = threading.Event()
-        self.wake = threading.Event()  # set with any of the above
+        self._actions: dict[int, str] = {}
+        self._ignored_hint = ""
+        self._received: list[int] = []  # appended by the handlers, taken by wait()
+        self._wake_r, self._wake_w = os.pipe()  # (open for the life of the process, as the handlers are)
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
 
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):  # SIGQUIT: nginx's graceful stop
-            signal.signal(signum, self._stop)
-        signal.signal(signal.SIGHUP, lambda *_: self._set(self.reload))
-        signal.signal(signal.SIGUSR1, lambda *_: self._set(self.reopen))
-        # Not ours to act on, but not fatal either (their default would end the process without a word).
-        for signum in (signal.SIGUSR2, signal.SIGALRM):
-            signal.signal(signum, _ignored)
+    def install(self, actions: dict[int, str] | None = None, ignored=IGNORED,
+                ignored_hint: str = "SIGHUP reloads, SIGUSR1 reopens the access log, SIGTERM stops") -> None:
+        """Handle ``actions`` (signal -> "stop", "reload" or "reopen"), and log and ignore ``ignored``."""
+        self._actions = dict(self.PROCESS if actions is None else actions)
+        self._ignored_hint = ignored_hint
+        for signum in (*self._actions, *ignored):
+            signal.signal(signum, self._record)
 
-    def _stop(self, signum, frame) -> None:
-        if not self.stop.is_set():
-            log.info("%s: stopping", signal.Signals(signum).name)
-        self._set(self.stop)
+    def _record(self, signum, frame) -> None:
+        self._received.append(signum)
+        try:
+            os.write(self._wake_w, b"s")
+        except OSError:  # full (wait() will find the list anyway), or closed at exit
+            pass
 
-    def _set(self, event: threading.Event) -> None:
-        event.set()
-        self.wake.set()
+    def request_stop(self) -> None:
+        """Stop, asked by another thread (not a handler): ``wait()`` returns at once."""
+        self.stop.set()
+        self._record(0, None)
 
-    def wait(self) -> None:
-        # Event.wait with a timeout keeps the main thread responsive to signals.
-        self.wake.wait(0.5)
-        self.wake.clear()
+    def wait(self, timeout_s: float = 0.5) -> None:
+        """Wait up to ``timeout_s``, less if a signal comes, then act on the signals received."""
+        if not self._received:
+            select.select([self._wake_r], [], [], timeout_s)
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while self._received:
+            signum = self._received.pop(0)
+            action = self._actions.get(signum)
+            if action == "stop":
+                if not self.stop.is_set():
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                self.stop.set()
+            elif action is not None:
+                getattr(self, action).set()
+            elif signum:
+                log.warning("%s ignored (%s)", signal.Signals(signum).name, self._ignored_hint)
 
 
 def print_banner(url: str, cluster, redirect, admin, workers: int = 1) -> None:
@@ -67,11 +108,6 @@ def print_banner(url: str, cluster, redirect, admin, workers: int = 1) -> None:
         print(f"simplelb: redirecting http on port {redirect.port} to {url}", flush=True)
     if admin is not None:
         print(f"simplelb: admin on {admin.url} (status page: {admin.url}/)", flush=True)
-
-
-def _ignored(signum, frame) -> None:
-    log.warning("%s ignored (SIGHUP reloads, SIGUSR1 reopens the access log, SIGTERM stops)",
-                signal.Signals(signum).name)
 
 
 def serve(config: Config, source=None, *, banner: bool = True, listen_socket=None, sticky_secret=None,

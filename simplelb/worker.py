@@ -29,6 +29,7 @@ from .channel import Channel, ChannelClosed
 from .config import Config, cluster_from_dict, listener_from_dict
 from .cpu import run_on_one_cpu
 from .errors import ConfigError
+from .service import Signals
 from .tls import load_certificates
 
 log = logging.getLogger("simplelb.worker")
@@ -45,29 +46,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _on_sigterm() -> list[int]:
-    """Install SIGTERM's handler: it appends to the list returned, and does nothing else.
-
-    Nothing that takes a lock: the handler runs in the main thread between two
-    bytecodes, perhaps while that thread holds the very lock it would take --
-    inside ``Event.wait``, or inside the handler itself when a second SIGTERM
-    comes, as it does when a parent with several threads dies
-    (``PR_SET_PDEATHSIG`` fires again as each of its threads exits). A
-    ``stopping.set()`` here deadlocked such a worker for good.
-    """
-    received: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _: received.append(signum))
-    return received
-
-
 class WorkerLink:
     """This worker's side of the control channel, served on a named daemon thread."""
 
-    def __init__(self, channel: Channel, balancer, generation: int, stopping: threading.Event):
+    def __init__(self, channel: Channel, balancer, generation: int, signals: Signals):
         self.channel = channel
         self.balancer = balancer
         self.generation = generation  # the fleet generation this worker runs
-        self._stopping = stopping
+        self._signals = signals
 
     def start(self) -> None:
         threading.Thread(target=self._serve, name="worker-control", daemon=True).start()
@@ -81,9 +67,9 @@ class WorkerLink:
                 self.channel.send({"id": message.get("id"), **self._answer(message)})
             except ChannelClosed:
                 break
-        if not self._stopping.is_set():
+        if not self._signals.stop.is_set():
             log.warning("the parent is gone; stopping")
-            self._stopping.set()
+            self._signals.request_stop()
 
     def _answer(self, message: dict) -> dict:
         op = message.get("op")
@@ -120,24 +106,25 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
-    stopping = threading.Event()
-    terminated = _on_sigterm()
+    signals = Signals()
     for signum in (signal.SIGINT, signal.SIGQUIT):  # a terminal sends them to the group: the parent's to act on
         signal.signal(signum, signal.SIG_IGN)
-    for signum in (signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM):
-        signal.signal(signum, lambda signum, _: log.warning(
-            "%s ignored: signal the parent, which tells every worker", signal.Signals(signum).name))
+    # SIGUSR1 is passed on by the parent (each worker writes the access log itself).
+    signals.install({signal.SIGTERM: "stop", signal.SIGUSR1: "reopen"},
+                    ignored=(signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM),
+                    ignored_hint="signal the parent, which tells every worker")
     listen_socket = socket.socket(fileno=listen_fd)
     balancer = LoadBalancer(config, listen_socket=listen_socket, sticky_secret=bytes.fromhex(first["secret"]),
                             admin=False, discover=False)
-    signal.signal(signal.SIGUSR1, lambda *_: balancer.reopen_logs())  # passed on by the parent
-    link = WorkerLink(channel, balancer, first["generation"], stopping)
+    link = WorkerLink(channel, balancer, first["generation"], signals)
     balancer.start()
     channel.send({"event": "ready", "pid": os.getpid()})
     link.start()
-    while not terminated and not stopping.wait(0.5):  # (SIGTERM is seen within 0.5 s: see _on_sigterm)
-        pass
-    stopping.set()  # the control thread takes the channel's EOF from now on as no news
+    while not signals.stop.is_set():  # (set by SIGTERM, or by the link at the channel's EOF)
+        signals.wait()
+        if signals.reopen.is_set():
+            signals.reopen.clear()
+            balancer.reopen_logs()
     balancer.stop()
     try:
         channel.send({"event": "stats", "stats": link.stats()})  # the last word: counters up to now

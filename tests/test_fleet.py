@@ -98,36 +98,6 @@ def test_workers_exit_when_the_parent_is_killed(process, mock_servers):
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout_s=15, what="the workers to exit with their parent")
 
 
-def test_a_workers_sigterm_handler_survives_more_sigterms_at_any_line():
-    # A parent with several threads that dies sends its workers several SIGTERMs (PR_SET_PDEATHSIG
-    # fires as each thread exits), and the handler runs between two bytecodes of the main thread,
-    # perhaps inside itself. One that took a lock (Event.set) could wait on its own thread forever.
-    # Here one more SIGTERM comes at each line the handler, or anything it calls, runs.
-    code = """
-import signal, sys
-from simplelb.worker import _on_sigterm
-terminated = _on_sigterm()
-handler = signal.getsignal(signal.SIGTERM)
-seen = set()
-def again(frame, event, arg):
-    if event == "line" and (frame.f_code, frame.f_lineno) not in seen:
-        seen.add((frame.f_code, frame.f_lineno))
-        signal.raise_signal(signal.SIGTERM)
-    return again
-def calls(frame, event, arg):
-    while frame is not None and frame.f_code is not handler.__code__:
-        frame = frame.f_back
-    return again if frame is not None else None
-sys.settrace(calls)
-signal.raise_signal(signal.SIGTERM)
-sys.settrace(None)
-print(len(terminated))
-"""
-    result = run_cli("-c", code, timeout_s=20)  # (a hang is killed with SIGKILL: SIGTERM could not end it)
-    assert result.returncode == 0, result.stderr
-    assert int(result.stdout) >= 2
-
-
 def test_a_second_balancer_on_the_same_port_is_refused(process, mock_servers):
     (mock,) = mock_servers(1)
     proc, url, _ = start_lb_process(process, "--backends", mock.address, "--workers", "2")

@@ -1,0 +1,74 @@
+"""Signals (``service.Signals``): handlers that take no lock, and a wait that a signal ends at once.
+
+Each case runs in a process of its own: signal handlers are the main thread's,
+and a hang there is ended by ``run_cli``'s timeout (SIGKILL), not by a signal.
+"""
+
+import pytest
+
+from .conftest import run_cli
+
+# One more of the same signal at each line its handler, or anything the handler calls, runs: as
+# when a dying --workers parent sends SIGTERM once per thread it had, or two SIGHUPs come in a row.
+# A handler that took a lock (Event.set, logging) would wait on its own thread for ever.
+AGAIN_INSIDE_THE_HANDLER = """
+import signal, sys
+from simplelb.service import Signals
+signals = Signals()
+signals.install({actions})
+signum = signal.{name}
+handler = signal.getsignal(signum).__func__.__code__
+seen = set()
+def again(frame, event, arg):
+    if event == "line" and (frame.f_code, frame.f_lineno) not in seen:
+        seen.add((frame.f_code, frame.f_lineno))
+        signal.raise_signal(signum)
+    return again
+def calls(frame, event, arg):
+    outer = frame
+    while outer is not None and outer.f_code is not handler:
+        outer = outer.f_back
+    return again if outer is not None else None
+sys.settrace(calls)
+signal.raise_signal(signum)
+sys.settrace(None)
+signals.wait(0)
+print(len(seen), signals.stop.is_set(), signals.reload.is_set(), signals.reopen.is_set())
+"""
+
+WORKER = "{signal.SIGTERM: 'stop', signal.SIGUSR1: 'reopen'}"
+
+
+@pytest.mark.parametrize(
+    "name, actions, expected",
+    [
+        ("SIGTERM", "", ["True", "False", "False"]),
+        ("SIGHUP", "", ["False", "True", "False"]),
+        ("SIGUSR1", "", ["False", "False", "True"]),
+        ("SIGTERM", WORKER, ["True", "False", "False"]),
+        ("SIGUSR1", WORKER, ["False", "False", "True"]),
+    ],
+)
+def test_a_signal_that_comes_again_inside_its_handler_is_acted_on(name, actions, expected):
+    result = run_cli("-c", AGAIN_INSIDE_THE_HANDLER.format(actions=actions, name=name), timeout_s=20)
+    assert result.returncode == 0, result.stderr
+    lines, *events = result.stdout.split()
+    assert int(lines) >= 2  # the handler ran, and was interrupted inside
+    assert events == expected
+
+
+def test_a_signal_ends_the_wait_at_once():
+    code = """
+import os, signal, threading, time
+from simplelb.service import Signals
+signals = Signals()
+signals.install()
+started = time.monotonic()
+threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGHUP)).start()
+while not signals.reload.is_set() and time.monotonic() - started < 30:
+    signals.wait(30)
+print(time.monotonic() - started)
+"""
+    result = run_cli("-c", code, timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 10  # not the 30 s the wait would last without the signal
