@@ -93,7 +93,9 @@ def test_timeline_attributes_traffic_when_a_backend_is_taken_down():
     run = run_scenario(scenario, say=lambda text: None)
     timeline = build_timeline(run["results"], 1.0)
     assert len(timeline) == 3
-    assert timeline[0]["share"] == {"mock-1": 0.5, "mock-2": 0.5}
+    # Round robin halves the first second; a request or two at its edge may be picked out of
+    # start order, or meet mock-2 just as it goes down (seen once in CI: 0.51 / 0.49).
+    assert timeline[0]["share"] == pytest.approx({"mock-1": 0.5, "mock-2": 0.5}, abs=0.02)
     assert timeline[2]["share"] == {"mock-1": 1.0}  # taken out within a second of the event
     assert sum(row["failed"] for row in timeline) == 0
     assert run["events"][0][1] == "mock-2 down" and 1.0 <= run["events"][0][0] < 1.2
