@@ -14,10 +14,10 @@ import logging
 import signal
 import socket
 import sys
-import threading
 
 from simplelb import __version__
 from simplelb.etcd import EtcdClient, EtcdError, parse_etcd_url
+from simplelb.service import Signals
 
 from .behaviour import BehaviourError, parse_error_rate, parse_latency
 from .control import ControlListener
@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
-    stop_requested = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
+    # Handlers that take no lock (simplelb's Signals says why: an Event.set here could hang a second Ctrl-C).
+    signals = Signals()
+    signals.install({signal.SIGINT: "stop", signal.SIGTERM: "stop"}, ignored=())
     with contextlib.ExitStack() as stack:
         lines: list[str] = []  # printed once everything is up, so a failed start prints only its error
         try:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"mockserv: error: {exc}\n")
         lines.append(f"backends: {','.join(fleet.addresses)}  (Ctrl-C stops)")
         print("\n".join(lines), flush=True)
-        while not stop_requested.wait(0.5):
-            pass
+        while not signals.stop.is_set():
+            signals.wait()
     print("mockserv: stopped", file=sys.stderr)
     return 0

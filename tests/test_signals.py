@@ -72,3 +72,34 @@ print(time.monotonic() - started)
     result = run_cli("-c", code, timeout_s=60)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) < 10  # not the 30 s the wait would last without the signal
+
+
+def test_traffic_stops_on_a_sigterm_that_comes_again_inside_its_handler():
+    code = """
+import signal, sys, threading
+from traffic.terminal import Console, stop_on_signals
+stop = threading.Event()
+with stop_on_signals(stop, Console(notes_to_stderr=False)):
+    handler = signal.getsignal(signal.SIGTERM).__code__
+    seen = set()
+    def again(frame, event, arg):
+        if event == "line" and (frame.f_code, frame.f_lineno) not in seen:
+            seen.add((frame.f_code, frame.f_lineno))
+            signal.raise_signal(signal.SIGTERM)
+        return again
+    def calls(frame, event, arg):
+        outer = frame
+        while outer is not None and outer.f_code is not handler:
+            outer = outer.f_back
+        return again if outer is not None else None
+    sys.settrace(calls)
+    signal.raise_signal(signal.SIGTERM)
+    sys.settrace(None)
+    stopped = stop.wait(10)
+print(len(seen), stopped)
+"""
+    result = run_cli("-c", code, timeout_s=20)
+    assert result.returncode == 0, result.stderr
+    lines, stopped = result.stdout.split()
+    assert int(lines) >= 2 and stopped == "True"
+    assert "traffic: stopping" in result.stderr

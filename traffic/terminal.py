@@ -114,17 +114,39 @@ class Console:
 
 @contextmanager
 def stop_on_signals(stop: threading.Event, console: Console) -> Iterator[None]:
-    """While inside, SIGINT and SIGTERM set ``stop``; a second SIGINT raises ``KeyboardInterrupt`` at once."""
+    """While inside, SIGINT and SIGTERM set ``stop``; a second SIGINT raises ``KeyboardInterrupt`` at once.
+
+    The handler takes no lock: it runs in the main thread between two
+    bytecodes, perhaps while that thread holds the very lock ``stop.set()``
+    or a print would take (inside ``Event.wait``), and would wait for ever.
+    It writes a byte to a pipe instead; a watcher thread sets ``stop`` and
+    says so.
+    """
+    read_fd, write_fd = os.pipe()
+    received: list[int] = []
 
     def handler(signum: int, frame) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
+        if received and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop.set()
-        console.err("\ntraffic: stopping; reporting what was done (Ctrl-C again to quit at once)")
+        received.append(signum)
+        try:
+            os.write(write_fd, b"s")
+        except OSError:
+            pass
 
+    def watch() -> None:
+        if os.read(read_fd, 1):  # (b"": the block ended without a signal)
+            stop.set()
+            console.err("\ntraffic: stopping; reporting what was done (Ctrl-C again to quit at once)")
+
+    watcher = threading.Thread(target=watch, name="traffic-signals", daemon=True)
+    watcher.start()
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        os.close(write_fd)  # ends the watcher's read, if no signal did
+        watcher.join(5)
+        os.close(read_fd)
