@@ -335,16 +335,22 @@ class Watch:
 
     def _messages(self) -> Iterator[dict]:
         failure = f"etcd at {self._client.endpoint}: cannot watch"
+        if self._stopped.is_set():
+            return
+        try:
+            # Sent without the lock, and with a read timeout until the answer's head: a server that
+            # accepts and never answers must hold up neither stop() nor this thread for ever.
+            response = self._session.post(self._client.endpoint + "/v3/watch", json={"create_request": self._request},
+                                          timeout=(self._client.timeout_s, self._client.timeout_s), stream=True)
+        except requests.RequestException as exc:
+            raise EtcdError(f"{failure}: {_reason(exc)}") from None
         with self._lock:
-            if self._stopped.is_set():
-                return
-            try:
-                # No read timeout: a quiet prefix sends nothing for as long as it stays quiet.
-                self._response = self._session.post(self._client.endpoint + "/v3/watch",
-                                                    json={"create_request": self._request},
-                                                    timeout=(self._client.timeout_s, None), stream=True)
-            except requests.RequestException as exc:
-                raise EtcdError(f"{failure}: {_reason(exc)}") from None
+            self._response = response
+        if self._stopped.is_set():  # stop() came while it was sent, and found no response to cut
+            return
+        sock = getattr(response.raw.connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(None)  # no read timeout from here: a quiet prefix sends nothing while it stays quiet
         if self._response.status_code != 200:
             _answer(self._response, failure)
         for line in self._response.iter_lines():

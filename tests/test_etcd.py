@@ -1,5 +1,6 @@
 """simplelb.etcd against a real etcd: keys, leases, the create-if-absent transaction, watches."""
 
+import socket
 import threading
 
 import pytest
@@ -216,3 +217,20 @@ def test_a_watch_broken_by_etcd_dying_raises_and_resumes_after_restart():
         finally:
             resumed.stop()
             client.close()
+
+
+def test_a_server_that_accepts_and_never_answers_holds_up_neither_stop_nor_the_watch():
+    silent = socket.create_server(("127.0.0.1", 0))  # connections wait in its backlog, unanswered
+    try:
+        client = EtcdClient(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout_s=1)
+        with pytest.raises(EtcdError, match="cannot watch: .*timed out"):
+            next(iter(client.watch("p/")))  # not for ever: the answer's head has the client's timeout
+        collector = Collector(client.watch("p/"))
+        stopper = threading.Thread(target=collector.watch.stop, daemon=True)
+        stopper.start()  # (while the request is, or is about to be, unanswered)
+        stopper.join(5)
+        assert not stopper.is_alive(), "stop() waited for the unanswered request"
+        collector.thread.join(5)
+        assert not collector.thread.is_alive()
+    finally:
+        silent.close()
