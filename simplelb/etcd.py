@@ -348,12 +348,11 @@ class Watch:
             self._response = response
         if self._stopped.is_set():  # stop() came while it was sent, and found no response to cut
             return
-        sock = getattr(response.raw.connection, "sock", None)
-        if sock is not None:
+        if (sock := _socket_of(response)) is not None:
             sock.settimeout(None)  # no read timeout from here: a quiet prefix sends nothing while it stays quiet
-        if self._response.status_code != 200:
-            _answer(self._response, failure)
-        for line in self._response.iter_lines():
+        if response.status_code != 200:
+            _answer(response, failure)
+        for line in response.iter_lines():
             if self._stopped.is_set():
                 return
             if line:
@@ -368,14 +367,12 @@ class Watch:
         self._stopped.set()
         with self._lock:
             response = self._response
-        if response is not None:
-            connection = response.raw.connection  # urllib3's connection; its socket is where the reader waits
-            sock = getattr(connection, "sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes the reader now; close() alone would not
-                except OSError:
-                    pass
+        sock = _socket_of(response) if response is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader now; close() alone would not
+            except OSError:
+                pass
 
     def _close(self) -> None:
         with self._lock:
@@ -389,3 +386,8 @@ class Watch:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    """The socket a streamed response is read from: urllib3's connection's, where the reader waits."""
+    return getattr(response.raw.connection, "sock", None)

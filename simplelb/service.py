@@ -68,15 +68,18 @@ class Signals:
 
     def _record(self, signum, frame) -> None:
         self._received.append(signum)
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"s")
-        except OSError:  # full (wait() will find the list anyway), or closed at exit
+        except OSError:  # full: wait() returns at once anyway
             pass
 
     def request_stop(self) -> None:
         """Stop, asked by another thread (not a handler): ``wait()`` returns at once."""
         self.stop.set()
-        self._record(0, None)
+        self._wake()
 
     def wait(self, timeout_s: float = 0.5) -> None:
         """Wait up to ``timeout_s``, less if a signal comes, then act on the signals received."""
@@ -95,7 +98,7 @@ class Signals:
                 self.stop.set()
             elif action is not None:
                 getattr(self, action).set()
-            elif signum:
+            else:
                 log.warning("%s ignored (%s)", signal.Signals(signum).name, self._ignored_hint)
 
 

@@ -8,32 +8,39 @@ import pytest
 
 from .conftest import run_cli
 
-# One more of the same signal at each line its handler, or anything the handler calls, runs: as
-# when a dying --workers parent sends SIGTERM once per thread it had, or two SIGHUPs come in a row.
-# A handler that took a lock (Event.set, logging) would wait on its own thread for ever.
-AGAIN_INSIDE_THE_HANDLER = """
+# raise_again_inside(signum, handler): raises ``signum`` once, and one more of it at each line its
+# handler (the code object ``handler``), or anything the handler calls, runs -- as when a dying
+# --workers parent sends SIGTERM once per thread it had, or two SIGHUPs come in a row. A handler
+# that took a lock (Event.set, logging, a print) would wait on its own thread for ever. Returns
+# how many lines saw one more.
+RAISE_AGAIN_INSIDE = """
 import signal, sys
+def raise_again_inside(signum, handler):
+    seen = set()
+    def again(frame, event, arg):
+        if event == "line" and (frame.f_code, frame.f_lineno) not in seen:
+            seen.add((frame.f_code, frame.f_lineno))
+            signal.raise_signal(signum)
+        return again
+    def calls(frame, event, arg):
+        outer = frame
+        while outer is not None and outer.f_code is not handler:
+            outer = outer.f_back
+        return again if outer is not None else None
+    sys.settrace(calls)
+    signal.raise_signal(signum)
+    sys.settrace(None)
+    return len(seen)
+"""
+
+AGAIN_INSIDE_THE_HANDLER = RAISE_AGAIN_INSIDE + """
 from simplelb.service import Signals
 signals = Signals()
 signals.install({actions})
 signum = signal.{name}
-handler = signal.getsignal(signum).__func__.__code__
-seen = set()
-def again(frame, event, arg):
-    if event == "line" and (frame.f_code, frame.f_lineno) not in seen:
-        seen.add((frame.f_code, frame.f_lineno))
-        signal.raise_signal(signum)
-    return again
-def calls(frame, event, arg):
-    outer = frame
-    while outer is not None and outer.f_code is not handler:
-        outer = outer.f_back
-    return again if outer is not None else None
-sys.settrace(calls)
-signal.raise_signal(signum)
-sys.settrace(None)
+lines = raise_again_inside(signum, signal.getsignal(signum).__func__.__code__)
 signals.wait(0)
-print(len(seen), signals.stop.is_set(), signals.reload.is_set(), signals.reopen.is_set())
+print(lines, signals.stop.is_set(), signals.reload.is_set(), signals.reopen.is_set())
 """
 
 WORKER = "{signal.SIGTERM: 'stop', signal.SIGUSR1: 'reopen'}"
@@ -75,28 +82,14 @@ print(time.monotonic() - started)
 
 
 def test_traffic_stops_on_a_sigterm_that_comes_again_inside_its_handler():
-    code = """
-import signal, sys, threading
+    code = RAISE_AGAIN_INSIDE + """
+import threading
 from traffic.terminal import Console, stop_on_signals
 stop = threading.Event()
 with stop_on_signals(stop, Console(notes_to_stderr=False)):
-    handler = signal.getsignal(signal.SIGTERM).__code__
-    seen = set()
-    def again(frame, event, arg):
-        if event == "line" and (frame.f_code, frame.f_lineno) not in seen:
-            seen.add((frame.f_code, frame.f_lineno))
-            signal.raise_signal(signal.SIGTERM)
-        return again
-    def calls(frame, event, arg):
-        outer = frame
-        while outer is not None and outer.f_code is not handler:
-            outer = outer.f_back
-        return again if outer is not None else None
-    sys.settrace(calls)
-    signal.raise_signal(signal.SIGTERM)
-    sys.settrace(None)
+    lines = raise_again_inside(signal.SIGTERM, signal.getsignal(signal.SIGTERM).__code__)
     stopped = stop.wait(10)
-print(len(seen), stopped)
+print(lines, stopped)
 """
     result = run_cli("-c", code, timeout_s=20)
     assert result.returncode == 0, result.stderr
