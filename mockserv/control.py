@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import json
 import logging
-import socketserver
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from .behaviour import BehaviourError
 from .fleet import FleetError, MockFleet, UnknownServer
-from .server import MockServer, address_family, bracket
+from .server import Listener, MockServer, address_family, bracket
 
 log = logging.getLogger(__name__)
 
@@ -146,21 +145,12 @@ class ControlHandler(BaseHTTPRequestHandler):
         log.debug("control: " + format, *args)
 
 
-class _Listener(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def server_bind(self) -> None:
-        # Skip HTTPServer's FQDN lookup, which can wait on DNS.
-        socketserver.TCPServer.server_bind(self)
-
-
 class ControlListener:
     """The control endpoints of ``fleet`` on ``host:port`` (0: a free port). ``start()``, ``stop()``."""
 
     def __init__(self, fleet: MockFleet, host: str = "127.0.0.1", port: int = 0):
         self.host = host
-        listener_class = type("ControlListener", (_Listener,), {"address_family": address_family(host)})
+        listener_class = type("ControlListener", (Listener,), {"address_family": address_family(host)})
         handler_class = type("ControlHandler_bound", (ControlHandler,), {"fleet": fleet, "allowed": set()})
         self._httpd = listener_class((host, port), handler_class)
         self.port = self._httpd.server_address[1]

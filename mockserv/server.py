@@ -19,6 +19,7 @@ import random
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 from http.server import ThreadingHTTPServer
 
@@ -42,20 +43,33 @@ def address_family(host: str) -> socket.AddressFamily:
         return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
 
 
-class _Server(ThreadingHTTPServer):
+class Listener(ThreadingHTTPServer):
+    """What every mockserv listener (a mock or the control endpoints) does differently from the default."""
+
     daemon_threads = True
     block_on_close = False
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN, which can wait on DNS at every restart.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def handle_error(self, request, client_address) -> None:
+        # socketserver's default prints a traceback to stderr; a client that goes away is not news.
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("client %s: %s", client_address[0], error)
+        else:
+            log.exception("connection from %s failed", client_address[0])
+
+
+class _Server(Listener):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], handler_class, name: str):
         self.address_family = address_family(address[0])
         self.name = name
         super().__init__(address, handler_class)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN, which can wait on DNS at every restart.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
     def process_request(self, request, client_address) -> None:
         # ThreadingMixIn's threads are anonymous; ours say whose connection they serve.

@@ -62,8 +62,9 @@ def test_open_loop_keeps_its_schedule_and_counts_the_stall(scripted):
     results, elapsed = run_open_loop(target, 50, duration_s=1.2)
     timer.join()
     assert len(results) == 60
-    # Sent on schedule although answers stopped coming for half a second...
-    assert max(r.lag_s for r in results) < 0.1
+    # Sent on schedule although answers stopped coming for half a second: a loop that waited for
+    # answers would send half a second late. (A busy CI machine once took 0.11 s to start a sender.)
+    assert max(r.lag_s for r in results) < 0.25
     # ...and the stall shows as latency for every request scheduled during it, not just one.
     stalled = [r for r in results if r.latency_s > 0.2]
     assert len(stalled) >= 15
