@@ -54,6 +54,8 @@ SETTLE_S = 0.05
 FIRST_ANSWER_S = 3.0
 # What an operator's PATCH may set on a discovered backend, kept over what its source says.
 OVERRIDABLE = ("weight", "state")
+# Seconds stop() waits, in all, for the sources' threads to end (a DNS lookup in flight ends within its lifetime).
+JOIN_S = 3.0
 
 Edit = Callable[[ClusterConfig], ClusterConfig]
 Specs = tuple[BackendSpec, ...]
@@ -100,10 +102,16 @@ class Source:
         """Wake ``run()`` from a blocking wait (a subclass's watch); ``stopping`` is set already."""
 
     def stop(self) -> None:
+        """Tell the thread to end; it does once its lookup or call in flight ends. ``join()`` waits for that."""
         self.stopping.set()
         self.interrupt()
+
+    def join(self, timeout_s: float) -> None:
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(timeout_s)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def found(self, specs: Specs) -> None:
         with self._lock:
@@ -157,6 +165,7 @@ class Discovery:
         self._base: ClusterConfig | None = None  # the static part: settings and backends not discovered
         self._order: list[tuple] = []  # source identities, in configuration order
         self._sources: dict[tuple, Source] = {}
+        self._retired: list[Source] = []  # told to stop by a reload, maybe still finishing a lookup
         self._lists: dict[tuple, Specs] = {}  # each source's latest list
         self._overrides: dict[str, dict] = {}  # backend name -> {"weight": ..., "state": ...}
         self._skipped: set[tuple[str, str]] = set()  # (source, name) left out as taken, logged once
@@ -174,6 +183,7 @@ class Discovery:
             self._overrides.clear()
             self._order = [identity for identity, _ in wanted]
             gone = [self._sources.pop(i) for i in list(self._sources) if i not in self._order]
+            self._retired = [source for source in self._retired if source.alive()] + gone
             # A source restarted with other settings keeps its list until it answers again.
             last_lists = {source.url: self._lists.pop(source.identity, ()) for source in gone}
             new = []
@@ -184,6 +194,8 @@ class Discovery:
                     new.append(source)
             running = self._running
             merged = self._merged()
+        # Told, not waited for: the control's lock is held here, and a lookup in flight can take
+        # seconds. What a retired source still sends is ignored (see _apply).
         for source in gone:
             log.info("discovery %s: no longer configured; stopping it", source.url)
             source.stop()
@@ -272,9 +284,12 @@ class Discovery:
     def stop(self) -> None:
         with self._lock:
             self._running = False
-            sources = list(self._sources.values())
+            sources = list(self._sources.values()) + self._retired
         for source in sources:
             source.stop()
+        deadline = time.monotonic() + JOIN_S
+        for source in sources:
+            source.join(max(0.0, deadline - time.monotonic()))
         if self._thread is not None:
             self._updates.put(None)
             self._thread.join(10)

@@ -37,6 +37,9 @@ class DnsServer:
         self._records: dict[tuple[str, str], tuple[int, list[str]]] = {}
         self._failures: dict[str, list] = {}  # name -> [rcode text, answers left (None: all)]
         self.queries: list[tuple[str, str]] = []
+        self.received = 0  # queries that arrived, answered or held
+        self._answering = threading.Event()
+        self._answering.set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"test dns :{self.port}", daemon=True)
 
@@ -62,6 +65,13 @@ class DnsServer:
     def count(self, name: str, rdtype: str) -> int:
         with self._lock:
             return sum(1 for q in self.queries if q == (name.lower(), rdtype))
+
+    def hold(self) -> None:
+        """Answer nothing until ``release()``: lookups wait, as on a slow or unreachable server."""
+        self._answering.clear()
+
+    def release(self) -> None:
+        self._answering.set()
 
     def start(self) -> DnsServer:
         self._thread.start()
@@ -90,6 +100,11 @@ class DnsServer:
                 query = dns.message.from_wire(data)
             except dns.exception.DNSException:
                 continue
+            with self._lock:
+                self.received += 1
+            while not self._answering.wait(0.1):
+                if self._stop.is_set():
+                    return
             self._sock.sendto(self._answer(query).to_wire(), peer)
 
     def _answer(self, query: dns.message.Message) -> dns.message.Message:

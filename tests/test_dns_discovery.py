@@ -1,5 +1,7 @@
 """dns:// and dns+srv:// backends, resolved from a real (small, authoritative) DNS server whose records change."""
 
+import threading
+import time
 
 import pytest
 import requests
@@ -219,6 +221,35 @@ def test_a_reload_keeps_restarts_or_stops_sources_as_the_file_says(dns_server, m
         lb.control.reload()
         wait_for(lambda: states(lb) == {static.address: "up"}, 5, "the source's backends gone with it")
         assert lb.control.status()["discovery"] == []
+    finally:
+        lb.stop(grace_s=1)
+
+
+def test_a_reload_does_not_wait_for_a_lookup_in_flight_of_a_source_it_stops(dns_server, mock_servers, tmp_path):
+    from simplelb.configfile import ConfigSource
+
+    mocks = mock_servers(2)
+    srv_records(dns_server, mocks)
+    path = tmp_path / "lb.toml"
+    text = (f'dns-server = "{dns_server.address}"\ndns-refresh = 0.1\nhealth-interval = 60\n\n'
+            f'[[backend]]\naddress = "{mocks[0].address}"\n\n[[backend]]\naddress = "dns+srv://_http._tcp.svc.test"\n')
+    path.write_text(text)
+    source = ConfigSource(str(path), {"port": "0", "log_level": "warning"})
+    lb = LoadBalancer(source.load(), source=source).start()
+    try:
+        wait_for(lambda: len(states(lb)) == 2, 5, "the static and the discovered backend")
+        dns_server.hold()  # the next lookup waits out its whole lifetime (2 s)
+        asked = dns_server.received
+        wait_for(lambda: dns_server.received > asked, 5, "a lookup in flight")
+        path.write_text(text.split("\n[[backend]]\naddress = \"dns+srv")[0])
+        started = time.monotonic()
+        lb.control.reload()  # holds the control's lock: it must not wait for that lookup
+        assert time.monotonic() - started < 1.0
+        assert states(lb) == {mocks[0].address: "up"}
+        dns_server.release()  # the stopped source ends once answered, and its late answer changes nothing
+        wait_for(lambda: not any(t.name.startswith("discovery dns+srv") for t in threading.enumerate()), 5,
+                 "the stopped source's thread to end")
+        assert states(lb) == {mocks[0].address: "up"} and lb.control.status()["discovery"] == []
     finally:
         lb.stop(grace_s=1)
 
