@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 from typing import Any
 
@@ -21,18 +22,32 @@ class ChannelClosed(Exception):
 
 
 class Channel:
-    def __init__(self, sock: socket.socket):
+    """``send_timeout_s``: a send that cannot finish in that time (the other end stopped reading)
+    fails, and so does every later one: part of a line may be on the wire."""
+
+    def __init__(self, sock: socket.socket, send_timeout_s: float | None = None):
         self.sock = sock
         self._reader = sock.makefile("rb")
-        self._sending = threading.Lock()  # one message on the wire at a time
+        self._sending = threading.Lock()  # one message on the wire at a time; guards _broken
+        self._broken: str | None = None
+        if send_timeout_s is not None:
+            # In the kernel, for sends only: a Python-level timeout would also end the reader's wait.
+            seconds = int(send_timeout_s)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                            struct.pack("ll", seconds, int((send_timeout_s - seconds) * 1e6)))
 
     def send(self, message: dict[str, Any]) -> None:
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        try:
-            with self._sending:
+        with self._sending:
+            if self._broken is not None:
+                raise ChannelClosed(self._broken)
+            try:
                 self.sock.sendall(data)
-        except OSError as exc:
-            raise ChannelClosed(str(exc)) from None
+            except BlockingIOError:
+                self._broken = "the other end stopped reading"
+                raise ChannelClosed(self._broken) from None
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from None
 
     def receive(self) -> dict[str, Any] | None:
         """The next message, or None at EOF."""

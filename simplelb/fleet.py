@@ -52,6 +52,11 @@ QUICK_DEATH_S = 2.0
 READY_TIMEOUT_S = 15.0
 # How often the parent refreshes what each worker reports.
 STATS_EVERY_S = 1.0
+# A serving worker that says nothing for this long (stopped, deadlocked) is killed and replaced:
+# the kernel keeps handing it connections that nobody answers. It is asked for stats every second.
+SILENT_LIMIT_S = 10.0
+# A send to a worker that does not read for this long fails (the parent must never block on one).
+SEND_TIMEOUT_S = 2.0
 
 
 def _socket(host: str) -> socket.socket:
@@ -81,11 +86,13 @@ class WorkerHandle:
         self.generation = 0  # the fleet generation it last confirmed
         self.stats: dict | None = None  # its last report
         self.retired = False  # its counters moved to the fleet's totals (FleetControl.retire)
+        self.last_heard = time.monotonic()  # when it last sent anything
         self._on_gone = on_gone
         threading.Thread(target=self._read, name=f"worker-{number}-channel", daemon=True).start()
 
     def _read(self) -> None:
         while (message := self.channel.receive()) is not None:
+            self.last_heard = time.monotonic()
             if self.requests.answered(message):
                 continue
             if message.get("ok") and "generation" in message:  # an apply confirmed after its wait ran out
@@ -107,6 +114,11 @@ class WorkerHandle:
 
     def ask(self, message: dict, timeout_s: float = 1.0) -> dict:
         return self.requests.ask(message, timeout_s)
+
+    def silent(self) -> bool:
+        """Serving, alive, and not a word for ``SILENT_LIMIT_S`` (a starting worker is not asked yet)."""
+        return (self.ready.is_set() and self.proc.poll() is None
+                and time.monotonic() - self.last_heard > SILENT_LIMIT_S)
 
 
 class Supervisor:
@@ -195,7 +207,7 @@ class Supervisor:
         finally:
             sock.close()
             theirs.close()
-        worker = WorkerHandle(number, proc, Channel(ours), self.control.retire)
+        worker = WorkerHandle(number, proc, Channel(ours, SEND_TIMEOUT_S), self.control.retire)
         # Held: no change may reach the worker before its first message, nor be sent between the two.
         with self.control.held() as (generation, cluster):
             with self._lock:
@@ -224,6 +236,11 @@ class Supervisor:
                 except ConfigError:
                     pass  # logged and counted; the running configuration stays
             for worker in list(self.workers.values()):
+                if worker.silent():
+                    log.error("worker %d (pid %d) has not answered for %gs; killing it", worker.number, worker.pid,
+                              SILENT_LIMIT_S)
+                    worker.proc.kill()
+                    worker.proc.wait()
                 if worker.proc.poll() is not None and not self.signals.stop.is_set():
                     self._replace(worker)
             if time.monotonic() - last_stats >= STATS_EVERY_S:

@@ -112,10 +112,11 @@ class FleetControl:
         self.started = time.monotonic()
         self.shutting_down = False
         self.reloads = ReloadCounter()
-        self._changing = threading.Lock()  # one change at a time; guards _cluster and _generation
+        self._changing = threading.Lock()  # one change at a time; the only writer of _current
         self.discovery = Discovery(self.change)  # runs here, once for every worker
-        self._cluster = self.discovery.configure(running.cluster)
-        self._generation = 1
+        # (generation, cluster), replaced whole: readers (/status, /metrics) take it without the
+        # lock, so they never wait behind a change that is being sent to the workers.
+        self._current = (1, self.discovery.configure(running.cluster))
         self._retired_lock = threading.Lock()  # guards the two below: what dead workers counted
         self._retired_backends: dict[str, dict] = {}
         self._retired: dict | None = None
@@ -128,23 +129,23 @@ class FleetControl:
         self.discovery.stop()
 
     def current(self) -> tuple[int, ClusterConfig]:
-        with self._changing:
-            return self._generation, self._cluster
+        return self._current
 
     @contextlib.contextmanager
     def held(self) -> Iterator[tuple[int, ClusterConfig]]:
         """The current generation, with changes held off until the block ends (a new worker's first message)."""
         with self._changing:
-            yield self._generation, self._cluster
+            yield self._current
 
     def config(self) -> ClusterConfig:
-        return self._cluster
+        return self._current[1]
 
     def change(self, edit: Callable[[ClusterConfig], ClusterConfig], *, operator: bool = True) -> int:
         with self._changing:
-            after = edit(self._cluster)
+            before = self._current[1]
+            after = edit(before)
             if operator:
-                after = self.discovery.edited(self._cluster, after)
+                after = self.discovery.edited(before, after)
             return self._apply(after)
 
     def reload(self) -> int:
@@ -159,9 +160,9 @@ class FleetControl:
 
     def _apply(self, cluster: ClusterConfig, tls: tuple | None = None) -> int:
         # Caller holds _changing. ``tls``: certificate files every worker reads again (checked here already).
-        self._generation += 1
-        self._cluster = cluster
-        message = {"op": "apply", "generation": self._generation, "cluster": cluster.to_dict(), "tls": tls}
+        generation = self._current[0] + 1
+        self._current = (generation, cluster)
+        message = {"op": "apply", "generation": generation, "cluster": cluster.to_dict(), "tls": tls}
 
         def apply(worker) -> None:
             try:
@@ -178,7 +179,7 @@ class FleetControl:
             worker.proc.kill()
 
         _each(self._supervisor.live_workers(), apply)
-        return self._generation
+        return generation
 
     def refresh(self) -> None:
         """Ask every worker for its stats now."""

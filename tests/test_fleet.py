@@ -1,9 +1,11 @@
 """``--workers 2``: one admin listener in the parent, one configuration in every worker, counters summed."""
 
+import contextlib
 import os
 import signal
 import time
 
+import pytest
 import requests
 
 from .conftest import JSON, run_cli, start_lb_process, wait_for
@@ -87,6 +89,50 @@ def test_a_replaced_worker_does_not_take_its_counts_with_it(process, mock_server
     assert all(fresh_get(url).status_code == 200 for _ in range(10))
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def test_a_stopped_worker_is_killed_and_replaced_and_the_admin_side_keeps_answering(process, mock_servers):
+    (mock,) = mock_servers(1)
+    proc, url, admin = start_lb_process(process, "--backends", mock.address, "--workers", "2",
+                                        "--admin", "127.0.0.1:0", "--health-interval", "60")
+    victim = status(admin)["workers"][0]["pid"]
+    os.kill(victim, signal.SIGSTOP)  # alive, holding its share of the port, answering nothing
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 3:  # its silence costs /status a second at most, never a hang
+            assert requests.get(admin + "/status", timeout=3).status_code == 200
+        proc.wait_for_output(f"(pid {victim}) has not answered for 10s; killing it", timeout_s=30)
+        wait_for(lambda: victim not in {w["pid"] for w in status(admin)["workers"]}
+                 and len(status(admin)["workers"]) == 2, timeout_s=20, what="a replacement worker")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # lets it go if the test failed before it was killed
+            os.kill(victim, signal.SIGCONT)
+    assert not alive(victim)
+    assert all(fresh_get(url).status_code == 200 for _ in range(20))
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_a_send_to_a_worker_that_stopped_reading_fails_in_time_and_so_does_every_later_one():
+    import socket
+
+    from simplelb.channel import Channel, ChannelClosed
+
+    ours, theirs = socket.socketpair()
+    channel = Channel(ours, send_timeout_s=0.2)
+    try:
+        message = {"op": "apply", "cluster": "x" * 60_000}
+        started = time.monotonic()
+        with pytest.raises(ChannelClosed, match="stopped reading"):
+            for _ in range(1000):  # the socket buffers fill within a few dozen; then a send must give up
+                channel.send(message)
+        assert time.monotonic() - started < 5
+        theirs.recv(1 << 20)  # room again, but part of a line may be on the wire: the channel stays broken
+        with pytest.raises(ChannelClosed, match="stopped reading"):
+            channel.send({"op": "stats"})
+    finally:
+        channel.close()
+        theirs.close()
 
 
 def test_workers_exit_when_the_parent_is_killed(process, mock_servers):
