@@ -105,11 +105,13 @@ class WorkerHandle:
         self.gone.set()
         self._on_gone(self)  # at once: its counts must not drop out of the sums until the next watch round
 
-    def wait_ready(self, timeout_s: float) -> bool:
-        """True once it serves; False if it exited first or did not make it in time."""
+    def wait_ready(self, timeout_s: float, signals: Signals) -> bool:
+        """True once it serves; False if it exited first, did not make it in time, or we are told to stop."""
         deadline = time.monotonic() + timeout_s
         while not self.ready.is_set() and not self.gone.is_set() and time.monotonic() < deadline:
-            self.ready.wait(0.05)
+            signals.wait(0.05)  # acts on a signal now: a Ctrl-C while workers start must not wait for them
+            if signals.stop.is_set():
+                return False
         return self.ready.is_set()
 
     def ask(self, message: dict, timeout_s: float = 1.0) -> dict:
@@ -162,7 +164,9 @@ class Supervisor:
         try:
             self.control.start()  # discovery first: the workers start with what it found
             for number in range(1, listener.workers + 1):
-                if not self._spawn(number).wait_ready(READY_TIMEOUT_S):
+                if not self._spawn(number).wait_ready(READY_TIMEOUT_S, self.signals):
+                    if self.signals.stop.is_set():
+                        return 0  # stopped while starting: the workers started so far drain below
                     raise WorkerFailed(f"worker {number} did not start (its log says why)")
             if listener.admin is not None:
                 from .admin import AdminServer

@@ -314,8 +314,8 @@ def raw_client():
 class Process:
     """A command of ours run as a subprocess, with its stderr collected on a thread."""
 
-    def __init__(self, *args: str):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
@@ -363,8 +363,8 @@ class Process:
 def process():
     started: list[Process] = []
 
-    def make(*args: str) -> Process:
-        proc = Process(*args)
+    def make(*args: str, env: dict[str, str] | None = None) -> Process:
+        proc = Process(*args, env=env)
         started.append(proc)
         return proc
 

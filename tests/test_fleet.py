@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from .conftest import JSON, run_cli, start_lb_process, wait_for
+from .conftest import JSON, ROOT, run_cli, start_lb_process, wait_for
 
 
 def write_config(path, mocks, extra=""):
@@ -133,6 +133,25 @@ def test_a_send_to_a_worker_that_stopped_reading_fails_in_time_and_so_does_every
     finally:
         channel.close()
         theirs.close()
+
+
+def test_a_stop_while_the_workers_start_does_not_wait_for_them(process, mock_servers, tmp_path):
+    (mock,) = mock_servers(1)
+    # Every worker hangs before it starts (a loaded machine, a slow disk); the parent is not slowed.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import time\nif b'simplelb.worker' in open('/proc/self/cmdline', 'rb').read():\n    time.sleep(60)\n")
+    proc = process("-m", "simplelb", "--port", "0", "--backends", mock.address, "--workers", "2",
+                   env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+
+    def children() -> list[int]:
+        with open(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children") as listed:
+            return [int(pid) for pid in listed.read().split()]
+
+    wait_for(children, timeout_s=10, what="the first worker to be started")
+    starting = children()
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0, proc.stderr  # not after the 15 s a worker is given to start
+    assert not any(alive(pid) for pid in starting)
 
 
 def test_workers_exit_when_the_parent_is_killed(process, mock_servers):
