@@ -79,6 +79,7 @@ class Source:
         self._lock = threading.Lock()  # guards the status fields below
         self._up = False
         self._stale_since: float | None = None  # wall-clock time of the first failure in a row
+        self._stale_from = 0.0  # the same moment on the monotonic clock: how long, whatever the wall clock does
         self._count = 0
         self._last_error: str | None = None
         self._thread: threading.Thread | None = None
@@ -127,7 +128,7 @@ class Source:
             first = self._stale_since is None
             self._up, self._last_error = False, reason
             if first:
-                self._stale_since = time.time()
+                self._stale_since, self._stale_from = time.time(), time.monotonic()
         (log.warning if first else log.debug)("discovery %s: %s; keeping the last %d backends",
                                               self.url, reason, self._count)
         self.answered.set()
@@ -139,6 +140,7 @@ class Source:
                 "source": self.url,
                 "up": self._up,
                 "stale_since": datetime.fromtimestamp(stale, UTC).isoformat(timespec="seconds") if stale else None,
+                "stale_for_s": int(time.monotonic() - self._stale_from) if stale else None,
                 "backends": self._count,
                 "last_error": self._last_error,
             }

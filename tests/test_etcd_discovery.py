@@ -63,7 +63,7 @@ def test_listed_at_start_then_added_reweighted_and_deleted_within_a_second(etcd,
     wait_for(lambda: states(lb) == {"two": "up", "three": "up"}, 5, "the set of two")
     assert {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(12)} == {two.name, three.name}
     source = lb.control.status()["discovery"][0]
-    assert source == {"source": etcd.url(prefix), "up": True, "stale_since": None, "backends": 2, "last_error": None}
+    assert source == {"source": etcd.url(prefix), "up": True, "stale_since": None, "stale_for_s": None, "backends": 2, "last_error": None}
 
 
 def test_drain_and_maintenance_written_in_etcd(etcd, client, lb_on, mock_servers):

@@ -41,6 +41,18 @@ def dns_server():
         yield server
 
 
+# Each discovery label as shown (CSS applied: innerText), and the part of it that is the source.
+LABEL_JS = """[...document.querySelectorAll('#summary dt')].filter(dt => dt.querySelector('.verbatim'))
+  .flatMap(dt => [dt.innerText, dt.querySelector('.verbatim').innerText])"""
+
+
+def shows_status(page, admin: str, source: str, backends: str) -> bool:
+    """The page's item for a stale ``source`` says what ``/status`` says (both count seconds: retried)."""
+    status = source_status(admin, source)
+    since = status["stale_since"].replace("T", " ").replace("+00:00", " UTC")  # 2026-12-01 03:21:05 UTC
+    return shown(page, source) == f"stale for {status['stale_for_s']}s (since {since}) {DASH} {backends} ({status['last_error']})"
+
+
 def summary(page) -> dict[str, str]:
     return dict(page.evaluate(SUMMARY_JS))
 
@@ -84,9 +96,14 @@ def test_a_dns_source_is_shown_up_with_its_count_then_stale_with_its_error_then_
     wait_for(lambda: (shown(page, SRV_SOURCE) or "").startswith("stale"), 3, "the source shown stale")
     status = source_status(admin, SRV_SOURCE)
     assert not status["up"] and status["stale_since"] and "SERVFAIL" in status["last_error"], status
+    wait_for(lambda: shows_status(page, admin, SRV_SOURCE, "3 backends"), 3, "the page to show what /status says")
     text = shown(page, SRV_SOURCE)
-    assert text == f"stale since {status['stale_since']} {DASH} 3 backends ({status['last_error']})"
-    assert "SERVFAIL" in text and re.search(r"since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", text)
+    assert "SERVFAIL" in text and re.search(r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)", text)
+    # How long, counting as the page refreshes; the label is the source as configured, not upper-cased.
+    counted = source_status(admin, SRV_SOURCE)["stale_for_s"]
+    wait_for(lambda: (shown(page, SRV_SOURCE) or "").startswith(f"stale for {counted + 1}s"), 4,
+             "the time stale to count up")
+    assert page.evaluate(LABEL_JS) == ["DISCOVERY " + SRV_SOURCE, SRV_SOURCE]
     assert sorted(rows(page)) == sorted(m.address for m in mocks)  # the backends stay
     assert page.evaluate("document.getElementById('live').textContent") == "live"  # the page is not stale: the source is
 
@@ -122,11 +139,10 @@ def test_each_source_has_its_own_item_and_a_silent_server_is_shown_as_no_answer(
 
     # The server goes silent: every lookup times out, both items say so, the backends stay.
     dns_server.stop()
-    wait_for(lambda: all(text.startswith("stale since ") for _, text in discovery_items(page)), 6,
+    wait_for(lambda: all(text.startswith("stale for ") for _, text in discovery_items(page)), 6,
              "both sources shown stale")
     for source in (a_source, SRV_SOURCE):
-        status = source_status(admin, source)
-        assert shown(page, source) == f"stale since {status['stale_since']} {DASH} 1 backend ({status['last_error']})"
-        assert "no answer within" in status["last_error"]
+        wait_for(lambda: shows_status(page, admin, source, "1 backend"), 3, "the page to show what /status says")  # noqa: B023
+        assert "no answer within" in source_status(admin, source)["last_error"]
     assert sorted(rows(page)) == sorted([static.address, by_a.address, *(m.address for m in by_srv)])
     assert page.problems() == []
