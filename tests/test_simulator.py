@@ -93,7 +93,8 @@ def test_timeline_attributes_traffic_when_a_backend_is_taken_down():
     )
     run = run_scenario(scenario, say=lambda text: None)
     timeline = build_timeline(run["results"], 1.0)
-    assert len(timeline) == 3
+    # Three seconds; a phase that began a few ms late on a busy machine puts its last sends in a 4th.
+    assert len(timeline) == 3 or (len(timeline) == 4 and timeline[3]["requests"] <= 3), timeline
     # Round robin halves the first second; a request or two at its edge may be picked out of
     # start order, or meet mock-2 just as it goes down (seen once in CI: 0.51 / 0.49).
     assert timeline[0]["share"] == pytest.approx({"mock-1": 0.5, "mock-2": 0.5}, abs=0.02)
