@@ -105,6 +105,26 @@ def test_timeline_attributes_traffic_when_a_backend_is_taken_down():
     assert "<- mock-2 down" in text
 
 
+def test_a_scenario_keeps_its_timetable_when_a_phase_ends_with_slow_answers_in_flight():
+    scenario = parse_scenario(
+        """
+        servers = 1
+        latency_ms = "400"
+        [[phase]]
+        duration = 1
+        rate = 10
+        [[phase]]
+        duration = 1
+        rate = 10
+        """,
+        "inline",
+    )
+    run = run_scenario(scenario, say=lambda text: None)
+    # The second phase begins at t = 1 s, as written, not when the first one's last answer came (1.3 s).
+    assert [row["requests"] for row in build_timeline(run["results"], 1.0)] == [10, 10]
+    assert sorted(round(r.started_s, 2) for r in run["results"])[10] == 1.0
+
+
 @pytest.mark.parametrize("name", ["rolling-restart", "slow-backend", "flapping", "burst"])
 def test_bundled_scenarios_parse(name):
     scenario = load_scenario(str(bundled(name)))

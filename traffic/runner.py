@@ -130,19 +130,22 @@ def run_load(
     on_result: OnResult = None,
     stop: threading.Event | None = None,
     start_at: float | None = None,
+    phase_at: float | None = None,
     tls: Tls | None = None,
     shard: Shard = WHOLE,
 ) -> tuple[list[Result], float]:
     """Closed loop: ``n`` requests (or for ``duration_s``) with ``concurrency`` workers; results and wall time.
 
     ``start_at`` (a ``perf_counter`` value) lets phases of a scenario, or processes, share one clock.
+    ``phase_at`` (the same clock) is when this phase is due to begin, if not now: a scenario's phases
+    keep to its timetable although each waits for its last answers before the next begins.
     """
     mix, stop = _mix(source), stop or threading.Event()
     context = _tls_context(tls, mix.targets)
     mine = shard.share(n) if n is not None else None
     tickets = itertools.count()
     collector = _Collector(on_result)
-    phase_start = time.perf_counter()
+    phase_start = time.perf_counter() if phase_at is None else phase_at
     started = start_at if start_at is not None else phase_start
     ends_at = phase_start + duration_s if duration_s else None
 
@@ -176,7 +179,7 @@ def run_open_loop(
 ) -> tuple[list[Result], float]:
     """Open loop: requests scheduled at ``rate``/s for ``n`` requests or ``duration_s``; results and wall time.
 
-    ``options``: ``timeout_s``, ``on_result``, ``stop``, ``start_at``, ``tls`` as for ``run_load``.
+    ``options``: ``timeout_s``, ``on_result``, ``stop``, ``start_at``, ``phase_at``, ``tls`` as for ``run_load``.
     """
     mix = _mix(source)
     total = n if n is not None else max(1, int(rate * (duration_s or 1.0)))
@@ -206,11 +209,12 @@ def _run_scheduled(
     on_result: OnResult = None,
     stop: threading.Event | None = None,
     start_at: float | None = None,
+    phase_at: float | None = None,
     tls: Tls | None = None,
 ) -> tuple[list[Result], float]:
     stop = stop or threading.Event()
     context = _tls_context(tls, targets)
-    schedule = time.perf_counter()  # this phase's own start
+    schedule = time.perf_counter() if phase_at is None else phase_at  # this phase's own start
     started = start_at if start_at is not None else schedule
     collector = _Collector(on_result)
     due: queue.SimpleQueue = queue.SimpleQueue()

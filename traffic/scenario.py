@@ -243,13 +243,16 @@ def run_scenario(scenario: Scenario, *, say=print, timeout_s: float = 10.0, stop
     events_thread = threading.Thread(target=fire_events, name="scenario-events", daemon=True)
     events_thread.start()
     try:
+        phase_at = start  # each phase begins on the timetable the events keep, not when the last answer came
         for phase in scenario.phases:
             if stop.is_set():
                 break
             target = parse_target(rig.url, phase.path, method=phase.method)
             shape = f"{phase.rate:g} req/s" if phase.rate else f"concurrency {phase.concurrency}"
             say(f"-> {phase.name}: {phase.duration_s:g}s at {shape}")
-            options = {"duration_s": phase.duration_s, "timeout_s": timeout_s, "stop": stop, "start_at": start}
+            options = {"duration_s": phase.duration_s, "timeout_s": timeout_s, "stop": stop, "start_at": start,
+                       "phase_at": phase_at}
+            phase_at += phase.duration_s
             if phase.rate:
                 got, _ = run_open_loop(target, phase.rate, **options)
             else:
