@@ -24,6 +24,7 @@ second process. The ``Supervisor`` (the parent):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -244,7 +245,8 @@ class Supervisor:
                     log.error("worker %d (pid %d) has not answered for %gs; killing it", worker.number, worker.pid,
                               SILENT_LIMIT_S)
                     worker.proc.kill()
-                    worker.proc.wait()
+                    with contextlib.suppress(subprocess.TimeoutExpired):  # then replaced at a later round
+                        worker.proc.wait(5)
                 if worker.proc.poll() is not None and not self.signals.stop.is_set():
                     self._replace(worker)
             if time.monotonic() - last_stats >= STATS_EVERY_S:
