@@ -27,4 +27,7 @@ def test_a_backend_that_turns_fast_again_regains_its_share_within_ten_seconds():
         return window["mock-2"] / max(1, sum(window.values()))
 
     assert share(slow.at_s + 0.5, fast.at_s) < 0.05  # avoided while slow
-    assert share(fast.at_s + 5, fast.at_s + 7.5) > 0.2  # back well within ten seconds
+    # Back well within ten seconds. Over 4.5 s, not 2.5: a load spike on a machine running three
+    # test processes on two cores once had mock-2 avoided again for most of a short window (1%).
+    # Starved, as before the estimate was forgotten, it gets none.
+    assert share(fast.at_s + 3, fast.at_s + 7.5) > 0.15
