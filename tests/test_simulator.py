@@ -10,6 +10,7 @@ import time
 import pytest
 
 from traffic.histogram import LogHistogram
+from traffic.outcome import Result
 from traffic.report import summarize
 from traffic.runner import Target, run_open_loop
 from traffic.scenario import ScenarioError, bundled, load_scenario, parse_scenario, run_scenario
@@ -73,6 +74,25 @@ def test_open_loop_keeps_its_schedule_and_counts_the_stall(scripted):
     # The send rate is over the sends, not the wait for the stalled answers. (Not "fell_behind":
     # with 60 sends its p99 lag is the one latest send, which a busy CI machine can make 20 ms.)
     assert summary["generator"]["sent_rps"] >= 0.95 * 50
+
+
+def on_schedule(n: int, rate: float, late: dict[int, float] | None = None) -> list[Result]:
+    """``n`` answered sends at ``rate``/s, each on time but those in ``late`` (index -> seconds late)."""
+    late = late or {}
+    return [Result(i / rate, 0.001 + late.get(i, 0.0), 200, "b", None, late.get(i, 0.0)) for i in range(n)]
+
+
+@pytest.mark.parametrize(("results", "behind"), [
+    (on_schedule(60, 50), False),
+    (on_schedule(60, 50, {30: 0.05}), False),  # one late send on a short run: a thread starting, not a trend
+    (on_schedule(60, 50, {10: 0.05, 40: 0.05}), True),
+    (on_schedule(1000, 50, {i: 0.03 for i in range(0, 1000, 90)}), True),  # 12 of 1,000: over 1%
+    (on_schedule(1000, 50, {i: 0.03 for i in range(0, 1000, 120)}), False),  # 9 of 1,000
+    (on_schedule(60, 40), True),  # sent at 40/s of the 50 asked
+])
+def test_the_generator_is_said_to_fall_behind_on_a_trend_not_one_late_send(results, behind):
+    summary = summarize(results, results[-1].started_s + 0.01, rate=50)
+    assert summary["generator"]["fell_behind"] is behind
 
 
 def test_timeline_attributes_traffic_when_a_backend_is_taken_down():
