@@ -18,6 +18,7 @@ import sys
 from simplelb import __version__
 from simplelb.etcd import EtcdClient, EtcdError, parse_etcd_url
 from simplelb.service import Signals
+from simplelb.specs import digits
 
 from .behaviour import BehaviourError, parse_error_rate, parse_latency
 from .control import ControlListener
@@ -34,13 +35,13 @@ class StartError(Exception):
 
 
 def _count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 100:
+    if not digits(text) or not 1 <= int(text) <= 100:
         raise argparse.ArgumentTypeError(f"N must be a whole number from 1 to 100, not {text!r}")
     return int(text)
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
+    if not digits(text) or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
     return int(text)
 
@@ -71,7 +72,7 @@ def _name_prefix(text: str) -> str:
 
 
 def _ttl(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 3600:
+    if not digits(text) or not 1 <= int(text) <= 3600:
         raise argparse.ArgumentTypeError(f"the TTL must be whole seconds from 1 to 3600, not {text!r}")
     return int(text)
 

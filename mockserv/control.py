@@ -32,6 +32,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
+from simplelb.specs import digits
+
 from .behaviour import BehaviourError
 from .fleet import FleetError, MockFleet, UnknownServer
 from .server import Listener, MockServer, address_family, bracket
@@ -92,7 +94,7 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         length = self.headers.get("Content-Length") or "0"
-        if not length.isdigit() or int(length) > 64 * 1024:  # control values are a few bytes
+        if not digits(length) or int(length) > 64 * 1024:  # control values are a few bytes
             self.close_connection = True
             self._reply(400, {"error": "send a Content-Length of at most 64 KiB"})
             return

@@ -35,6 +35,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
+from simplelb.specs import digits
+
 from .behaviour import BehaviourError
 from .websocket import EchoSession, HandshakeRefused, accept_key
 
@@ -127,7 +129,7 @@ class MockHandler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             return self._read_chunked()
         length_text = self.headers.get("Content-Length", "0")
-        if not length_text.isdigit():
+        if not digits(length_text):
             self._reply(400, {"error": "bad Content-Length"}, close=True)
             return None
         remaining = int(length_text)
@@ -218,7 +220,7 @@ class MockHandler(BaseHTTPRequestHandler):
         close_after = query.get("close_after", [None])[0]
         try:
             accept = accept_key(self.command, self.request_version, self.headers)
-            if close_after is not None and not (close_after.isdigit() and int(close_after) > 0):
+            if close_after is not None and not (digits(close_after) and int(close_after) > 0):
                 raise HandshakeRefused(400, f"close_after must be a whole number above 0, not {close_after!r}")
         except HandshakeRefused as exc:
             self._reply(exc.status, {"error": str(exc)}, headers=exc.headers)

@@ -50,7 +50,7 @@ from .errors import ConfigError, HTTPError, NotFound
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render as render_metrics
 from .sideserver import SideServer
-from .specs import host_of
+from .specs import digits, host_of
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class AdminHandler(BaseHTTPRequestHandler):
         if "Transfer-Encoding" in self.headers:
             raise refused(411, "send the body with a Content-Length")
         length_text = self.headers.get("Content-Length", "0").strip()
-        if not length_text.isdigit():
+        if not digits(length_text):
             raise refused(400, "invalid Content-Length")
         length = int(length_text)
         if length > MAX_BODY_BYTES:

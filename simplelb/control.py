@@ -69,6 +69,11 @@ def load_for_reload(source, running: Config, reloads: ReloadCounter) -> tuple[Co
         reloads.last_error = exc.messages
         log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.messages))
         raise
+    except Exception as exc:  # a bug in a check: still a failed reload, counted and said, not a crash
+        reloads.failure += 1
+        reloads.last_error = [f"internal error while loading the configuration: {exc!r} (see the log)"]
+        log.exception("reload failed unexpectedly, keeping the running configuration")
+        raise ConfigError(reloads.last_error[0]) from exc
     for flag in running.changed_listener_settings(config):
         log.warning("reload: %s changed; it needs a restart and is not applied", flag)
     if bool(running.listener.tls) != bool(config.listener.tls):

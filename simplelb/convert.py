@@ -19,7 +19,7 @@ from .affinity import validate_key_spec
 from .algorithms import ALGORITHMS
 from .errors import ConfigError
 from .http1 import is_token
-from .specs import HOSTNAME_RE, bracket
+from .specs import HOSTNAME_RE, bracket, digits
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -146,14 +146,21 @@ def admin_address(value: Any) -> tuple[str, int]:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         value = f"{bracket(str(value[0]))}:{value[1]}"
     host, sep, port = str(value).rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not digits(port) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"must be HOST:PORT, e.g. 127.0.0.1:9000, not {value!r}")
     return listen_host(host), int(port)
 
 
+def _path(value: Any) -> str:
+    path = str(value)
+    if not path or "\x00" in path:  # open() would raise ValueError, not OSError
+        raise ConfigError(f"{path!r} is not a file name")
+    return path
+
+
 def token_file(value: Any, what: str = "token") -> str:
     """A readable file with a token of at least 16 characters in it."""
-    path = str(value)
+    path = _path(value)
     try:
         with open(path, encoding="utf-8") as file:
             token = file.read().strip()
@@ -189,13 +196,13 @@ def dns_server(value: Any) -> tuple[str, int]:
     host, port = text, "53"
     if text.startswith("[") and "]:" in text or text.count(":") == 1:
         host, _, port = text.rpartition(":")
-    if not _is_ip(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not _is_ip(host) or not digits(port) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"must be a resolver's IP[:PORT], e.g. 127.0.0.1:5353, not {value!r}")
     return host.strip("[]"), int(port)
 
 
 def readable_file(value: Any) -> str:
-    path = str(value)
+    path = _path(value)
     try:
         with open(path, "rb"):
             pass
@@ -228,7 +235,7 @@ def certificate_pairs(value: Any) -> tuple[tuple[str, str], ...]:
 
 def log_path(value: Any) -> str:
     """``-`` (standard output) or a file whose directory exists and is writable."""
-    path = str(value)
+    path = _path(value)
     if path == "-":
         return path
     directory = os.path.dirname(os.path.abspath(path))

@@ -89,7 +89,10 @@ def parse_etcd_url(url: str) -> tuple[str, str]:
     address (``etcd://h/app`` is ``app``; ``etcd://h//app`` is ``/app``),
     without a trailing slash. Raises ``EtcdError`` if the URL is not of that form.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ (IPv6)
+        raise EtcdError(f"expected etcd://HOST[:PORT]/PREFIX, not {url!r}") from None
     prefix = parts.path[1:].rstrip("/")
     try:
         port = parts.port or DEFAULT_PORT

@@ -240,6 +240,8 @@ class Supervisor:
                     self.control.reload()
                 except ConfigError:
                     pass  # logged and counted; the running configuration stays
+                except Exception:  # a bug: logged; the fleet goes on serving rather than drain and exit
+                    log.exception("reload failed unexpectedly")
             for worker in list(self.workers.values()):
                 if worker.silent():
                     log.error("worker %d (pid %d) has not answered for %gs; killing it", worker.number, worker.pid,

@@ -34,6 +34,11 @@ NAME_RE = re.compile(r"[A-Za-z0-9._~:\[\]@+-]{1,128}")
 DNS_NAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_\-.]*[A-Za-z0-9_.])?")
 
 
+def digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²" and "٣", which ``int`` refuses or reads."""
+    return text.isascii() and text.isdigit()
+
+
 def bracket(host: str) -> str:
     """``::1`` -> ``[::1]``; anything else unchanged (RFC 3986 §3.2.2)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -109,7 +114,7 @@ def parse_dns_url(url: str) -> tuple[str, str, int | None]:
     scheme = scheme.lower()
     if scheme == "dns":
         name, sep, port_text = rest.rpartition(":")
-        if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not sep or not digits(port_text) or not 1 <= int(port_text) <= 65535:
             raise ConfigError(f"backend {url!r}: expected dns://NAME:PORT")
     elif scheme == "dns+srv":
         name, port_text = rest, None
@@ -142,7 +147,7 @@ def parse_address(text: str, what: str = "backend") -> tuple[str, int, bool]:
         raise ConfigError(f"{what} {original!r}: expected host:port")
     if not HOSTNAME_RE.fullmatch(host):
         raise ConfigError(f"{what} {original!r}: {host!r} is not a valid host name")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not digits(port_text) or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"{what} {original!r}: {port_text!r} is not a port number (1-65535)")
     return host.strip("[]"), int(port_text), tls
 
@@ -159,7 +164,7 @@ def parse_backend(text: str, *, backup: bool = False) -> BackendSpec | SourceSpe
     weight = 1
     if "=" in spec:
         spec, _, weight_text = spec.rpartition("=")
-        weight = check_weight(int(weight_text) if weight_text.isdigit() else weight_text, f"backend {text.strip()!r}")
+        weight = check_weight(int(weight_text) if digits(weight_text) else weight_text, f"backend {text.strip()!r}")
     if is_source(spec):
         return parse_source(spec, weight, backup)
     host, port, tls = parse_address(spec)

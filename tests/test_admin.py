@@ -73,6 +73,7 @@ def test_add_patch_and_delete_a_backend(admin_lb, mock_servers):
         ("POST", "/backends", JSON, b'{"address": "nohost"}', 400, "expected host:port"),
         ("POST", "/backends", JSON, b'{"address": "127.0.0.1:1", "colour": "red"}', 400, "unknown field 'colour'"),
         ("POST", "/backends", JSON, b'{"address": "127.0.0.1:1", "weight": 0}', 400, "weight must be"),
+        ("POST", "/backends", JSON, '{"address": "127.0.0.1:\u00b2"}'.encode(), 400, "is not a port number"),
         ("PATCH", "/backends/nobody", JSON, b'{"weight": 2}', 404, "no backend named 'nobody'"),
         ("GET", "/backends/nobody", {}, None, 404, "no backend named 'nobody'"),
         ("DELETE", "/backends/nobody", JSON, None, 404, "no backend named 'nobody'"),

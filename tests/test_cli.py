@@ -22,6 +22,13 @@ from .conftest import free_port, run_cli, serve_forever_ok, wait_for
         (["--backends", "a:1", "--health-interval", "-2"], "--health-interval"),
         (["--backends", "a:1", "--port", "http"], "--port"),
         (["--backends", "a:1", "--log-level", "loud"], "--log-level"),
+        # str.isdigit() takes these; int() does not (it used to be a traceback and exit 1)
+        (["--backends", "a:1=\u00b2"], "weight must be a whole number"),
+        (["--backends", "a:\u00b2"], "is not a port number"),
+        (["--backends", "a:1", "--admin", "127.0.0.1:\u00b2"], "--admin"),
+        (["--backends", "dns://web.test:\u00b2"], "expected dns://NAME:PORT"),
+        (["--backends", "a:1", "--dns-server", "127.0.0.1:\u00b2"], "--dns-server"),
+        (["--backends", "a:1", "--discovery", "etcd://[::1/app"], "expected etcd://HOST[:PORT]/PREFIX"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, fragment):

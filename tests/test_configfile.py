@@ -92,6 +92,15 @@ def test_check_prints_every_error_and_starts_nothing(tmp_path):
     assert any("[[backend]] #1" in line for line in lines) and any("--retries:" in line for line in lines)
 
 
+@pytest.mark.parametrize("key", ["access-log", "admin-token-file", "backend-ca"])
+def test_a_file_name_with_a_nul_in_it_is_a_one_line_error(tmp_path, key):
+    path = tmp_path / "lb.toml"
+    path.write_text(f'backends = "a:1"\nadmin = "127.0.0.1:0"\n{key} = "lb\\u0000.log"\n')
+    result = run_cli("-m", "simplelb", "--check", "--config", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{path}:3: {key}: 'lb\\x00.log' is not a file name" in result.stderr
+
+
 def test_without_check_a_bad_file_is_one_line_with_a_count(tmp_path):
     path = tmp_path / "lb.toml"
     path.write_text('port = 80000\nalgorithm = "fastest"\nbackends = "a:1"\n')

@@ -154,6 +154,22 @@ def test_a_stop_while_the_workers_start_does_not_wait_for_them(process, mock_ser
     assert not any(alive(pid) for pid in starting)
 
 
+def test_sighup_with_a_bad_file_keeps_the_fleet_serving(process, mock_servers, tmp_path):
+    mocks = mock_servers(2)
+    path = tmp_path / "lb.toml"
+    write_config(path, mocks)
+    proc, url, admin = start_lb_process(process, "--config", str(path), admin=True)
+    # A port of superscript digits passed str.isdigit() and then failed int(): the fleet used to exit.
+    path.write_text(f'workers = 2\nadmin = "127.0.0.1:0"\n[[backend]]\naddress = "127.0.0.1:{mocks[0].port}\u00b2"\n')
+    proc.proc.send_signal(signal.SIGHUP)
+    proc.wait_for_output("reload failed, keeping the running configuration")
+    reloads = status(admin)["reloads"]
+    assert reloads["failure"] == 1 and "is not a port number" in reloads["last_error"][0]
+    assert all(fresh_get(url).status_code == 200 for _ in range(10))
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0 and "Traceback" not in proc.stderr
+
+
 def test_workers_exit_when_the_parent_is_killed(process, mock_servers):
     (mock,) = mock_servers(1)
     proc, url, admin = start_lb_process(process, "--backends", mock.address, "--workers", "2", "--admin", "127.0.0.1:0")

@@ -15,6 +15,8 @@ import argparse
 import sys
 import threading
 
+from simplelb.specs import digits
+
 from .rig import algorithm_names
 
 MAX_CONCURRENCY = 10_000
@@ -47,7 +49,7 @@ DEFAULTS = {"url": "http://127.0.0.1:8080", "timeout": 10.0, "processes": 1, "sp
 
 def _whole(low: int, high: int):
     def convert(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
+        if not digits(text) or not low <= int(text) <= high:
             raise argparse.ArgumentTypeError(f"must be a whole number from {low:,} to {high:,}, not {text!r}")
         return int(text)
     return convert

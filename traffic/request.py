@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from simplelb.specs import bracket
+from simplelb.specs import bracket, digits
 
 # RFC 9110 section 5.6.2: methods and field names are tokens.
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -152,7 +152,7 @@ def parse_targets_file(path: str, *, headers: Sequence[tuple[str, str]] = (), bo
         if len(fields) not in (2, 3):
             raise TargetError(f"{where}: expected 'METHOD URL [weight]', got {line.strip()!r}")
         weight = fields[2] if len(fields) == 3 else "1"
-        if not weight.isdigit() or not 1 <= int(weight) <= MAX_WEIGHT:
+        if not digits(weight) or not 1 <= int(weight) <= MAX_WEIGHT:
             raise TargetError(f"{where}: the weight must be a whole number from 1 to {MAX_WEIGHT}, not {weight!r}")
         try:
             targets.append(parse_target(fields[1], method=fields[0], headers=headers, body=body))
