@@ -55,7 +55,7 @@ class AttemptFailed(Exception):
     """
 
     def __init__(self, error: HTTPError, *, sent: bool):
-        super().__init__(error.message)
+        super().__init__(error.for_log())
         self.error = error
         self.sent = sent
         self.reason = error.reason  # for the metrics: connect, timeout, reset, protocol
@@ -85,7 +85,8 @@ def send_request(
 
 def _closed_without_answer(backend: Backend, exc: Exception) -> AttemptFailed:
     return AttemptFailed(
-        BadGateway(f"backend {backend.name} closed the connection without answering ({exc})", reason="reset"), sent=True
+        BadGateway("the backend closed the connection without answering", backend=backend.name, detail=str(exc),
+                   reason="reset"), sent=True
     )
 
 
@@ -102,9 +103,11 @@ def _connect(backend: Backend, turn: Turn, *, fresh: bool) -> tuple[PooledConnec
             with turn.paused():
                 pool.connect(conn)  # on failure it gives the pool slot back itself
         except ConnectFailed as exc:
-            raise AttemptFailed(
-                BadGateway(f"could not connect to backend {backend.name} ({exc})", reason="connect"), sent=False
-            ) from None
+            # The client is told the kind ("connection refused", "TLS certificate not accepted"), not
+            # the particulars, which can name the backend's address.
+            kind = str(exc).split(":")[0]
+            raise AttemptFailed(BadGateway(f"could not connect to the backend ({kind})", backend=backend.name,
+                                           detail=str(exc), reason="connect"), sent=False) from None
     return conn, reused
 
 
@@ -137,13 +140,13 @@ def _exchange(
             return _read_head(conn, request, backend, options.max_response_head, client)
         except _StaleConnection:
             if body_failure is not None:
-                raise BadGateway(
-                    f"backend {backend.name} stopped reading the request body ({body_failure})", reason="reset"
-                ) from None
+                raise BadGateway("the backend stopped reading the request body", backend=backend.name,
+                                 detail=body_failure, reason="reset") from None
             raise
     except BaseException as exc:
         backend.pool.release(conn, reusable=False)
         if isinstance(exc, (GatewayTimeout, BadGateway)):
+            exc.backend = exc.backend or backend.name  # (the head parser does not know whose head it read)
             raise AttemptFailed(exc, sent=True) from None
         raise
 
@@ -202,13 +205,13 @@ def _read_head(
         try:
             raw = conn.reader.read_head(max_bytes)
         except TimeoutError:
-            raise GatewayTimeout(
-                f"backend {backend.name} did not answer within {backend.pool.read_timeout_s:g}s"
-            ) from None
+            raise GatewayTimeout(f"the backend did not answer within {backend.pool.read_timeout_s:g}s",
+                                 backend=backend.name) from None
         except HeadTooLarge:
-            raise BadGateway(f"backend {backend.name} sent a response head that is too large") from None
+            raise BadGateway("the backend sent a response head that is too large", backend=backend.name) from None
         except EOFError:
-            raise BadGateway(f"backend {backend.name} closed the connection in the middle of its response head") from None
+            raise BadGateway("the backend closed the connection in the middle of its response head",
+                             backend=backend.name) from None
         except OSError as exc:
             raise _StaleConnection(str(exc)) from None
         if raw is None:
@@ -219,7 +222,8 @@ def _read_head(
         if head.status == 101:
             if request.upgrade and switches_to_offer(head, request.upgrade):
                 return head
-            raise BadGateway(f"backend {backend.name} switched protocols without being asked to (or to another)")
+            raise BadGateway("the backend switched protocols without being asked to (or to another)",
+                             backend=backend.name)
         _interim(head, request, client)
 
 

@@ -14,6 +14,9 @@ class HTTPError(Exception):
 
     ``close`` asks the funnel to close the client connection after answering,
     for errors that leave the connection's framing in an unknown state.
+    ``message`` is what the client is told. A backend's failure also names
+    the ``backend`` and may carry a ``detail``: both are for the log only,
+    since the client is not told internal addresses.
     """
 
     status = 500
@@ -28,9 +31,13 @@ class HTTPError(Exception):
         close: bool | None = None,
         reason: str | None = None,
         headers: list[tuple[str, str]] | None = None,
+        backend: str | None = None,
+        detail: str | None = None,
     ):
         super().__init__(message)
         self.message = message
+        self.backend = backend
+        self.detail = detail
         self.headers = headers or []  # fields the answer must carry (Allow, WWW-Authenticate, ...)
         if status is not None:
             self.status = status
@@ -38,6 +45,12 @@ class HTTPError(Exception):
             self.close = close
         if reason is not None:
             self.reason = reason
+
+    def for_log(self) -> str:
+        """The message with what the client is not told: which backend, and the detail."""
+        where = f"backend {self.backend}" if self.backend else ""
+        extra = ": ".join(part for part in (where, self.detail) if part)
+        return f"{self.message} ({extra})" if extra else self.message
 
 
 class BadRequest(HTTPError):

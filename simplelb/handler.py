@@ -41,8 +41,12 @@ RETRY_AFTER_S = 2
 CLIENT_CLOSED_REQUEST = 499
 
 
-def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] = ()) -> bytes:
-    """The error funnel: every error response the balancer itself writes is made here."""
+def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] = (), head_only: bool = False) -> bytes:
+    """The error funnel: every error response the balancer itself writes is made here.
+
+    ``head_only``: the answer to a HEAD, whose response has no content (RFC 9110 9.3.2) although its
+    Content-Length says what a GET would have had; a body there would be read as the next response.
+    """
     phrase = _phrase(exc.status)
     body = f"{exc.status} {phrase}: {exc.message}\n".encode("utf-8", "replace")
     headers = [
@@ -55,7 +59,7 @@ def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] 
     headers += exc.headers + list(extra)
     if close:
         headers.append(("Connection", "close"))
-    return encode_head(f"HTTP/1.1 {exc.status} {phrase}", headers) + body
+    return encode_head(f"HTTP/1.1 {exc.status} {phrase}", headers) + (b"" if head_only else body)
 
 
 def _phrase(status: int) -> str:
@@ -167,10 +171,14 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             keep_alive = outcome.keep_alive
         except HTTPError as exc:
             keep_alive = not (exc.close or request is None or not request.keep_alive or request.framing.kind != "none")
-            self._send_error(exc, not keep_alive, request)
+            if exc.status >= 500 and (exc.backend or (request is not None and request.backend)):
+                # The client is not told which backend failed, or the particulars; the operator is.
+                exc.backend = exc.backend or request.backend
+                log.warning("%s %s: %d %s", record.method, record.target, exc.status, exc.for_log())
+            self._send_error(exc, not keep_alive, request, record.method == "HEAD")
         except ClientBodyError as exc:
             keep_alive = False
-            self._send_error(BadRequest(str(exc), status=exc.status), True, request)
+            self._send_error(BadRequest(str(exc), status=exc.status), True, request, record.method == "HEAD")
         except ResponseAborted as exc:
             log.warning("response aborted, closing client connection: %s", exc)
             keep_alive, record.aborted = False, True
@@ -185,10 +193,10 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         self.server.finish(record, request, self.client)
         return keep_alive
 
-    def _send_error(self, exc: HTTPError, close: bool, request) -> None:
+    def _send_error(self, exc: HTTPError, close: bool, request, head_only: bool = False) -> None:
         extra = [request.request_id] if request is not None and request.request_id is not None else []
         try:
-            self.client.send_head(exc.status, error_response(exc, close=close, extra=extra))
+            self.client.send_head(exc.status, error_response(exc, close=close, extra=extra, head_only=head_only))
         except ClientDisconnected:
             pass
 
