@@ -107,9 +107,13 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffere
         query = rest.find("?")
         cut = min(i for i in (slash, query, len(rest)) if i >= 0)
         authority, path = rest[:cut], rest[cut:]
-        if not authority or "@" in authority:
+        # It becomes the Host: the same check as a Host field.
+        if not authority or not HOST_RE.fullmatch(authority):
             raise BadRequest("invalid authority in absolute-form target")
-        target = path if path.startswith("/") else "/" + path
+        if not path and head.method == "OPTIONS":
+            target = "*"  # RFC 9112 3.2.4: OPTIONS for the server as a whole
+        else:
+            target = path if path.startswith("/") else "/" + path
         headers = [(k, v) for k, v in headers if k.lower() != "host"]
         headers.insert(0, ("Host", authority))
     else:

@@ -111,6 +111,10 @@ TARGET_CASES = {
     "other-scheme": b"GET ftp://example.com/x HTTP/1.1\r\nHost: h\r\n\r\n",
     "userinfo": b"GET http://user@example.com/x HTTP/1.1\r\nHost: h\r\n\r\n",
     "relative": b"GET x/y HTTP/1.1\r\nHost: h\r\n\r\n",
+    # The authority becomes the Host: what a Host field may not hold, it may not either.
+    "authority-with-backslash": b"GET http://good.example\\evil.example/x HTTP/1.1\r\nHost: h\r\n\r\n",
+    "authority-with-markup": b'GET http://a<b>"c:1:2/x HTTP/1.1\r\nHost: h\r\n\r\n',
+    "fragment-in-authority": b"GET http://example.com#frag/x HTTP/1.1\r\nHost: h\r\n\r\n",
 }
 
 
@@ -129,6 +133,13 @@ def test_connect_is_405(setup, raw_client):
 def test_options_asterisk_is_forwarded_as_is(setup, raw_client):
     lb, backend = setup()
     assert raw_client(lb.port).request(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").status == 200
+
+
+def test_options_for_a_whole_server_in_absolute_form_is_forwarded_as_asterisk(setup, raw_client):
+    lb, backend = setup()
+    assert raw_client(lb.port).request(b"OPTIONS http://example.com HTTP/1.1\r\nHost: h\r\n\r\n").status == 200
+    assert backend.received[0].target == "*"  # RFC 9112 3.2.4, not "/"
+    assert ("Host", "example.com") in backend.received[0].headers
     assert backend.received[0].target == "*"
 
 
