@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 STATUS_PAGE = Path(__file__).with_name("statuspage.html")
 MAX_CONNECTIONS = 32
-HEAD_DEADLINE_S = 10.0  # for a whole request head on the admin listener
+HEAD_DEADLINE_S = 10.0  # for a whole request head, and its body, on the admin listener
 MAX_BODY_BYTES = 64 * 1024
 
 PUBLIC, PRIVATE, MUTATING = "public", "private", "mutating"
@@ -139,7 +139,8 @@ class AdminHandler(BaseHTTPRequestHandler):
     do_HEAD = do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
 
     def _dispatch(self) -> None:
-        self.server.expire_at(self.connection, None)  # the head is in
+        # The head's deadline runs on through the body: a client that drips its body holds a slot
+        # no longer than one that drips its head. Once the request is in, the work takes its time.
         self._body_read = False
         try:
             path = urlsplit(self.path).path
@@ -147,6 +148,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             if access != PUBLIC:
                 self._check_caller()
             body = self._read_json() if access == MUTATING else None
+            self.server.expire_at(self.connection, None)
             status, payload, headers = getattr(self, handler)(body=body, **args)
         except HTTPError as exc:
             status, payload, headers = exc.status, {"error": exc.message}, exc.headers
@@ -191,7 +193,11 @@ class AdminHandler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             self.close_connection = True  # the body stays unread
             raise refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        raw = self.rfile.read(length) if length else b""
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            self.close_connection = True
+            raise refused(408, "request body not received in time") from None
         self._body_read = True
         if len(raw) != length:
             self.close_connection = True

@@ -258,7 +258,12 @@ def test_deeply_nested_json_is_a_400(admin_lb):
     assert response.status_code == 400 and "malformed JSON" in response.json()["error"]
 
 
-def test_a_head_dripped_slowly_is_cut_off_at_the_deadline(admin_lb, monkeypatch):
+@pytest.mark.parametrize("first, drip", [
+    (b"GET /status HTTP/1.1\r\n", b"X-Drip: 1\r\n"),  # a header line at a time: the head never ends
+    (b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Content-Length: 1000\r\n\r\n", b" "),  # a byte of body at a time: it used to hold the slot for ever
+], ids=["head", "body"])
+def test_a_request_dripped_slowly_is_cut_off_at_the_deadline(admin_lb, monkeypatch, first, drip):
     import socket
     import time
 
@@ -268,10 +273,10 @@ def test_a_head_dripped_slowly_is_cut_off_at_the_deadline(admin_lb, monkeypatch)
     port = int(admin_lb[1].rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         started = time.monotonic()
-        sock.sendall(b"GET /status HTTP/1.1\r\n")
-        for _ in range(20):  # a header line every 0.2 s: each read is quick, the head never ends
+        sock.sendall(first)
+        for _ in range(20):  # every 0.2 s: each read is quick, the request never ends
             try:
-                sock.sendall(b"X-Drip: 1\r\n")
+                sock.sendall(drip)
             except OSError:
                 break
             if time.monotonic() - started > 3:
