@@ -68,30 +68,36 @@ def without_gauges(values: dict, prefix: str = "") -> dict:
 
 
 def merge_backends(reports: list[list[dict]], retired: dict[str, dict]) -> list[dict]:
-    """One entry per backend (first-seen order): counters and in-flight summed, state by vote."""
-    merged: dict[str, dict] = {}
-    votes: dict[str, Counter] = {}
-    latencies: dict[str, list[float]] = {}
+    """One entry per backend (first-seen order): counters and in-flight summed, state by vote.
+
+    A backend is its name and address: a name a reload moved to another address is a new
+    backend, listed beside the old one while that finishes its requests, as in one process.
+    ``retired`` (what dead workers counted, by name) is consumed.
+    """
+    merged: dict[tuple[str, str], dict] = {}
+    votes: dict[tuple[str, str], Counter] = {}
+    latencies: dict[tuple[str, str], list[float]] = {}
     for report in reports:
         for entry in report:
-            name = entry["name"]
-            if name not in merged:
-                base = retired.get(name) or {key: zeroed(entry[key]) for key in BACKEND_SUMS}
-                merged[name] = {**entry, **{key: base[key] for key in BACKEND_SUMS}}
-                votes[name], latencies[name] = Counter(), []
-            row = merged[name]
-            for key in BACKEND_SUMS:
-                row[key] = add_counts(row[key], entry[key])
+            key = (entry["name"], entry["address"])
+            if key not in merged:
+                # What dead workers counted under the name goes to its first row only, once.
+                base = retired.pop(entry["name"], None) or {k: zeroed(entry[k]) for k in BACKEND_SUMS}
+                merged[key] = {**entry, **{k: base[k] for k in BACKEND_SUMS}}
+                votes[key], latencies[key] = Counter(), []
+            row = merged[key]
+            for k in BACKEND_SUMS:
+                row[k] = add_counts(row[k], entry[k])
             row["up"] = row["up"] or entry["up"]
-            votes[name][entry["state"]] += 1
+            votes[key][entry["state"]] += 1
             if entry["latency_ms"] is not None:
-                latencies[name].append(entry["latency_ms"])
-    for name, row in merged.items():
-        top = max(votes[name].values())
-        row["state"] = next(s for s in STATE_PRECEDENCE if votes[name][s] == top)
-        if len(votes[name]) > 1:
-            row["worker_states"] = dict(votes[name])
-        row["latency_ms"] = round(sum(latencies[name]) / len(latencies[name]), 3) if latencies[name] else None
+                latencies[key].append(entry["latency_ms"])
+    for key, row in merged.items():
+        top = max(votes[key].values())
+        row["state"] = next(s for s in STATE_PRECEDENCE if votes[key][s] == top)
+        if len(votes[key]) > 1:
+            row["worker_states"] = dict(votes[key])
+        row["latency_ms"] = round(sum(latencies[key]) / len(latencies[key]), 3) if latencies[key] else None
     return list(merged.values())
 
 

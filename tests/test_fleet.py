@@ -170,6 +170,44 @@ def test_sighup_with_a_bad_file_keeps_the_fleet_serving(process, mock_servers, t
     assert proc.wait(30) == 0 and "Traceback" not in proc.stderr
 
 
+def test_a_name_moved_to_another_address_is_listed_beside_the_old_one_while_it_drains(
+        process, mock_servers, scripted, tmp_path):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release = threading.Event()
+
+    def slow(conn):
+        while conn.read_request() is not None:
+            release.wait(20)
+            conn.respond()
+
+    old = scripted(slow)
+    (new,) = mock_servers(1)
+    path = tmp_path / "lb.toml"
+
+    def configure(address: str) -> None:
+        path.write_text(f'workers = 2\nadmin = "127.0.0.1:0"\nhealth-interval = 60\nlog-level = "warning"\n'
+                        f'[[backend]]\nname = "web"\naddress = "{address}"\n')
+
+    configure(old.address)
+    proc, url, admin = start_lb_process(process, "--config", str(path), admin=True)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(fresh_get, url)
+        wait_for(lambda: len(old.received) == 1, what="a request in flight on the old address")
+        configure(new.address)
+        assert requests.post(admin + "/reload", headers=JSON, timeout=5).status_code == 200
+        wait_for(lambda: [(b["name"], b["address"], b["state"]) for b in status(admin)["backends"]]
+                 == [("web", new.address, "up"), ("web", old.address, "removing")], what="both, each as it is")
+        assert requests.get(admin + "/backends/web", timeout=5).json()["address"] == new.address
+        patched = requests.patch(admin + "/backends/web", json={"weight": 3}, timeout=5)
+        assert patched.status_code == 200 and patched.json()["weight"] == 3
+        release.set()
+        assert pending.result(10).status_code == 200
+    wait_for(lambda: [(b["address"], b["state"]) for b in status(admin)["backends"]] == [(new.address, "up")],
+             what="the old one gone once drained")
+
+
 def test_workers_exit_when_the_parent_is_killed(process, mock_servers):
     (mock,) = mock_servers(1)
     proc, url, admin = start_lb_process(process, "--backends", mock.address, "--workers", "2", "--admin", "127.0.0.1:0")
