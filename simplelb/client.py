@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from .body import BodyError, iter_body, send_chunk
-from .errors import BodyTooLarge, ClientBodyError, ClientDisconnected
+from .errors import BodyTimeout, BodyTooLarge, ClientBodyError, ClientDisconnected
 from .http1 import Framing
 from .sockio import SCRATCH, SocketReader
 
@@ -101,6 +101,8 @@ class ClientConnection:
                 yield from self._counted(iter_body(self.reader, framing, scratch))
         except BodyError as exc:
             raise ClientBodyError(f"malformed request body: {exc}") from None
+        except TimeoutError:  # (an OSError, but the client is still there to be answered, as nginx does)
+            raise BodyTimeout(f"request body not received within {self.body_timeout_s:g}s") from None
         except OSError as exc:
             raise ClientDisconnected(str(exc)) from None
 

@@ -153,6 +153,12 @@ class ClientBodyError(ClientSideError):
     status = 400
 
 
+class BodyTimeout(ClientBodyError):
+    """The client stopped sending its request body for ``--client-body-timeout``: it is still there."""
+
+    status = 408
+
+
 class BodyTooLarge(ClientBodyError):
     """A chunked request body grew past ``--max-body`` while it was being forwarded."""
 

@@ -317,3 +317,14 @@ def test_bad_backend_response_is_502_and_the_connection_is_not_reused(scripted, 
         assert session.get(lb.url + "/after", timeout=5).status_code == 200
     assert served == ["/good", "/bad", "/after"]
     assert backend.connections == 2  # the connection that carried the bad answer was discarded
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])  # streamed to the backend as it comes; kept for a retry
+def test_a_client_that_stops_sending_its_body_gets_408_and_the_backend_no_request(setup, raw_client, method):
+    lb, backend = setup(client_body_timeout_s=0.5)
+    client = raw_client(lb.port)
+    client.send(f"{method} /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab".encode())
+    response = client.read_response()  # then it waits: it is still there, and is answered, as nginx does
+    assert response.status == 408 and b"request body not received within 0.5s" in response.body
+    assert client.is_closed()
+    assert backend.received == []  # (a streamed body reached it in part: it never saw the request complete)
