@@ -163,6 +163,8 @@ def _send_head(sock: socket.socket, backend: Backend, request: ClientRequest, op
         headers.append(("Transfer-Encoding", "chunked"))  # the framing of our hop; we re-chunk
     elif request.framing.kind == "length":
         headers = with_content_length(headers, request.framing.length)
+    elif request.head.values("content-length"):  # "0", or "0, 0": the next hop gets one plain value
+        headers = with_content_length(headers, 0)
     try:
         sock.sendall(encode_head(f"{request.head.method} {request.target} HTTP/1.1", headers) + body)
     except OSError as exc:

@@ -313,7 +313,8 @@ def tokens(values) -> list[str]:
     return [item.strip().lower() for value in values for item in value.split(",") if item.strip()]
 
 
-def _content_length(values: list[str], error: type[HTTPError]) -> int:
+def content_length(values: list[str], error: type[HTTPError]) -> int:
+    """The one length ``values`` (every Content-Length field) give, or ``error``."""
     if len(values) == 1 and values[0].isdigit() and values[0].isascii() and len(values[0]) <= 18:
         return int(values[0])  # the usual case, which the rules below accept as it is
     # RFC 9110 §8.6: a list of identical values may be taken as one; anything else is invalid.
@@ -343,7 +344,7 @@ def request_framing(head: RequestHead) -> Framing:
             raise BadRequest(f"unsupported transfer coding {transfer_codings[0]!r}", status=501)
         return CHUNKED
     if lengths:
-        length = _content_length(lengths, BadRequest)
+        length = content_length(lengths, BadRequest)
         return Framing("length", length) if length else NO_BODY
     return NO_BODY
 
@@ -366,5 +367,5 @@ def response_framing(request_method: str, head: ResponseHead) -> Framing:
         raise BadGateway(f"backend response has a transfer coding we do not relay: {other!r}")
     lengths = head.values("content-length")
     if lengths:
-        return Framing("length", _content_length(lengths, BadGateway))
+        return Framing("length", content_length(lengths, BadGateway))
     return UNTIL_CLOSE

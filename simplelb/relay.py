@@ -15,9 +15,9 @@ from __future__ import annotations
 from .backend import Backend
 from .body import LAST_CHUNK, BodyError, iter_body
 from .client import ClientConnection
-from .errors import ResponseAborted
+from .errors import BadGateway, ResponseAborted
 from .headers import encode_head, response_headers_for_client, with_content_length, with_field
-from .http1 import Framing, ResponseHead, response_framing, tokens
+from .http1 import NO_BODY, Framing, ResponseHead, content_length, response_framing, tokens
 from .request import ClientRequest
 from .sockio import SCRATCH
 from .upstream import PooledConnection
@@ -45,6 +45,8 @@ def relay(
     headers = response_headers_for_client(head.headers, connection, backend_header)
     if framing.kind == "length" and not _plain_length(head, headers, framing.length):
         headers = with_content_length(headers, framing.length)
+    elif framing is NO_BODY and head.values("content-length"):
+        headers = _bodiless_length(head, headers)
     if request.request_id is not None:
         headers = with_field(headers, *request.request_id)
     headers += extra_headers
@@ -105,6 +107,15 @@ def _backend_keeps_alive(head: ResponseHead, connection: list[str]) -> bool:
     if head.version >= (1, 1):
         return "close" not in connection
     return "keep-alive" in connection
+
+
+def _bodiless_length(head: ResponseHead, headers):
+    """A 204 has no Content-Length (RFC 9110 8.6); a HEAD's or a 304's says what a GET's would have:
+    checked as a body's would be, and made one plain value."""
+    if head.status == 204:
+        return [(name, value) for name, value in headers if name.lower() != "content-length"]
+    length = content_length(head.values("content-length"), BadGateway)
+    return headers if _plain_length(head, headers, length) else with_content_length(headers, length)
 
 
 def _plain_length(head: ResponseHead, headers, length: int) -> bool:

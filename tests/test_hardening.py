@@ -328,3 +328,36 @@ def test_a_client_that_stops_sending_its_body_gets_408_and_the_backend_no_reques
     assert response.status == 408 and b"request body not received within 0.5s" in response.body
     assert client.is_closed()
     assert backend.received == []  # (a streamed body reached it in part: it never saw the request complete)
+
+
+BODILESS_ANSWERS = {  # (method, the backend's head, the client's Content-Length fields or 502)
+    "head-list": ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", ["5"]),
+    "head-conflicting": ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 12, 34\r\nContent-Length: abc\r\n\r\n", 502),
+    "not-modified": ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n", ["7"]),
+    "no-content": ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", []),  # RFC 9110 8.6
+}
+
+
+@pytest.mark.parametrize("method, answer, lengths", BODILESS_ANSWERS.values(), ids=BODILESS_ANSWERS.keys())
+def test_a_bodiless_answers_content_length_is_checked_and_made_plain(scripted, balancer, raw_client, method, answer,
+                                                                      lengths):
+    def script(conn):
+        while conn.read_request() is not None:
+            conn.send(answer)
+
+    lb = balancer([scripted(script)], retries=0)
+    client = raw_client(lb.port)
+    client.send(f"{method} / HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    response = client.read_response(method)
+    if lengths == 502:  # as the same head answering a GET is
+        assert response.status == 502
+    else:
+        assert response.status < 500 and response.body == b""
+        assert [v for k, v in response.headers if k.lower() == "content-length"] == lengths
+
+
+def test_a_request_content_length_of_0_0_reaches_the_backend_as_one_plain_0(setup, raw_client):
+    lb, backend = setup()
+    response = raw_client(lb.port).request(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0, 0\r\n\r\n")
+    assert response.status == 200
+    assert [v for k, v in backend.received[0].headers if k.lower() == "content-length"] == ["0"]
