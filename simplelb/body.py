@@ -40,7 +40,7 @@ def iter_body(reader: SocketReader, framing: Framing, scratch: bytearray | None 
         while remaining:
             data = read(min(remaining, COPY_CHUNK))
             if not data:
-                raise BodyError(f"connection closed with {remaining} of {framing.length} body bytes missing")
+                raise BodyError(f"connection closed with {remaining} body bytes still to come")
             remaining -= len(data)
             yield data
     elif framing.kind == "chunked":

@@ -190,8 +190,9 @@ class SocketReader:
                 found = _head_end(self._buf, max(0, searched - 3))
                 end = found if found else len(self._buf)
                 first_line_end = self._buf.find(b"\n", 0, end)
-                if max_first_line is not None and (
-                    first_line_end > max_first_line or first_line_end < 0 and end > max_first_line
+                if max_first_line is not None and (  # (the line without its CR LF, as with a bare LF)
+                    first_line_end - (self._buf[first_line_end - 1] == 13) > max_first_line if first_line_end > 0
+                    else first_line_end < 0 and end > max_first_line + 1
                 ):
                     raise HeadTooLarge(end, start_line=True)
                 if end > max_bytes:

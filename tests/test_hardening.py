@@ -361,3 +361,13 @@ def test_a_request_content_length_of_0_0_reaches_the_backend_as_one_plain_0(setu
     response = raw_client(lb.port).request(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0, 0\r\n\r\n")
     assert response.status == 200
     assert [v for k, v in backend.received[0].headers if k.lower() == "content-length"] == ["0"]
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"])
+def test_max_url_is_the_request_lines_length_without_its_line_end(setup, raw_client, end):
+    lb, backend = setup(max_url_bytes=100)
+    for length, status in ((100, 200), (101, 414)):
+        line = b"GET /" + b"a" * (length - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"
+        assert len(line) == length
+        response = raw_client(lb.port).request(line + end + b"Host: h" + end + end)
+        assert response.status == status, (length, end)
