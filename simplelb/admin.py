@@ -136,7 +136,8 @@ class AdminHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._dispatch()
 
-    do_HEAD = do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
+    # Every method the routes know, and OPTIONS: a 405 with Allow, where http.server would say 501.
+    do_HEAD = do_POST = do_PATCH = do_DELETE = do_PUT = do_OPTIONS = do_GET
 
     def _dispatch(self) -> None:
         # The head's deadline runs on through the body: a client that drips its body holds a slot

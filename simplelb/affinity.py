@@ -38,7 +38,7 @@ def validate_key_spec(spec: str) -> str:
         return kind
     if kind in ("header", "cookie") and is_token(name):
         return f"{kind}:{name}"
-    raise ValueError(f"--hash-key must be ip, path, header:NAME or cookie:NAME, not {spec!r}")
+    raise ValueError(f"must be ip, path, header:NAME or cookie:NAME, not {spec!r}")
 
 
 def cookie_value(headers: Headers, name: str) -> str | None:

@@ -268,7 +268,7 @@ class ClusterConfig:
         object.__setattr__(self, "sources", sources)
         check_unique(specs)
         if len({s.url for s in sources}) != len(sources):
-            raise ConfigError("a dns:// backend is listed twice")
+            raise ConfigError("a dns:// backend is listed twice", field="backends")
         if not any(not s.backup for s in specs) and not self.discovers:
             raise ConfigError("no backends given: pass --backends host:port[,host:port...] or [[backend]] in --config, "
                               "or a source (dns://NAME:PORT, --discovery etcd://...)")
@@ -383,7 +383,7 @@ def build(settings: dict[str, Any], where: Callable[[str], str] | None = None, e
     try:
         cluster = ClusterConfig(**{k: v for k, v in converted.items() if k in _CLUSTER_FIELDS})
     except ConfigError as exc:
-        errors.append(str(exc))
+        errors.append(f"{where(exc.field)}: {exc}" if exc.field else str(exc))
     if errors:
         raise ConfigError(errors[0], errors)
     return Config(listener, cluster)

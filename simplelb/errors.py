@@ -109,11 +109,14 @@ class ConfigError(ValueError):
 
     ``messages`` holds every problem found when a whole configuration was
     checked at once (``--check`` prints them all); ``str()`` is the first.
+    ``field``: the setting at fault, when the check that found it could not say
+    where the value came from (the file's line, or the flag) and the caller can.
     """
 
-    def __init__(self, message: str, messages: list[str] | None = None):
+    def __init__(self, message: str, messages: list[str] | None = None, *, field: str | None = None):
         super().__init__(message)
         self.messages = messages or [message]
+        self.field = field
 
 
 class ListenError(OSError):

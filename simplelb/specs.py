@@ -240,10 +240,10 @@ def check_unique(specs: tuple[BackendSpec, ...]) -> None:
         other = addresses.get(spec.address)
         if other is not None:
             role = "both a primary and a backup" if other.backup != spec.backup else "listed twice"
-            raise ConfigError(f"backend {spec.address} is {role}")
+            raise ConfigError(f"backend {spec.address} is {role}", field="backends")
         addresses[spec.address] = spec
         if spec.name in names:
-            raise ConfigError(f"backend name {spec.name!r} is used twice")
+            raise ConfigError(f"backend name {spec.name!r} is used twice", field="backends")
         names.add(spec.name)
 
 

@@ -66,6 +66,7 @@ def test_add_patch_and_delete_a_backend(admin_lb, mock_servers):
     [
         ("GET", "/nope", {}, None, 404, "no such admin path"),
         ("PUT", "/status", {}, None, 405, "not allowed"),
+        ("OPTIONS", "/status", {}, None, 405, "not allowed"),
         ("POST", "/backends", {"Content-Type": "application/x-www-form-urlencoded"}, b"address=x", 415, "application/json"),
         ("POST", "/backends", {}, b'{"address": "127.0.0.1:1"}', 415, "application/json"),
         ("POST", "/backends", JSON, b"{not json", 400, "malformed JSON"),

@@ -17,7 +17,7 @@ def test_key_functions():
 
 @pytest.mark.parametrize("spec", ["", "ip:x", "header:", "cookie:a b", "url", "header"])
 def test_bad_key_specs(spec):
-    with pytest.raises(ValueError, match="--hash-key"):
+    with pytest.raises(ValueError, match="must be ip, path, header:NAME or cookie:NAME"):
         validate_key_spec(spec)
 
 

@@ -101,6 +101,14 @@ def test_a_file_name_with_a_nul_in_it_is_a_one_line_error(tmp_path, key):
     assert f"{path}:3: {key}: 'lb\\x00.log' is not a file name" in result.stderr
 
 
+def test_a_backend_listed_twice_in_a_file_is_an_error_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "lb.toml"
+    path.write_text('port = 0\n[[backend]]\naddress = "127.0.0.1:9"\n[[backend]]\naddress = "127.0.0.1:9"\n')
+    result = run_cli("-m", "simplelb", "--check", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr == f"simplelb: error: {path}:2: backend: backend 127.0.0.1:9 is listed twice\n"
+
+
 def test_without_check_a_bad_file_is_one_line_with_a_count(tmp_path):
     path = tmp_path / "lb.toml"
     path.write_text('port = 80000\nalgorithm = "fastest"\nbackends = "a:1"\n')
