@@ -119,7 +119,9 @@ def health_path(value: Any) -> str:
 
 
 def listen_host(value: Any) -> str:
-    if not isinstance(value, str) or not value or not (HOSTNAME_RE.fullmatch(value) or _is_ip(value)):
+    # All digits and dots is meant as an IPv4 address (256.1.1.1 is no host name), so it must be one.
+    if (not isinstance(value, str) or not value or not (HOSTNAME_RE.fullmatch(value) or _is_ip(value))
+            or re.fullmatch(r"[0-9.]+", value) and not _is_ip(value)):
         raise ConfigError(f"must be a host name or IP address, not {value!r}")
     return value.strip("[]")
 

@@ -30,6 +30,7 @@ from .conftest import free_port, run_cli, serve_forever_ok, wait_for
         (["--backends", "a:1", "--dns-server", "127.0.0.1:\u00b2"], "--dns-server"),
         (["--backends", "a:1", "--discovery", "etcd://[::1/app"], "expected etcd://HOST[:PORT]/PREFIX"),
         (["--backends", "a:1", "--hash-key", "header:"], "error: --hash-key: must be ip, path, header:NAME"),
+        (["--backends", "a:1", "--host", "256.1.1.1"], "--host: must be a host name or IP address"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, fragment):
