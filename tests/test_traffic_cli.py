@@ -32,12 +32,26 @@ TRAFFIC = ("-m", "traffic")
     (["--threshold", "p99<fast"], "not a threshold: 'p99<fast'"),
     (["--demo", "--scenario", "burst"], "--demo and --scenario do not go together"),
     (["--cacert", "ca.pem", "--insecure"], "give --cacert or --insecure, not both"),
+    # These were tracebacks, or every worker thread dying and a report of none failed out of 0:
+    (["--timeout", "inf"], "--timeout: must be greater than zero and at most 3,600"),
+    (["--duration", "inf", "--rate", "5"], "--duration: must be greater than zero and at most 86,400"),
+    (["--url", "http://[::1"], "a URL must look like http://host:port"),
+    (["-H", "X-Name: \u4e2d"], "a header's value must be Latin-1 text"),
+    (["--url", "http://127.0.0.1:1/a\x01b"], "no spaces or control characters"),
 ])
 def test_a_flag_that_does_not_fit_is_a_one_line_error(args, message):
     result = run_cli(*TRAFFIC, *args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("traffic: error:")
     assert message in result.stderr
+
+
+def test_a_path_beyond_ascii_is_sent_percent_encoded(recorder):  # noqa: F811
+    server = recorder()
+    result = run_cli(*TRAFFIC, "--url", server.url + "/caf\u00e9?q=\u4e2d", "--n", "3", "--json")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["requests"] == 3
+    assert [r["target"] for r in server.received] == ["/caf%C3%A9?q=%E4%B8%AD"] * 3
 
 
 @pytest.mark.parametrize("flag", ["--html", "--json-file", "--csv"])

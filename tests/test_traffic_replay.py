@@ -41,7 +41,8 @@ def test_the_log_is_sorted_by_time_and_offset_from_the_first(tmp_path):
     ('{"time": "2024-05-01 12:00:00", "method": "GET", "target": "/"}', "needs a time zone"),
     ('{"time": "yesterday", "method": "GET", "target": "/"}', "Invalid isoformat"),
     ('{"time": "2024-05-01T12:00:00.000Z", "method": "G T", "target": "/"}', "not an HTTP method"),
-    ('{"time": "2024-05-01T12:00:00.000Z", "method": "GET", "target": "x"}', "must be a path"),
+    ('{"time": "2024-05-01T12:00:00.000Z", "method": "GET", "target": "x"}', "must start with /"),
+    ("[" * 100_000, "not a simplelb JSON access-log line"),  # deep nesting: a RecursionError, not a traceback
 ])
 def test_a_bad_line_is_named(line, message):
     good = '{"time": "2024-05-01T12:00:00.000Z", "method": "GET", "target": "/"}'

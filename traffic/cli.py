@@ -107,12 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'", help="a request header (repeatable)")
     what.add_argument("-d", "--data", metavar="DATA|@FILE", help="request body: the text, or @FILE for a file's bytes")
     what.add_argument("--targets", metavar="FILE", help="a mix of requests: lines 'METHOD URL [weight]', picked by weight")
-    what.add_argument("--timeout", type=_number(), metavar="S", help="seconds to wait for each response (default 10)")
+    what.add_argument("--timeout", type=_number(3600), metavar="S", help="seconds to wait for each response (default 10)")
     what.add_argument("--cacert", metavar="FILE", help="trust the CA certificates in FILE for https:// URLs")
     what.add_argument("--insecure", action="store_true", default=None, help="https:// without checking the certificate")
     load = parser.add_argument_group("how much")
     load.add_argument("--n", type=_whole(1, 10**9), help="number of requests (default 1000)")
-    load.add_argument("--duration", type=_number(), metavar="S", help="send for S seconds instead of --n requests")
+    load.add_argument("--duration", type=_number(86400), metavar="S", help="send for S seconds instead of --n requests")
     load.add_argument("--rate", type=_number(MAX_RATE), metavar="R",
                       help="open loop: R requests/s on schedule, answered or not (else closed loop)")
     load.add_argument("--concurrency", type=_whole(1, MAX_CONCURRENCY), metavar="C",

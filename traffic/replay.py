@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from .request import TOKEN, Target, read_text
+from .request import TOKEN, Target, read_text, request_path
 
 
 class ReplayError(ValueError):
@@ -51,9 +51,9 @@ def _entry(line: str) -> tuple[datetime, str, str]:
     method, target = record["method"], record["target"]
     if not isinstance(method, str) or not TOKEN.fullmatch(method):
         raise ValueError(f"'method' is not an HTTP method: {method!r}")
-    if not isinstance(target, str) or not target.startswith("/") or any(c in target for c in " \t\r\n"):
+    if not isinstance(target, str):
         raise ValueError(f"'target' must be a path starting with /, not {target!r}")
-    return parse_time(record["time"]), method.upper(), target
+    return parse_time(record["time"]), method.upper(), request_path(target)
 
 
 def parse_access_log(text: str, source: str = "access log") -> list[Entry]:
@@ -64,7 +64,7 @@ def parse_access_log(text: str, source: str = "access log") -> list[Entry]:
             continue
         try:
             stamped.append(_entry(line))
-        except ValueError as exc:  # json.JSONDecodeError is one
+        except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is one; deep nesting the other
             raise ReplayError(f"{source}:{number}: not a simplelb JSON access-log line: {exc}") from None
     if not stamped:
         raise ReplayError(f"{source}: no requests in it (expected simplelb's JSON access log, one object a line)")

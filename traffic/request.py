@@ -21,12 +21,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from simplelb.specs import bracket, digits
 
 # RFC 9110 section 5.6.2: methods and field names are tokens.
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What a request target may hold as it is: printable ASCII but the space. Anything else not a control
+# (é, 中) goes as its UTF-8 bytes percent-encoded, as a browser sends it.
+_TARGET_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+_CONTROLS = re.compile(r"[\x00-\x20\x7f]")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 USER_AGENT = "simplelb-traffic"
 MAX_WEIGHT = 1000
@@ -70,7 +74,10 @@ class Target:
 def parse_target(url: str, path: str | None = None, *, method: str = "GET",
                  headers: Sequence[tuple[str, str]] = (), body: bytes | None = None) -> Target:
     """``http(s)://host[:port][/path]``, with ``path`` (if given) replacing the URL's own."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # an unclosed [ (IPv6)
+        raise TargetError(f"a URL must look like http://host:port or https://host:port, not {url!r}") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS or not parts.hostname:
         raise TargetError(f"a URL must look like http://host:port or https://host:port, not {url!r}")
@@ -79,9 +86,14 @@ def parse_target(url: str, path: str | None = None, *, method: str = "GET",
     except ValueError:
         raise TargetError(f"invalid port in {url!r}") from None
     target = path if path is not None else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if not target.startswith("/") or any(c in target for c in " \t\r\n"):
-        raise TargetError(f"a path must start with / and contain no spaces, not {target!r}")
-    return Target(parts.hostname, port, target, scheme, parse_method(method), tuple(headers), body)
+    return Target(parts.hostname, port, request_path(target), scheme, parse_method(method), tuple(headers), body)
+
+
+def request_path(text: str) -> str:
+    """A path (and query) to send: starts with /, no spaces or controls; non-ASCII percent-encoded."""
+    if not text.startswith("/") or _CONTROLS.search(text):
+        raise TargetError(f"a path must start with / and contain no spaces or control characters, not {text!r}")
+    return text if text.isascii() else quote(text, safe=_TARGET_SAFE)
 
 
 def parse_method(text: str) -> str:
@@ -95,6 +107,10 @@ def parse_header(text: str) -> tuple[str, str]:
     name, colon, value = text.partition(":")
     if not colon or not TOKEN.fullmatch(name.strip()) or any(c in value for c in "\r\n\0"):
         raise TargetError(f"a header must look like 'Name: value', not {text!r}")
+    try:
+        value.encode("latin-1")  # what HTTP/1.1 sends a field value as
+    except UnicodeEncodeError:
+        raise TargetError(f"a header's value must be Latin-1 text, not {value.strip()!r}") from None
     return name.strip(), value.strip()
 
 

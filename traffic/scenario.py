@@ -39,7 +39,7 @@ from typing import Any
 from mockserv import parse_error_rate, parse_latency
 from mockserv.server import BehaviourError
 
-from .request import parse_target, read_text
+from .request import TOKEN, TargetError, parse_target, read_text, request_path
 from .rig import Rig, algorithm_names, start_rig
 from .runner import run_load, run_open_loop
 
@@ -126,10 +126,12 @@ def _phase(where: str, number: int, table: dict) -> Phase:
     if concurrency is not None:
         concurrency = _number(where, "concurrency", concurrency, integer=True, low=1, high=1000)
     path = table.get("path", "/")
-    if not isinstance(path, str) or not path.startswith("/") or " " in path:
-        raise ScenarioError(f"{where}: 'path' must start with / and contain no spaces, not {path!r}")
+    try:
+        path = request_path(path if isinstance(path, str) else "")
+    except TargetError:
+        raise ScenarioError(f"{where}: 'path' must start with / and contain no spaces or controls, not {path!r}") from None
     method = table.get("method", "GET")
-    if not isinstance(method, str) or not method.isalpha():
+    if not isinstance(method, str) or not TOKEN.fullmatch(method):
         raise ScenarioError(f"{where}: 'method' must be an HTTP method, not {method!r}")
     return Phase(str(table.get("name", f"phase {number}")), duration, rate, concurrency, path, method.upper())
 

@@ -102,6 +102,10 @@ class Sender:
                     reconnected = True  # the server had closed it while idle: once more, on a new one
                     continue
                 return Result(started_s, time.perf_counter() - t0, None, None, classify(exc), lag_s, reconnected, target)
+            except Exception as exc:  # a bug here must cost this request, counted, not the worker thread
+                self._drop(target.origin)
+                return Result(started_s, time.perf_counter() - t0, None, None, f"client error ({type(exc).__name__})",
+                              lag_s, reconnected, target)
             if response.will_close:
                 self._drop(target.origin)
             backend = response.getheader("X-Backend") or response.getheader("X-Upstream")
