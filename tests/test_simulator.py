@@ -159,7 +159,7 @@ BAD_SCENARIOS = {
     "no duration": ("[[phase]]\nrate = 5", "phase 1: 'duration' (seconds) is required"),
     "unknown field": ("[[phase]]\nduration = 1\nrate = 5\nspeed = 3", "phase 1: unknown field 'speed'"),
     "method not a token": ("[[phase]]\nduration = 1\nrate = 5\nmethod = 'G\u00c9T'", "phase 1: 'method' must be an HTTP"),
-    "nul in path": ("[[phase]]\nduration = 1\nrate = 5\npath = '/a\\u0000b'", "phase 1: 'path' must start with /"),
+    "nul in path": ('[[phase]]\nduration = 1\nrate = 5\npath = "/a\\u0000b"', "phase 1: 'path' must start with /"),
     "unknown server": ("[[phase]]\nduration = 2\nrate = 5\n[[event]]\nat = 1\nserver = 'mock-9'\naction = 'down'",
                        "event 1: 'server' must be one of mock-1, mock-2, mock-3"),
     "unknown action": ("[[phase]]\nduration = 2\nrate = 5\n[[event]]\nat = 1\nserver = 'mock-1'\naction = 'explode'",
