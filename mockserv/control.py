@@ -92,6 +92,12 @@ class ControlHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._route("POST")
 
+    # The other methods reach the routes too: a known path answers 405 with Allow (not http.server's 501).
+    def do_PUT(self) -> None:  # noqa: N802
+        self._route(self.command)
+
+    do_PATCH = do_DELETE = do_OPTIONS = do_PUT  # noqa: N815
+
     def _route(self, method: str) -> None:
         length = self.headers.get("Content-Length") or "0"
         if not digits(length) or int(length) > 64 * 1024:  # control values are a few bytes

@@ -151,20 +151,26 @@ class MockHandler(BaseHTTPRequestHandler):
         kept = bytearray()
         while True:
             line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
+            size_text = line.split(b";")[0].strip()
+            # Hex digits only (int() also takes "-5" and "0x5"), and at most 16 of them.
+            if not size_text or len(size_text) > 16 or size_text.strip(b"0123456789abcdefABCDEF"):
                 self._reply(400, {"error": "bad chunked body"}, close=True)
                 return None
+            size = int(size_text, 16)
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
                 break
-            data = self.rfile.read(size)
+            while size:  # in pieces: a chunk may claim more than there is memory for
+                data = self.rfile.read(min(size, 65536))
+                if not data:
+                    self._reply(400, {"error": "chunked body cut short"}, close=True)
+                    return None
+                size -= len(data)
+                total += len(data)
+                if len(kept) < 1024:
+                    kept += data[:1024]
             self.rfile.readline(8)
-            total += len(data)
-            if len(kept) < 1024:
-                kept += data[:1024]
         self._body_text = kept.decode("utf-8", "replace")
         return total
 

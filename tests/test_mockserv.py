@@ -141,3 +141,22 @@ def test_cli_log_level_is_case_insensitive(process):
     proc.wait_for_output("GET /seen-in-the-debug-log")  # logged only at debug level
     result = run_cli("-m", "mockserv", "1", "--log-level", "loud")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--log-level" in result.stderr
+
+
+@pytest.mark.parametrize("size", [b"-5", b"0x5", b"ffffffffffffffffffff"])
+def test_a_bad_chunk_size_is_400_without_a_traceback(mock_servers, raw_client, caplog, size):
+    (mock,) = mock_servers(1)
+    client = raw_client(mock.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n0\r\n\r\n")
+    response = client.read_response()
+    assert response.status == 400 and b"bad chunked body" in response.body
+    assert "Traceback" not in caplog.text
+
+
+def test_a_chunked_body_is_counted_in_pieces(mock_servers, raw_client):
+    (mock,) = mock_servers(1)
+    client = raw_client(mock.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n")
+    response = client.read_response()
+    assert response.status == 200 and json.loads(response.body)["body_bytes"] == 13

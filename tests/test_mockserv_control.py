@@ -110,6 +110,8 @@ def test_control_changes_behaviour_of_one_server(fleet, control):
         ("GET", "/nothing", 404),
         ("POST", "/servers", 405),
         ("GET", "/servers/mock-1/crash", 405),
+        ("DELETE", "/servers/mock-1", 405),  # (http.server said 501, in HTML, to methods without a handler)
+        ("PUT", "/servers/mock-1/latency?ms=5", 405),
         ("POST", "/servers/mock-1/latency?ms=fast", 400),
         ("POST", "/servers/mock-1/health?state=sideways", 400),
     ],
