@@ -105,6 +105,15 @@ def test_demo_shows_the_traffic_move_and_come_back():
     assert "took mock-2 out" in result.stderr
 
 
+def test_demo_with_a_rate_sends_at_that_rate():
+    result = run_cli("-m", "traffic", "--demo", "--n", "30", "--rate", "40", "--json", timeout_s=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["requests"] == 30 and report["generator"]["requested_rps"] == 40
+    # 10 a phase on the open loop's schedule (it used to ignore --rate and send as fast as it could)
+    assert all(30 <= phase["generator"]["sent_rps"] <= 60 for phase in report["phases"]), report["phases"]
+
+
 def test_compare_runs_each_algorithm_and_shows_the_slow_backend_avoided():
     result = run_cli(
         "-m", "traffic", "--compare", "round-robin,peak-ewma", "--slow-backend", "30",

@@ -38,6 +38,10 @@ TRAFFIC = ("-m", "traffic")
     (["--url", "http://[::1"], "a URL must look like http://host:port"),
     (["-H", "X-Name: \u4e2d"], "a header's value must be Latin-1 text"),
     (["--url", "http://127.0.0.1:1/a\x01b"], "no spaces or control characters"),
+    (["--csv", "same.out", "--html", "same.out"], "--html and --csv name the same file"),
+    (["--csv", ""], "--csv: needs a file name"),
+    (["--rate", "5", "--concurrency", "1", "--processes", "4"], "--processes 4 needs --concurrency of at least 4"),
+    (["--demo", "--n", "1"], "--n with --demo must be at least 3"),
 ])
 def test_a_flag_that_does_not_fit_is_a_one_line_error(args, message):
     result = run_cli(*TRAFFIC, *args)

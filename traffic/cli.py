@@ -12,6 +12,7 @@ the check.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 
@@ -178,14 +179,22 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser, mode:
             parser.error(f"--{dest} does not go with --targets (each line of the file gives it)")
     if args.cacert and args.insecure:
         parser.error("give --cacert or --insecure, not both")
+    if mode == DEMO and args.n is not None and args.n < 3:
+        parser.error("--n with --demo must be at least 3 (one request for each of its three phases)")
+    # Each process needs a worker (closed loop) or room for a request in flight (open loop, given a cap).
     closed_loop = mode == RUN and not args.rate
-    if (args.processes or 1) > (args.concurrency or 10) and closed_loop:
+    if (args.processes or 1) > (args.concurrency or 10) and (closed_loop or args.concurrency is not None):
         parser.error(f"--processes {args.processes} needs --concurrency of at least {args.processes}")
+    written: dict[str, str] = {}
     for dest in ("html", "json_file", "csv"):
         path = getattr(args, dest)
-        problem = path and check_writable(path)
+        problem = "needs a file name" if path == "" else path and check_writable(path)
         if problem:
             parser.error(f"{flags[dest]}: {problem}")
+        if path:
+            same = written.setdefault(os.path.realpath(path), flags[dest])
+            if same != flags[dest]:
+                parser.error(f"{same} and {flags[dest]} name the same file: {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

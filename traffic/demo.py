@@ -54,9 +54,12 @@ class _Demo:
     def phase(self, title: str) -> None:
         options = {"start_at": self.clock_start, "stop": self.stop}
         if self.duration_s is None:
-            count = max(1, next(self.phase_sizes))
-            self.say(f"-> {title}: sending {count} requests")
-            results, elapsed = run_load(self.target, count, concurrency=self.concurrency, **options)
+            count = next(self.phase_sizes)
+            self.say(f"-> {title}: sending {count} requests" + (f" at {self.rate:g}/s" if self.rate else ""))
+            if self.rate:
+                results, elapsed = run_open_loop(self.target, self.rate, n=count, **options)
+            else:
+                results, elapsed = run_load(self.target, count, concurrency=self.concurrency, **options)
         else:
             span = self.duration_s / 3
             self.say(f"-> {title}: sending for {span:g}s" + (f" at {self.rate:g}/s" if self.rate else ""))

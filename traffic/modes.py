@@ -161,7 +161,7 @@ def demo(args, console, stop) -> Run:
         raise OSError(f"demo could not start: {exc}") from None
     console.say("\nOverall")
     return Run("simplelb demo", result["results"], result["elapsed_s"], result["url"], result["backends"],
-               concurrency=concurrency, events=result["events"], extra={"phases": result["phases"]})
+               concurrency=concurrency, rate=args.rate, events=result["events"], extra={"phases": result["phases"]})
 
 
 def compare(mode: str, args, console, stop, meta: dict) -> int:
