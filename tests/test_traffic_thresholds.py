@@ -36,6 +36,11 @@ def test_the_measured_values_are_the_reports():
     assert [row["shown"] for row in rows] == ["3.00%", "3", "50.0 req/s", f"{SUMMARY['latency_ms']['p50']:.2f} ms"]
 
 
+def test_a_run_with_no_requests_passes_no_threshold():
+    rows = evaluate([parse_threshold("p99<1s"), parse_threshold("errors<1%")], summarize([], 1.0), latency_histogram([]))
+    assert [(row["passed"], row["shown"]) for row in rows] == [(False, "nothing (no requests)")] * 2
+
+
 @pytest.mark.parametrize("text", ["p99", "p99<", "p101<1ms", "errors<1ms", "rps>5%", "p50<5%", "speed>1", "p0<1"])
 def test_malformed_thresholds_are_refused(text):
     with pytest.raises(ValueError):

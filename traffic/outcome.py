@@ -8,6 +8,9 @@ A request **failed** when either
 * the answer was a **5xx**: the server (or the balancer in front of it) says
   it could not serve the request.
 
+A request still unanswered when a run is stopped (Ctrl-C) is a transport
+failure of the kind ``unanswered at stop``, with the time it had waited.
+
 A 4xx is an answer to what was asked, not a failure of the service, so it is
 not counted (as in hey, vegeta and the balancer's own passive health). A
 request sent again on a new connection because the server had closed the idle
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 TRANSPORT = "transport"
+# The transport kind of a request still waiting for its answer when the run was stopped.
+UNANSWERED = "unanswered at stop"
 HTTP_5XX = "http_5xx"
 
 

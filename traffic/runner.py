@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .outcome import Result
+from .outcome import UNANSWERED, Result
 from .request import Mix, Target, TargetError, parse_target
 from .sender import Sender, Tls, check_reachable, classify
 
@@ -67,21 +67,41 @@ OnResult = Callable[[Result], None] | None
 
 
 class _Collector:
-    """The results of one loop, appended from many workers."""
+    """The results of one loop, appended from many workers, and the requests still in flight.
+
+    A request still unanswered when the loop is closed (a stop, a Ctrl-C) is a result too: a failure
+    of its own kind, with the time it had waited. Left out, a stalled server would report nothing
+    failed, and the fast answers alone would make the latency.
+    """
 
     def __init__(self, on_result: OnResult):
         self.on_result = on_result
         self._results: list[Result] = []
-        self._lock = threading.Lock()  # guards _results
+        self._in_flight: dict[int, tuple] = {}  # worker thread -> what it sent, and when
+        self._closed = False
+        self._lock = threading.Lock()  # guards the three above
 
-    def add(self, result: Result) -> None:
+    def send(self, sender: Sender, target: Target, started_s: float, t0: float, lag_s: float = 0.0) -> None:
+        worker = threading.get_ident()
         with self._lock:
+            self._in_flight[worker] = (target, started_s, t0, lag_s)
+        result = sender.send(target, started_s, t0, lag_s=lag_s)
+        with self._lock:
+            self._in_flight.pop(worker, None)
+            if self._closed:
+                return  # counted as unanswered already
             self._results.append(result)
         if self.on_result is not None:
             self.on_result(result)
 
-    def snapshot(self) -> list[Result]:
+    def close(self) -> list[Result]:
+        """Every result, those still in flight as unanswered; what comes in later is not counted."""
+        now = time.perf_counter()
         with self._lock:
+            self._closed = True
+            unanswered = [Result(started_s, now - t0, None, None, UNANSWERED, lag_s, False, target)
+                          for target, started_s, t0, lag_s in self._in_flight.values()]
+            self._results.extend(unanswered)
             return list(self._results)
 
 
@@ -156,7 +176,7 @@ def run_load(
             t0 = time.perf_counter()
             if (mine is not None and local >= mine) or (ends_at is not None and t0 >= ends_at):
                 break
-            collector.add(sender.send(mix.pick(shard.ticket(local)), t0 - started, t0))
+            collector.send(sender, mix.pick(shard.ticket(local)), t0 - started, t0)
         sender.close()
 
     workers = [threading.Thread(target=worker, name=f"traffic-worker-{i}", daemon=True)
@@ -164,7 +184,7 @@ def run_load(
     for thread in workers:
         thread.start()
     _wait(workers, stop)
-    return collector.snapshot(), time.perf_counter() - phase_start
+    return collector.close(), time.perf_counter() - phase_start
 
 
 def run_open_loop(
@@ -234,7 +254,7 @@ def _run_scheduled(
                 break
             scheduled, target = item
             now = time.perf_counter()
-            collector.add(sender.send(target, scheduled - started, scheduled, lag_s=now - scheduled))
+            collector.send(sender, target, scheduled - started, scheduled, lag_s=now - scheduled)
         sender.close()
 
     for offset, target in items:
@@ -250,7 +270,7 @@ def _run_scheduled(
     for _ in workers:
         due.put(None)
     _wait(workers, stop)
-    return collector.snapshot(), time.perf_counter() - schedule
+    return collector.close(), time.perf_counter() - schedule
 
 
 @dataclass(frozen=True)

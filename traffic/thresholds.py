@@ -83,6 +83,9 @@ def max_error_rate(fraction: float) -> Threshold:
 
 
 def evaluate(thresholds: list[Threshold], summary: dict, histogram: LogHistogram) -> list[dict]:
+    if not summary["requests"]:  # nothing measured passes nothing (a gate must not pass an empty run)
+        return [{"threshold": t.text, "measured": None, "shown": "nothing (no requests)", "passed": False}
+                for t in thresholds]
     rows = []
     for threshold in thresholds:
         value = threshold.measured(summary, histogram)
