@@ -159,3 +159,16 @@ def test_ctrl_c_in_every_mode_stops_within_a_second_with_a_report(process, args,
     out = "".join(proc.stdout_lines)
     assert ("requests to" in out or "Compared on" in out) and "Traceback" not in proc.stderr
     assert children_of(proc.proc.pid) == []
+
+
+def test_ctrl_c_while_the_processes_start_prints_no_traceback(recorder):  # noqa: F811
+    server = recorder()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A terminal's Ctrl-C goes to the whole process group: the children too, while they still import.
+    proc = subprocess.Popen([sys.executable, *TRAFFIC, "--url", server.url, "--processes", "2", "--duration", "5",
+                             "--concurrency", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, start_new_session=True)
+    wait_for(lambda: len(children_of(proc.pid)) >= 2, 10, "the processes to be started")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()

@@ -61,7 +61,17 @@ def run_in_processes(job: Job, count: int, stop: threading.Event,
             ours, theirs = context.Pipe()
             child = context.Process(target=_child, args=(job, Shard(index, count), theirs, shared_stop, tallies),
                                     name=f"traffic-{index}", daemon=True)
-            child.start()
+            # Started with SIGINT ignored, which the child keeps through exec (and Python then does
+            # not install its KeyboardInterrupt handler): a Ctrl-C, sent to the whole process group,
+            # while it imports would be a traceback there. It stops through ``shared_stop``. (A
+            # blocked mask would not do: multiprocessing unblocks SIGINT as it starts its tracker.)
+            main = threading.current_thread() is threading.main_thread()  # (only it may set handlers)
+            ours_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+            try:
+                child.start()
+            finally:
+                if main:
+                    signal.signal(signal.SIGINT, ours_handler)
             theirs.close()
             pipes.append(ours)
             children.append(child)
