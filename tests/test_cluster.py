@@ -61,7 +61,7 @@ def test_a_new_backend_that_fails_its_probe_never_sees_a_request(mock_servers, b
     lb = balancer([mock])
     update(lb, spec_of(mock), BackendSpec("127.0.0.1", 1, name="typo"))
     # (Refused at once, as a rule; on a machine loaded enough the probe's thread can miss its deadline first.)
-    wait_for(lambda: status_of(lb, "typo")["last_probe"] is not None, what="the first probe")
+    wait_for(lambda: status_of(lb, "typo")["last_probe"] != "not probed yet", what="the first probe")
     assert status_of(lb, "typo")["last_probe"].startswith(("connection failed", "no answer within"))
     assert served_by(lb, 20) == {"mock-1": 20}
     assert status_of(lb, "typo")["state"] == "down" and status_of(lb, "typo")["failures"] == 0
