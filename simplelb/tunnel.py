@@ -7,8 +7,8 @@ block the other (a side that sends a lot while the other does not read
 would deadlock a single copier).
 
 * A direction that reaches EOF is passed on as a half-close (``shutdown``
-  of the writing side) and the other direction keeps going: the tunnel ends
-  when both have.
+  of the writing side; over TLS, of the TCP connection, with no close_notify)
+  and the other direction keeps going: the tunnel ends when both have.
 * A reset or a failed write in either direction ends both at once.
 * ``idle_timeout_s`` without a byte in either direction ends both.
 * Bytes already read past a head (a client that spoke early, a backend
@@ -48,6 +48,15 @@ def _close_both(*socks: socket.socket) -> None:
             pass
 
 
+def _half_close(sock: socket.socket) -> None:
+    # socket.socket's shutdown, below TLS: an SSLSocket's own drops its TLS state first, and the
+    # other direction would then read, and pass on, raw TLS records as if they were data.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 def _pump(src: socket.socket, dst: socket.socket, activity: _Activity, idle_timeout_s: float, moved: list) -> None:
     """Copy ``src`` to ``dst`` until EOF (passed on as a half-close), an error or the idle timeout."""
     buffer = bytearray(BUFFER)
@@ -64,10 +73,7 @@ def _pump(src: socket.socket, dst: socket.socket, activity: _Activity, idle_time
             _close_both(src, dst)
             return
         if not count:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            _half_close(dst)
             return
         try:
             dst.sendall(view[:count])

@@ -329,3 +329,35 @@ def test_two_workers_serve_tls_and_both_take_new_certificates_on_sighup(pki, moc
     assert all("rotated.example" in served_names(port, "localhost", ca_file) for _ in range(12))
     proc.proc.terminate()
     assert proc.wait(30) == 0
+
+
+def test_a_tunnel_half_closed_over_tls_keeps_the_other_direction_intact(pki, scripted, balancer):
+    def script(conn):
+        if conn.read_request().target != "/ws":  # a health probe
+            conn.respond()
+            return
+        conn.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nBYE")
+        conn.sock.shutdown(socket.SHUT_WR)  # done talking; still listening
+        received = b""
+        while data := conn.sock.recv(4096):
+            received += data
+        conn.backend.after_half_close = received
+
+    backend = scripted(script)
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost", "127.0.0.1")
+    lb = balancer([backend], tls_cert=cert, tls_key=key, health_interval_s=60)
+    context = ssl.create_default_context(cafile=ca_file)
+    context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # the half-close arrives as a TCP FIN
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", lb.port), timeout=5),
+                             server_hostname="localhost") as client:
+        client.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        answer = b""
+        while data := client.recv(4096):
+            answer += data
+        assert answer.endswith(b"\r\n\r\nBYE")
+        client.sendall(b"FIRST;")
+        client.sendall(b"SECOND;")
+    # The balancer used to drop its TLS state with the half-close and pass on raw TLS records.
+    wait_for(lambda: hasattr(backend, "after_half_close"), what="the client's bytes and EOF at the backend")
+    assert backend.after_half_close == b"FIRST;SECOND;"
