@@ -34,6 +34,7 @@ change, so round-robin keeps its place.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import ssl
@@ -53,6 +54,17 @@ from .tls import backend_context
 from .upstream import BackendPool
 
 log = logging.getLogger(__name__)
+
+
+def _file_version(path: str | None) -> bytes | None:
+    """What tells a file rewritten in place (a new CA under the same name) from the one read before."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as file:  # a few kB, read at a change of the cluster only
+            return hashlib.sha256(file.read()).digest()
+    except OSError:
+        return None  # (checked readable when the configuration was loaded; gone since: no news)
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ class Cluster(BackendEvents):
         self.outliers = OutlierDetector(lambda: (self._view.config, self._view.backends))
         self.health = HealthChecker(lambda: (self._view.config, [b for b in self._view.backends if b.probed]))
         self._retiring: dict[Backend, None] = {}  # removed, finishing their in-flight requests
-        self._tls_settings = None  # (ca file, insecure) the context below was made for
+        self._tls_settings = None  # (ca file, insecure, its version) the context below was made for
         self._tls: ssl.SSLContext | None = None  # how https:// backends are verified
         self._tls_context(config)
         backends = [self._new_backend(spec, config) for spec in config.backends]
@@ -133,11 +145,11 @@ class Cluster(BackendEvents):
     # --- building --------------------------------------------------------------
 
     def _tls_context(self, config: ClusterConfig) -> bool:
-        """Make the backends' TLS context if its settings changed; return whether they did."""
-        settings = (config.backend_ca, config.backend_tls_insecure)
+        """Make the backends' TLS context if its settings, or the CA file's contents, changed; say if so."""
+        settings = (config.backend_ca, config.backend_tls_insecure, _file_version(config.backend_ca))
         if settings == self._tls_settings:
             return False
-        self._tls_settings, self._tls = settings, backend_context(*settings)
+        self._tls_settings, self._tls = settings, backend_context(config.backend_ca, config.backend_tls_insecure)
         if config.backend_tls_insecure and any(spec.tls for spec in config.backends):
             log.warning("--backend-tls-insecure: the certificates of https:// backends are NOT verified")
         return True

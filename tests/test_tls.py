@@ -227,6 +227,19 @@ def https_backend(pki):
         server.stop()
 
 
+def test_a_reload_reads_the_backend_ca_file_again(pki, https_backend, balancer, tmp_path):
+    ca, _, _ = pki
+    renewed = trustme.CA()
+    server = https_backend("127.0.0.1", renewed)  # signed by a CA the file does not hold yet
+    ca_path = tmp_path / "backends-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    lb = balancer(f"https://127.0.0.1:{server.port}", backend_ca=str(ca_path), retries=0, health_interval_s=0.2)
+    assert requests.get(lb.url, timeout=5).status_code in (502, 503)
+    renewed.cert_pem.write_to_path(str(ca_path))  # the file rewritten in place, under the same name
+    lb.control.reload()
+    wait_for(lambda: requests.get(lb.url, timeout=5).status_code == 200, what="the backend trusted after the reload")
+
+
 def test_an_https_backend_with_a_good_certificate_is_pooled_and_probed(pki, https_backend, balancer):
     ca, ca_file, _ = pki
     server = https_backend("127.0.0.1")
