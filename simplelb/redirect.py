@@ -18,6 +18,8 @@ from .specs import bracket, host_of
 
 log = logging.getLogger(__name__)
 
+HEAD_DEADLINE_S = 10.0  # for a whole request head
+
 
 class RedirectHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -26,6 +28,15 @@ class RedirectHandler(BaseHTTPRequestHandler):
     timeout = 10  # seconds of silence before a client is dropped
     https_port: int
 
+    def handle_one_request(self) -> None:
+        # A whole head within HEAD_DEADLINE_S, not a byte every ``timeout``: slow clients on all
+        # 256 connections would otherwise lock everyone out of the redirect for as long as they drip.
+        self.server.expire_at(self.connection, HEAD_DEADLINE_S)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.expire_at(self.connection, None)
+
     def __getattr__(self, name: str):
         # http.server dispatches to do_<METHOD>; every method is redirected alike.
         if name.startswith("do_"):
@@ -33,13 +44,18 @@ class RedirectHandler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _redirect(self) -> None:
-        host = self.headers.get("Host", "")
-        if not host or len(self.headers.get_all("Host", [])) > 1 or not HOST_RE.fullmatch(host):
+        host, target = self.headers.get("Host", ""), self.path
+        if target[:7].lower() == "http://":  # absolute form (RFC 9112 3.2.2): its authority is the host
+            authority, slash, path = target[7:].partition("/")
+            authority, query, rest = authority.partition("?")
+            host, target = authority, slash + path if slash else "/" + query + rest
+        if (not host or len(self.headers.get_all("Host", [])) > 1 or not HOST_RE.fullmatch(host)
+                or not host_of(host)):  # (":80" matches HOST_RE, and has no host in it)
             self._answer(400, "a request to be redirected to HTTPS needs one valid Host header\n")
             return
         name = bracket(host_of(host))
         port = "" if self.https_port == 443 else f":{self.https_port}"
-        target = self.path if self.path.startswith("/") else "/"
+        target = target if target.startswith("/") else "/"
         self._answer(308, "moved to HTTPS\n", [("Location", f"https://{name}{port}{target}")])
 
     def _answer(self, status: int, text: str, headers: list[tuple[str, str]] = ()) -> None:

@@ -194,6 +194,33 @@ def test_redirect_listener_sends_308_to_https(pki, mock_servers, balancer):
     with_port = requests.get(plain + "/", headers={"Host": "shop.example:8080"}, allow_redirects=False, timeout=5)
     assert with_port.headers["Location"] == f"https://shop.example:{lb.port}/"
     assert RawClient(lb.redirect.port).request(b"GET / HTTP/1.0\r\n\r\n").status == 400  # no Host
+    assert RawClient(lb.redirect.port).request(b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n").status == 400  # no host in it
+    absolute = RawClient(lb.redirect.port).request(b"GET http://shop.example/x?y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert absolute.header("Location") == f"https://shop.example:{lb.port}/x?y"  # RFC 9112 3.2.2
+
+
+def test_a_redirect_head_dripped_slowly_is_cut_off_at_the_deadline(pki, mock_servers, balancer, monkeypatch):
+    from simplelb import redirect
+
+    monkeypatch.setattr(redirect, "HEAD_DEADLINE_S", 0.5)
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost")
+    lb = balancer(mock_servers(1), tls_cert=cert, tls_key=key, redirect_http=0)
+    with socket.create_connection(("127.0.0.1", lb.redirect.port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        while time.monotonic() - started < 3:  # a header line every 0.2 s: each read is quick
+            try:
+                sock.sendall(b"X-Drip: 1\r\n")
+            except OSError:
+                break
+            time.sleep(0.2)
+        sock.settimeout(3)
+        try:
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 3  # it used to be held for as long as the client dripped
 
 
 def test_a_bad_certificate_pair_at_start_is_one_line(pki):
