@@ -227,10 +227,12 @@ class LoadBalancer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address) -> None:
         if not self.connections.open(request):
-            # Every connection is busy forwarding: refuse rather than grow without bound.
+            # Every connection is busy forwarding: refuse rather than grow without bound. A TLS
+            # client could not read a plain 503 (it would see a protocol error): it is closed.
             try:
-                request.settimeout(1)
-                request.sendall(error_response(TooManyClients("too many client connections"), close=True))
+                if self.tls is None:
+                    request.settimeout(1)
+                    request.sendall(error_response(TooManyClients("too many client connections"), close=True))
                 self.stats.record(503, 0.0)
             except OSError:
                 pass

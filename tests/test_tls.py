@@ -401,3 +401,36 @@ def test_a_tunnel_half_closed_over_tls_keeps_the_other_direction_intact(pki, scr
     # The balancer used to drop its TLS state with the half-close and pass on raw TLS records.
     wait_for(lambda: hasattr(backend, "after_half_close"), what="the client's bytes and EOF at the backend")
     assert backend.after_half_close == b"FIRST;SECOND;"
+
+
+def test_a_tls_client_over_max_clients_is_closed_not_sent_plain_text(pki, scripted, balancer):
+    release = threading.Event()
+
+    def slow(conn):
+        while (request := conn.read_request()) is not None:
+            if request.target == "/slow":
+                release.wait(10)
+            conn.respond()
+
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost", "127.0.0.1")
+    lb = balancer([scripted(slow)], tls_cert=cert, tls_key=key, max_clients=2, health_interval_s=60)
+    context = ssl.create_default_context(cafile=ca_file)
+    busy = [context.wrap_socket(socket.create_connection(("127.0.0.1", lb.port), timeout=5),
+                                server_hostname="localhost") for _ in range(2)]
+    try:
+        for sock in busy:  # both connections forwarding: nothing to evict
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: lb.snapshot()["connections"]["busy"] == 2, what="two busy connections")
+        with pytest.raises(OSError) as refused:
+            with context.wrap_socket(socket.create_connection(("127.0.0.1", lb.port), timeout=5),
+                                     server_hostname="localhost") as third:
+                third.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert third.recv(100) == b""
+                raise ConnectionResetError("closed")  # (closed after the handshake: refused too)
+        # A plain "HTTP/1.1 503" in reply to a ClientHello reads as a bad TLS record.
+        assert "WRONG_VERSION_NUMBER" not in str(refused.value) and "wrong version number" not in str(refused.value)
+    finally:
+        release.set()
+        for sock in busy:
+            sock.close()
