@@ -75,8 +75,8 @@ class MockFleet:
 
     @property
     def addresses(self) -> list[str]:
-        """``host:port`` of every server, in order (what ``--backends`` takes)."""
-        return [server.address for server in self]
+        """What ``--backends`` takes for every server, in order (``host:port``, or ``https://`` with TLS)."""
+        return [server.backend for server in self]
 
     def start(self) -> MockFleet:
         """Start every server that is not running."""

@@ -36,8 +36,7 @@ def backend_entries(fleet: MockFleet, prefix: str) -> dict[str, str]:
     """The key and JSON value of each server of ``fleet`` under ``prefix``."""
     entries = {}
     for server in fleet:
-        address = server.url if server.ssl_context else server.address
-        entries[f"{prefix}/backends/{server.name}"] = json.dumps({"address": address, "weight": 1})
+        entries[f"{prefix}/backends/{server.name}"] = json.dumps({"address": server.backend, "weight": 1})
     return entries
 
 

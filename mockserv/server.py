@@ -127,6 +127,11 @@ class MockServer:
     def address(self) -> str:
         return f"{bracket(self.host)}:{self.port}"
 
+    @property
+    def backend(self) -> str:
+        """What simplelb's ``--backends`` takes for this server: ``host:port``, or its https:// URL."""
+        return self.url if self.ssl_context else self.address
+
     def start(self) -> MockServer:
         """Serve on a background thread; after ``stop()`` or a crash, listen again on the same port.
 
