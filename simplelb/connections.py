@@ -1,8 +1,8 @@
 """The client connections of a server: how many, and what each is doing.
 
-Each connection is *idle* (waiting for a request to start), *reading* (its
-request head is arriving) or *busy* (its request is being forwarded). Two
-things need this:
+Each connection is *idle* (waiting for a request to start, or in its TLS
+handshake), *reading* (its request head is arriving) or *busy* (its request
+is being forwarded). Two things need this:
 
 * The ``--max-clients`` cap. A new connection at the cap closes the
   connection that has been idle longest (then the one reading its head the

@@ -84,8 +84,9 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     def _start(self) -> bool:
         """The connection's TLS handshake, if any (here, on its own thread); False if it failed."""
         if self.server.tls is not None:
+            # Idle until its handshake is done (it was registered so): evicted first at the cap, and
+            # closed at once by a shutdown, which need not wait for a client that has asked nothing.
             tracker = self.server.connections
-            tracker.reading(self.connection)  # a slow handshake is evicted like a slow head
             deadline = time.monotonic() + self.server.config.listener.client_header_timeout_s
 
             def wrapped(tls) -> None:

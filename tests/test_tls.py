@@ -434,3 +434,15 @@ def test_a_tls_client_over_max_clients_is_closed_not_sent_plain_text(pki, script
         release.set()
         for sock in busy:
             sock.close()
+
+
+def test_a_connection_still_in_its_handshake_does_not_hold_up_a_stop(pki, mock_servers, balancer):
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost")
+    lb = balancer(mock_servers(1), tls_cert=cert, tls_key=key)
+    with socket.create_connection(("127.0.0.1", lb.port), timeout=5):  # and no ClientHello
+        wait_for(lambda: sum(lb.snapshot()["connections"].values()) == 1, what="the connection to be taken")
+        started = time.monotonic()
+        lb.stop(grace_s=5)
+        # It has asked nothing, as an idle keep-alive connection has not: closed at once, as those are.
+        assert time.monotonic() - started < 2
