@@ -124,6 +124,13 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     def finish(self) -> None:
         if self.connection is not self.request:  # the TLS socket took over the descriptor: close it here
             try:
+                # TLS's goodbye (close_notify), sent without waiting for the client's: a client that
+                # reads a close-delimited body to its end can then tell the end from a cut connection.
+                self.connection.setblocking(False)
+                self.connection.unwrap()
+            except (OSError, ValueError):  # (ssl.SSLWantReadError, expected: the client's is not awaited)
+                pass
+            try:
                 self.connection.close()
             except OSError:
                 pass

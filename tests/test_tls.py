@@ -446,3 +446,15 @@ def test_a_connection_still_in_its_handshake_does_not_hold_up_a_stop(pki, mock_s
         lb.stop(grace_s=5)
         # It has asked nothing, as an idle keep-alive connection has not: closed at once, as those are.
         assert time.monotonic() - started < 2
+
+
+def test_a_closed_tls_connection_ends_with_close_notify(tls_lb):
+    lb, ca_file, _ = tls_lb
+    context = ssl.create_default_context(cafile=ca_file)
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", lb.port), timeout=5),
+                             server_hostname="localhost", suppress_ragged_eofs=False) as client:  # strict
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while data := client.recv(4096):  # SSLEOFError here if the balancer just closed the socket
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer
