@@ -27,7 +27,9 @@ def test_a_backend_that_turns_fast_again_regains_its_share_within_ten_seconds():
         return window["mock-2"] / max(1, sum(window.values()))
 
     assert share(slow.at_s + 0.5, fast.at_s) < 0.05  # avoided while slow
-    # Back well within ten seconds. Over 4.5 s, not 2.5: a load spike on a machine running three
-    # test processes on two cores once had mock-2 avoided again for most of a short window (1%).
-    # Starved, as before the estimate was forgotten, it gets none.
-    assert share(fast.at_s + 3, fast.at_s + 7.5) > 0.15
+    # Back within ten seconds: in some second of the 7.5 after it turned fast, it has its share.
+    # (Not a fixed window: on a loaded machine one slow answer -- a spike, not mock-2 -- rightly
+    # sends it away again for seconds, and a window can miss its return. Starved, as before the
+    # estimate was forgotten, it gets none in any second.)
+    seconds = [share(fast.at_s + start / 2, fast.at_s + start / 2 + 1) for start in range(14)]
+    assert max(seconds) > 0.2, seconds
