@@ -42,6 +42,9 @@ TRAFFIC = ("-m", "traffic")
     (["--csv", ""], "--csv: needs a file name"),
     (["--rate", "5", "--concurrency", "1", "--processes", "4"], "--processes 4 needs --concurrency of at least 4"),
     (["--demo", "--n", "1"], "--n with --demo must be at least 3"),
+    (["--url", "http://127.0.0.1:0"], "invalid port in 'http://127.0.0.1:0'"),  # (was port 80, silently)
+    (["--method", ""], "not an HTTP method: ''"),  # (was GET, silently)
+    (["--compare", "round-robin,round-robin"], "each algorithm once"),  # (two runs, one row)
 ])
 def test_a_flag_that_does_not_fit_is_a_one_line_error(args, message):
     result = run_cli(*TRAFFIC, *args)

@@ -85,6 +85,8 @@ def _algorithms(text: str) -> list[str]:
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown algorithm {', '.join(unknown) or text!r}; choose from: {', '.join(known)}")
+    if len(set(names)) < len(names):  # the report has one row per algorithm
+        raise argparse.ArgumentTypeError(f"each algorithm once, not {text!r}")
     return names
 
 

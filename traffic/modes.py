@@ -91,7 +91,7 @@ def _job(mode: str, args) -> tuple[Job, str]:
         mix = parse_targets_file(args.targets, headers=headers, body=body)
         where = f"the targets in {args.targets}"
     else:
-        method = args.method or ("POST" if body is not None else "GET")
+        method = args.method if args.method is not None else ("POST" if body is not None else "GET")
         mix = Mix([parse_target(args.url, args.path, method=method, headers=headers, body=body)])
         where = mix.first.url
     n = args.n if args.n is not None or args.duration is not None else 1000

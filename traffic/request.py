@@ -82,9 +82,11 @@ def parse_target(url: str, path: str | None = None, *, method: str = "GET",
     if scheme not in DEFAULT_PORTS or not parts.hostname:
         raise TargetError(f"a URL must look like http://host:port or https://host:port, not {url!r}")
     try:
-        port = parts.port or DEFAULT_PORTS[scheme]
+        port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
     except ValueError:
         raise TargetError(f"invalid port in {url!r}") from None
+    if port == 0:  # (it used to become the scheme's default, silently)
+        raise TargetError(f"invalid port in {url!r}")
     target = path if path is not None else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(parts.hostname, port, request_path(target), scheme, parse_method(method), tuple(headers), body)
 
