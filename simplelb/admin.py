@@ -38,7 +38,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -49,7 +48,7 @@ from .convert import is_loopback
 from .errors import ConfigError, HTTPError, NotFound
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render as render_metrics
-from .sideserver import SideServer
+from .sideserver import DeadlineHandler, SideServer
 from .specs import digits, host_of
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def match_route(method: str, path: str) -> tuple[str, str, dict[str, str]]:
     raise refused(404, f"no such admin path: {path}")
 
 
-class AdminHandler(BaseHTTPRequestHandler):
+class AdminHandler(DeadlineHandler):
     """One admin connection; ``admin`` is set on a subclass per server."""
 
     protocol_version = "HTTP/1.1"
@@ -124,14 +123,8 @@ class AdminHandler(BaseHTTPRequestHandler):
     timeout = 10  # seconds of silence before a client is dropped: it holds only its own thread
     admin: AdminServer
 
-    def handle_one_request(self) -> None:
-        # A whole head within HEAD_DEADLINE_S, not a byte every ``timeout``: a client that drips
-        # cannot keep one of the few admin slots for ever.
-        self.server.expire_at(self.connection, HEAD_DEADLINE_S)
-        try:
-            super().handle_one_request()
-        finally:
-            self.server.expire_at(self.connection, None)
+    def deadline_s(self) -> float:
+        return HEAD_DEADLINE_S
 
     def do_GET(self) -> None:
         self._dispatch()

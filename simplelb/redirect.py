@@ -10,10 +10,9 @@ Nothing is forwarded from here.
 from __future__ import annotations
 
 import logging
-from http.server import BaseHTTPRequestHandler
 
 from .request import HOST_RE
-from .sideserver import SideServer
+from .sideserver import DeadlineHandler, SideServer
 from .specs import bracket, host_of
 
 log = logging.getLogger(__name__)
@@ -21,21 +20,15 @@ log = logging.getLogger(__name__)
 HEAD_DEADLINE_S = 10.0  # for a whole request head
 
 
-class RedirectHandler(BaseHTTPRequestHandler):
+class RedirectHandler(DeadlineHandler):
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.1"
     server_version = "simplelb"
     timeout = 10  # seconds of silence before a client is dropped
     https_port: int
 
-    def handle_one_request(self) -> None:
-        # A whole head within HEAD_DEADLINE_S, not a byte every ``timeout``: slow clients on all
-        # 256 connections would otherwise lock everyone out of the redirect for as long as they drip.
-        self.server.expire_at(self.connection, HEAD_DEADLINE_S)
-        try:
-            super().handle_one_request()
-        finally:
-            self.server.expire_at(self.connection, None)
+    def deadline_s(self) -> float:
+        return HEAD_DEADLINE_S
 
     def __getattr__(self, name: str):
         # http.server dispatches to do_<METHOD>; every method is redirected alike.

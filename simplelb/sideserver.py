@@ -16,12 +16,28 @@ import socketserver
 import sys
 import threading
 import time
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .errors import ListenError
 from .specs import bracket
 
 log = logging.getLogger(__name__)
+
+
+class DeadlineHandler(BaseHTTPRequestHandler):
+    """A request must arrive within ``deadline_s()`` in all, not a byte every ``timeout``: clients that
+    drip bytes cannot hold a side listener's few connections for as long as they keep dripping.
+    (The admin's handler clears the deadline once it has the body, so slow work is not cut short.)"""
+
+    def deadline_s(self) -> float:
+        raise NotImplementedError
+
+    def handle_one_request(self) -> None:
+        self.server.expire_at(self.connection, self.deadline_s())
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.expire_at(self.connection, None)
 
 
 def _shut(sock: socket.socket) -> None:

@@ -47,6 +47,26 @@ def state(lb, backend: int | str) -> str:
     return entry["state"]
 
 
+def dripped_until_closed(port: int, first: bytes, piece: bytes, give_up_s: float = 3.0) -> float:
+    """Send ``first``, then ``piece`` every 0.2 s, until the server closes the connection (each read
+    it makes is quick: only a deadline on the whole request ends it); the seconds that took."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(first)
+        while time.monotonic() - started < give_up_s:
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+            time.sleep(0.2)
+        sock.settimeout(give_up_s)
+        try:
+            assert sock.recv(100) == b"", "an answer, where the connection should have been closed"
+        except ConnectionResetError:
+            pass
+        return time.monotonic() - started
+
+
 def free_port() -> int:
     """A port nothing listens on (bound and released), for 'connection refused' cases."""
     with socket.socket() as sock:
