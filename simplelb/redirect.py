@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from .request import HOST_RE
+from .request import HOST_RE, split_absolute
 from .sideserver import DeadlineHandler, SideServer
 from .specs import bracket, host_of
 
@@ -39,9 +39,8 @@ class RedirectHandler(DeadlineHandler):
     def _redirect(self) -> None:
         host, target = self.headers.get("Host", ""), self.path
         if target[:7].lower() == "http://":  # absolute form (RFC 9112 3.2.2): its authority is the host
-            authority, slash, path = target[7:].partition("/")
-            authority, query, rest = authority.partition("?")
-            host, target = authority, slash + path if slash else "/" + query + rest
+            host, path = split_absolute(target)
+            target = path if path.startswith("/") else "/" + path
         if (not host or len(self.headers.get_all("Host", [])) > 1 or not HOST_RE.fullmatch(host)
                 or not host_of(host)):  # (":80" matches HOST_RE, and has no host in it)
             self._answer(400, "a request to be redirected to HTTPS needs one valid Host header\n")

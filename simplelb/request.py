@@ -73,6 +73,13 @@ class ClientRequest:
 HOST_RE = re.compile(r"([A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(:[0-9]*)?")
 
 
+def split_absolute(target: str) -> tuple[str, str]:
+    """An absolute-form target ``scheme://AUTHORITY/path?query`` -> (AUTHORITY, ``/path?query``, or "" if none)."""
+    rest = target.split("://", 1)[1]
+    cut = min(i for i in (rest.find("/"), rest.find("?"), len(rest)) if i >= 0)
+    return rest[:cut], rest[cut:]
+
+
 def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffered: bytes = b"") -> ClientRequest:
     """Decide whether a parsed request may be forwarded, and in what form.
 
@@ -102,11 +109,7 @@ def admit(head: RequestHead, client_ip: str, *, max_body_bytes: int = 0, buffere
         pass
     elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
         # RFC 9112 §3.2.2: the authority in the target replaces Host.
-        rest = target.split("://", 1)[1]
-        slash = rest.find("/")
-        query = rest.find("?")
-        cut = min(i for i in (slash, query, len(rest)) if i >= 0)
-        authority, path = rest[:cut], rest[cut:]
+        authority, path = split_absolute(target)
         # It becomes the Host: the same check as a Host field.
         if not authority or not HOST_RE.fullmatch(authority):
             raise BadRequest("invalid authority in absolute-form target")
