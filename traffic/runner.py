@@ -238,23 +238,20 @@ def _run_scheduled(
     started = start_at if start_at is not None else schedule
     collector = _Collector(on_result)
     due: queue.SimpleQueue = queue.SimpleQueue()
-    idle = [0]
+    # Free senders minus sends already handed to them. Counted when a send is queued, not when a
+    # sender wakes: a burst of sends due at once must not all go to the one sender that is free.
+    free = [0]
     workers: list[threading.Thread] = []
-    lock = threading.Lock()  # guards idle
+    lock = threading.Lock()  # guards free
 
     def worker() -> None:
         sender = Sender(timeout_s, context)
-        while True:
-            with lock:
-                idle[0] += 1
-            item = due.get()
-            with lock:
-                idle[0] -= 1
-            if item is None or stop.is_set():
-                break
+        while (item := due.get()) is not None and not stop.is_set():
             scheduled, target = item
             now = time.perf_counter()
             collector.send(sender, target, scheduled - started, scheduled, lag_s=now - scheduled)
+            with lock:
+                free[0] += 1
         sender.close()
 
     for offset, target in items:
@@ -262,7 +259,9 @@ def _run_scheduled(
         if _sleep_until(scheduled, stop):
             break
         with lock:
-            need_worker = idle[0] == 0 and len(workers) < max_in_flight
+            need_worker = free[0] <= 0 and len(workers) < max_in_flight
+            if not need_worker:
+                free[0] -= 1  # a free sender takes it, or (at the cap) it waits for the next one
         if need_worker:
             workers.append(threading.Thread(target=worker, name=f"traffic-open-{len(workers)}", daemon=True))
             workers[-1].start()
