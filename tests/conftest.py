@@ -177,6 +177,7 @@ class ScriptedBackend:
             daemon_threads = True
             allow_reuse_address = True
             block_on_close = False
+            request_queue_size = 128  # the default 5 drops SYNs in a burst: a 1 s retransmit, not a test failure
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
