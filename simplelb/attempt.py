@@ -105,9 +105,9 @@ def _connect(backend: Backend, turn: Turn, *, fresh: bool) -> tuple[PooledConnec
         except ConnectFailed as exc:
             # The client is told the kind ("connection refused", "TLS certificate not accepted"), not
             # the particulars, which can name the backend's address.
-            kind = str(exc).split(":")[0]
+            kind, _, particulars = str(exc).partition(": ")
             raise AttemptFailed(BadGateway(f"could not connect to the backend ({kind})", backend=backend.name,
-                                           detail=str(exc), reason="connect"), sent=False) from None
+                                           detail=particulars or None, reason="connect"), sent=False) from None
     return conn, reused
 
 
