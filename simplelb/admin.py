@@ -15,7 +15,7 @@ GET      /                    the live status page (HTML; no token needed:
                               it holds no data and asks for the token)
 GET      /metrics             Prometheus text exposition
 GET      /livez               200 while the process runs (no token needed)
-GET      /readyz              200 when a backend is available and we are
+GET      /readyz              200 when a backend takes new requests and we are
                               not shutting down, else 503 (no token needed)
 GET      /status              the balancer and every backend
 GET      /backends[/NAME]     the backends, or one

@@ -81,11 +81,12 @@ _STALE_SCORES_KEPT = 16
 
 
 class LeastConnections:
-    """Fewest in-flight requests per unit of weight; ties broken at random.
+    """Fewest in-flight requests per unit of weight; ties broken at random, by weight.
 
     Random tie-breaking matters: when everything is idle (the common case at
     low load) "first of the least loaded" would send every request to the
-    first backend.
+    first backend. Drawing by weight (as nginx's least_conn breaks ties by
+    weighted round robin) keeps weights honoured when nothing is in flight.
     """
 
     def __init__(self, rng: random.Random | None = None):
@@ -99,7 +100,7 @@ class LeastConnections:
         if len(tied) == 1:
             return tied[0]
         with self._lock:
-            return self._rng.choice(tied)
+            return self._rng.choices(tied, weights=[b.weight for b in tied])[0]
 
 
 class WeightedRandom:
@@ -136,10 +137,11 @@ class PowerOfTwoChoices:
             first = self._rng.choices(backends, weights=[b.weight for b in backends])[0]
             others = [b for b in backends if b is not first]
             second = self._rng.choices(others, weights=[b.weight for b in others])[0]
-            coin = self._rng.random() < 0.5
         cost_first, cost_second = self.cost(first, backends), self.cost(second, backends)
         if cost_first == cost_second:
-            return first if coin else second
+            # A tie (idle backends: the common case at low load) goes to the first, which was drawn
+            # in proportion to weight: a coin here would split 1:1000 weights evenly.
+            return first
         return first if cost_first < cost_second else second
 
 

@@ -203,6 +203,7 @@ def _read_head(
 ) -> ResponseHead:
     """The final response head (or a 101 the client asked for); interim ones are relayed or dropped."""
     max_bytes, max_fields = max_head
+    answered = False  # an interim head came: the connection was alive, and sending again is a duplicate
     while True:
         try:
             raw = conn.reader.read_head(max_bytes)
@@ -215,9 +216,16 @@ def _read_head(
             raise BadGateway("the backend closed the connection in the middle of its response head",
                              backend=backend.name) from None
         except OSError as exc:
+            if answered:
+                raise BadGateway("the backend failed after an interim response", backend=backend.name,
+                                 detail=str(exc), reason="reset") from None
             raise _StaleConnection(str(exc)) from None
         if raw is None:
+            if answered:
+                raise BadGateway("the backend closed the connection after an interim response",
+                                 backend=backend.name, reason="reset")
             raise _StaleConnection("connection closed")
+        answered = True
         head = parse_response_head(raw, max_fields)
         if head.status >= 200:
             return head

@@ -209,7 +209,9 @@ class Backend:
 
     @property
     def ejected(self) -> bool:
-        return self._ejected_until is not None
+        """Ejected now: an ejection whose time is up counts as over, even before ``available()`` ends it."""
+        until = self._ejected_until
+        return until is not None and self._clock() < until
 
     @property
     def removing(self) -> bool:
@@ -237,6 +239,10 @@ class Backend:
             self._end_ejection()
         log.warning("backend %s returns after its ejection time", self.name)
         return True
+
+    def takes_new(self) -> bool:
+        """May take a request nothing pins to it: available and not draining (readiness, ``up``)."""
+        return not self.draining and self.available()
 
     def has_capacity(self) -> bool:
         return not self._max_conns or self._in_flight < self._max_conns
@@ -376,7 +382,7 @@ class Backend:
 
     def status(self) -> dict:
         """A consistent copy of the state: ``/status``, ``/metrics``, logs and tests read this."""
-        up = self.available()
+        up = self.takes_new()
         with self._lock:
             latency = self._latency.value(self._clock())
             spec = self.spec

@@ -256,8 +256,8 @@ class Cluster(BackendEvents):
         return [backend.status() for backend in backends]
 
     def available(self) -> bool:
-        """Whether some backend could take a request now."""
-        return any(b.available() for b in self._view.backends)
+        """Whether some backend could take a new request now (one that nothing pins to a backend)."""
+        return any(b.takes_new() for b in self._view.backends)
 
 
 def _describe_change(before, after) -> list[str]:

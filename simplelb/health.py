@@ -1,8 +1,8 @@
 """Active health checks: one thread that probes every backend on an interval.
 
 Each round probes all backends at once (one short-lived daemon thread per
-probe) and waits for them all, so a backend whose probe hangs costs its own
-``timeout_s`` and never delays another backend's verdict. A probe is a plain
+probe) and records each result as it comes, so a backend whose probe hangs
+costs its own ``timeout_s`` and never delays another backend's verdict. A probe is a plain
 ``GET <path>`` on a fresh connection that passes on a 2xx status line within
 a total deadline; only the status line is read. Results go to
 ``Backend.record_probe``, which applies ``rise``/``fall``; changes are logged
@@ -12,6 +12,7 @@ with the probe result that caused them.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -151,33 +152,39 @@ class HealthChecker:
         """Probe ``backends`` concurrently and record the results."""
         config = self._current()[0]
         backends = [b for b in dict.fromkeys(backends) if b.probed]
-        results: dict[Backend, tuple[bool, str]] = {}
+        results: queue.SimpleQueue[tuple[Backend, bool, str]] = queue.SimpleQueue()
 
         def probe_one(backend: Backend) -> None:
             tls = backend.pool.tls if backend.pool is not None else None
             try:
-                results[backend] = self._probe(backend.spec.host, backend.spec.port, config.health_path,
-                                               config.health_timeout_s, tls)
+                ok, reason = self._probe(backend.spec.host, backend.spec.port, config.health_path,
+                                         config.health_timeout_s, tls)
             except Exception as exc:  # a bug, not the backend's fault: say so, and count it as a failure
                 log.exception("probing %s failed", backend.name)
-                results[backend] = (False, f"probe failed: {exc}")
+                ok, reason = False, f"probe failed: {exc}"
+            results.put((backend, ok, reason))
 
-        threads = [
-            threading.Thread(target=probe_one, args=(b,), name=f"health-probe {b.name}", daemon=True)
-            for b in backends
-        ]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + config.health_timeout_s + 0.5
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
         for backend in backends:
-            if not backend.probed:
-                continue  # put in maintenance or removed while the probe ran
-            ok, reason = results.get(backend, (False, f"no answer within {config.health_timeout_s:g}s"))
-            change = backend.record_probe(ok, reason)
-            if change is not None:
-                self._report(change)
+            threading.Thread(target=probe_one, args=(backend,), name=f"health-probe {backend.name}",
+                             daemon=True).start()
+        deadline = time.monotonic() + config.health_timeout_s + 0.5
+        waiting = set(backends)
+        while waiting:
+            try:
+                backend, ok, reason = results.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            waiting.discard(backend)
+            self._record(backend, ok, reason)
+        for backend in (b for b in backends if b in waiting):  # (a later answer is dropped with its round)
+            self._record(backend, False, f"no answer within {config.health_timeout_s:g}s")
+
+    def _record(self, backend: Backend, ok: bool, reason: str) -> None:
+        if not backend.probed:
+            return  # put in maintenance or removed while the probe ran
+        change = backend.record_probe(ok, reason)
+        if change is not None:
+            self._report(change)
 
     @staticmethod
     def _report(change: HealthChange) -> None:

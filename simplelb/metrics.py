@@ -73,7 +73,7 @@ def _backends(backends: list[dict]) -> Iterator[Metric]:
                                      "From sending to a backend to its response head", labels=["backend"])
     failures = CounterMetricFamily("simplelb_backend_failures", "Failed attempts", labels=["backend", "reason"])
     retries = CounterMetricFamily("simplelb_backend_retries", "Retries sent to each backend", labels=["backend"])
-    up = GaugeMetricFamily("simplelb_backend_up", "1 when the backend may be picked, else 0", labels=["backend"])
+    up = GaugeMetricFamily("simplelb_backend_up", "1 when the backend takes new requests, else 0", labels=["backend"])
     state = GaugeMetricFamily("simplelb_backend_state", "1 for the backend's current state", labels=["backend", "state"])
     in_flight = GaugeMetricFamily("simplelb_backend_in_flight", "Requests the backend is serving now", labels=["backend"])
     weight = GaugeMetricFamily("simplelb_backend_weight", "Effective weight (slow start included)", labels=["backend"])

@@ -9,9 +9,11 @@ the backend for ``eject_time_s``, doubling with each ejection in a row up to
 ``MAX_EJECT_S``. A backend that stays in for ``RESET_AFTER_FACTOR`` x the
 base time after returning starts again from the base time.
 
-Never more than ``max_eject_percent`` of the backends are ejected at once
-(rounded down: with two backends and 50%, one; with one backend, none):
-ejection must not turn a partial outage into a full one. The decision "how
+Never more than ``max_eject_percent`` of the backends are out at once
+(rounded down: with two backends and 50%, one; with one backend, none), and
+never the last one that takes new requests: ejection must not turn a partial
+outage into a full one. Out is anything that does not take new requests:
+ejected, down, draining, in maintenance. The decision "how
 many are out" plus the ejection itself is atomic under ``_deciding``. The
 settings and the backends counted are read from the cluster's current view,
 so a reload changes them at once.
@@ -48,12 +50,12 @@ class OutlierDetector:
         with self._deciding:
             if backend.ejected:
                 return
-            ejected = sum(b.ejected for b in backends)
-            if ejected >= math.floor(len(backends) * config.max_eject_percent / 100):
+            out = sum(not b.takes_new() for b in backends if b is not backend)
+            if out >= math.floor(len(backends) * config.max_eject_percent / 100) or out == len(backends) - 1:
                 if streak == config.eject_after:  # said once per streak, not at every failure after it
                     log.warning(
                         "backend %s failed %d times in a row (%s) but is not ejected: %d of %d backends are out already",
-                        backend.name, streak, reason, ejected, len(backends),
+                        backend.name, streak, reason, out, len(backends),
                     )
                 return
             base = config.eject_time_s

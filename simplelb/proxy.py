@@ -126,8 +126,11 @@ class Forwarder:
         config = view.config
         while True:
             if pinned is not None and pinned not in tried and pinned.available() and pinned.has_capacity():
-                log.debug("sticky cookie pins %s", pinned.name)
-                return pinned, queue_deadline
+                # A session pinned to a backup while the primaries were out goes back to them once
+                # one returns: backups serve only when no primary takes requests.
+                if not (pinned.backup and any(b not in tried and b.takes_new() for b in view.primaries)):
+                    log.debug("sticky cookie pins %s", pinned.name)
+                    return pinned, queue_deadline
             candidates = _candidates(view, tried, keyed=key is not None)
             if not candidates:
                 return None, queue_deadline

@@ -153,6 +153,22 @@ def test_readyz_is_503_when_no_backend_is_available(mock_servers, balancer):
     assert requests.get(admin + "/livez", timeout=5).status_code == 200
 
 
+def test_readyz_and_up_say_no_when_the_only_backend_drains(mock_servers, balancer):
+    # Draining, it takes no new requests: every one gets a 503, so readiness (and the metric that
+    # says whether a backend is picked) must say so too, or what sits in front keeps sending.
+    (mock,) = mock_servers(1)
+    lb = balancer([mock], admin="127.0.0.1:0")
+    admin = lb.admin.url
+    assert 'simplelb_backend_up{backend="%s"} 1.0' % mock.address in requests.get(admin + "/metrics", timeout=5).text
+    drained = requests.patch(f"{admin}/backends/{mock.address}", json={"state": "drain"}, timeout=5)
+    assert drained.status_code == 200
+    assert requests.get(lb.url, timeout=5).status_code == 503
+    assert requests.get(admin + "/readyz", timeout=5).status_code == 503
+    assert 'simplelb_backend_up{backend="%s"} 0.0' % mock.address in requests.get(admin + "/metrics", timeout=5).text
+    requests.patch(f"{admin}/backends/{mock.address}", json={"state": "ready"}, timeout=5)
+    assert requests.get(admin + "/readyz", timeout=5).status_code == 200
+
+
 def test_a_slow_admin_client_does_not_stall_traffic_or_other_admin_calls(admin_lb):
     import socket
 

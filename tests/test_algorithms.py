@@ -110,6 +110,17 @@ def test_least_connections_breaks_ties_without_favouring_the_first():
     assert set(counts) == {"a", "b", "c"} and min(counts.values()) > 60
 
 
+@pytest.mark.parametrize("algorithm", [LeastConnections, PowerOfTwoChoices])
+def test_idle_backends_are_picked_by_weight(algorithm):
+    # Nothing in flight (low load): every load ties, and the tie must follow the weights. A fair
+    # coin, or a uniform choice among the tied, split 1:9 evenly.
+    pool = backends(1, 9, 2)
+    pick = algorithm(random.Random(7)).pick
+    counts = Counter(names([pick(pool)]) for _ in range(6000))
+    for name, share in (("a", 1 / 12), ("b", 9 / 12), ("c", 2 / 12)):
+        assert abs(counts[name] / 6000 - share) < 0.02, counts
+
+
 # --- random -------------------------------------------------------------------------------
 
 

@@ -46,6 +46,26 @@ def test_hanging_probe_times_out_without_delaying_the_others(scripted, mock_serv
     assert took < 1.8  # about one probe timeout for all four, not 2 s one after the other, and no hang
 
 
+def test_a_verdict_is_given_while_another_probe_still_hangs(scripted):
+    # A refused probe's verdict comes at once, not after the hanging one's timeout: each result is
+    # recorded as it arrives, not when the whole round is done.
+    release = threading.Event()
+    hanging = scripted(lambda conn: release.wait(10))
+    backends = [Backend(BackendSpec("127.0.0.1", hanging.port), fall=1),
+                Backend(BackendSpec("127.0.0.1", free_port()), fall=1)]
+    config = ClusterConfig(backends=tuple(b.spec for b in backends), health_interval_s=10, health_timeout_s=5)
+    checker = HealthChecker(lambda: (config, backends))
+    round_ = threading.Thread(target=checker.run_round, args=(backends,), daemon=True)
+    round_.start()
+    try:
+        wait_for(lambda: not backends[1].healthy, timeout_s=4, what="the refused backend's verdict")
+        assert round_.is_alive() and backends[0].healthy  # the hanging probe is still waiting
+        assert "refused" in backends[1].status()["last_probe"]
+    finally:
+        release.set()
+        round_.join(10)
+
+
 def test_probe_that_drips_bytes_still_ends_at_the_total_timeout(scripted):
     stop = threading.Event()
 

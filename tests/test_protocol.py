@@ -62,6 +62,25 @@ def test_a_backend_that_sends_only_interim_responses_gets_the_read_timeout(scrip
     assert time.monotonic() - started < 2
 
 
+def test_a_backend_that_closes_after_early_hints_is_not_sent_the_request_again(scripted, balancer):
+    # The pooled connection answered (a 103 reached the client): it was alive, so its close is the
+    # backend's failure, not a stale connection to replace. Sending the PUT again would run it twice.
+    def hints_then_close_on_the_second_request(conn):
+        if conn.read_request() is not None:
+            conn.respond()
+        if conn.read_request() is not None:
+            conn.send(EARLY_HINTS)
+
+    backend = scripted(hints_then_close_on_the_second_request)
+    lb = balancer([backend], retries=0)
+    client = RawClient(lb.port)
+    assert client.request(b"GET /warm HTTP/1.1\r\nHost: h\r\n\r\n").status == 200
+    client.send(b"PUT /once HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\ndata")
+    assert client.read_response().status == 103
+    assert client.read_response().status == 502
+    assert [r.target for r in backend.received] == ["/warm", "/once"]
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_with_expect_100_continue_never_waits_its_fallback(scripted, balancer, tmp_path):
     body = tmp_path / "body.bin"

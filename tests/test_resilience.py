@@ -149,6 +149,35 @@ def test_a_single_backend_is_never_ejected():
     assert only.available()
 
 
+def test_the_last_backend_taking_new_requests_is_never_ejected():
+    # The other one is in maintenance, down or draining: ejecting this one would turn some failed
+    # requests into all of them failing, for the whole ejection time.
+    for put_out in ("maint", "drain", "down"):
+        state = "ready" if put_out == "down" else put_out
+        a, b = pool = [Backend(BackendSpec("a", 1)), Backend(BackendSpec("b", 1, state=state), fall=1)]
+        if put_out == "down":
+            b.record_probe(False, "connection refused")
+        detector_for(pool, max_eject_percent=100)
+        for _ in range(5):
+            fail_once(a)
+        assert a.available() and not a.ejected, put_out
+
+
+def test_an_ejection_whose_time_is_up_no_longer_counts_against_others():
+    # c's ejection ended while nothing asked whether c was available (a backup, say): it must not
+    # still count as out and stop a's ejection (50% of 3 backends: one may be out).
+    clock = FakeClock()
+    a, b, c = pool = [Backend(BackendSpec(name, 1), clock=clock) for name in "abc"]
+    detector_for(pool)
+    for _ in range(3):
+        fail_once(c)
+    assert c.ejected
+    clock.now += 10
+    for _ in range(3):
+        fail_once(a)
+    assert a.ejected and not a.available()
+
+
 def test_eject_until_probes_pass():
     pool = [Backend(BackendSpec("a", 1), rise=2), Backend(BackendSpec("b", 1))]
     detector_for(pool, eject_return="health")
@@ -381,6 +410,19 @@ def test_backup_serves_only_when_every_primary_is_down(mock_servers, balancer):
     requests.post(primary_a.url + "/_mock/health", data="up", timeout=5)
     wait_for(lambda: state(lb, 0) == "up", what="a primary back")
     assert {requests.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(4)} == {primary_a.name}
+
+
+def test_a_session_pinned_to_a_backup_goes_back_to_the_primaries(mock_servers, balancer):
+    primary, backup = mock_servers(2)
+    lb = balancer([primary], backups=backup.address, sticky_cookie="S", health_interval_s=0.25, fall=1, rise=1)
+    requests.post(primary.url + "/_mock/health", data="down", timeout=5)
+    wait_for(lambda: state(lb, 0) == "down", what="the primary down")
+    session = requests.Session()
+    assert session.get(lb.url, timeout=5).headers["X-Backend"] == backup.name
+    assert session.cookies.get("S")  # pinned to the backup
+    requests.post(primary.url + "/_mock/health", data="up", timeout=5)
+    wait_for(lambda: state(lb, 0) == "up", what="the primary back")
+    assert {session.get(lb.url, timeout=5).headers["X-Backend"] for _ in range(4)} == {primary.name}
 
 
 def test_slow_start_gives_a_returning_backend_a_small_share_first(mock_servers, balancer):
