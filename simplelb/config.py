@@ -65,7 +65,7 @@ OPTIONS: tuple[Option, ...] = (
            "also read backends from etcd: keys PREFIX/backends/NAME, listed then watched", C, "etcd://HOST:PORT/PREFIX"),
     Option("--dns-server", "dns_server", c.optional(c.dns_server),
            "resolve dns:// and dns+srv:// backends with this server instead of the system's", C, "HOST:PORT"),
-    Option("--dns-refresh", "dns_refresh_s", c.optional(c.seconds()),
+    Option("--dns-refresh", "dns_refresh_s", c.optional(c.number(0.1, 86_400, what="a number of seconds")),
            "seconds between lookups of dns:// backends (off: each answer's TTL, within 1..300)", C, "S"),
     Option("--sticky-secret-file", "sticky_secret_file", c.optional(c.secret_file),
            "file holding the sticky-cookie secret, so balancers that share it honour each other's cookies", L, "FILE"),

@@ -27,7 +27,9 @@ an earlier source) is left out, and logged.
 The control calls ``configure()`` with each configuration it loads (at
 start and at every reload): sources that stay keep running and keep their
 lists, new ones start, gone ones stop, and the operator's overrides end (a
-reload replaces runtime changes, as it always has). It calls ``edited()``
+reload replaces runtime changes, as it always has). When a reload starts new
+sources, the lists of those it stopped stay in the merge until every new one
+has listed once: a changed or mistyped URL does not empty the set. It calls ``edited()``
 with the result of each operator's change (not of the watcher's): backends the sources did not find become
 the static part, and a discovered backend's weight or state that differs
 from its source's becomes an override, kept across updates until a reload.
@@ -54,6 +56,8 @@ SETTLE_S = 0.05
 FIRST_ANSWER_S = 3.0
 # What an operator's PATCH may set on a discovered backend, kept over what its source says.
 OVERRIDABLE = ("weight", "state")
+# Seconds before a source that failed with an unexpected error (a bug) runs again.
+RESTART_S = 5.0
 # Seconds stop() waits, in all, for the sources' threads to end (a DNS lookup in flight ends within its lifetime).
 JOIN_S = 3.0
 
@@ -90,11 +94,14 @@ class Source:
         return self
 
     def _run(self) -> None:
-        try:
-            self.run()
-        except Exception:  # a bug must not pass silently; the last list stands
-            log.exception("discovery source %s stopped", self.url)
-            self.failed("stopped by an internal error (see the log)")
+        while not self.stopping.is_set():
+            try:
+                self.run()
+                return
+            except Exception:  # a bug must not pass silently, nor end discovery: the last list stands
+                log.exception("discovery source %s failed; starting it again in %gs", self.url, RESTART_S)
+                self.failed(f"an internal error (see the log); starting again in {RESTART_S:g}s")
+                self.stopping.wait(RESTART_S)
 
     def run(self) -> None:
         raise NotImplementedError
@@ -169,6 +176,10 @@ class Discovery:
         self._sources: dict[tuple, Source] = {}
         self._retired: list[Source] = []  # told to stop by a reload, maybe still finishing a lookup
         self._lists: dict[tuple, Specs] = {}  # each source's latest list
+        # A reload that replaces sources keeps the lists of those it stopped until every new one
+        # has listed once: a changed URL must not empty the set meanwhile, nor a mistyped one for good.
+        self._carried: dict[tuple, tuple[str, Specs]] = {}  # stopped source -> (its url, its last list)
+        self._awaited: set[tuple] = set()  # new sources that have not listed yet
         self._overrides: dict[str, dict] = {}  # backend name -> {"weight": ..., "state": ...}
         self._skipped: set[tuple[str, str]] = set()  # (source, name) left out as taken, logged once
         self._updates: queue.Queue = queue.Queue()  # the channel: (source, specs), or None to stop
@@ -186,14 +197,14 @@ class Discovery:
             self._order = [identity for identity, _ in wanted]
             gone = [self._sources.pop(i) for i in list(self._sources) if i not in self._order]
             self._retired = [source for source in self._retired if source.alive()] + gone
-            # A source restarted with other settings keeps its list until it answers again.
-            last_lists = {source.url: self._lists.pop(source.identity, ()) for source in gone}
             new = []
             for identity, factory in wanted:
                 if identity not in self._sources:
                     self._sources[identity] = source = factory()
-                    self._lists[identity] = last_lists.get(source.url, ())
+                    self._lists[identity] = ()
                     new.append(source)
+            self._carry([(source, self._lists.pop(source.identity, ())) for source in gone],
+                        {source.identity for source in new})
             running = self._running
             merged = self._merged()
         # Told, not waited for: the control's lock is held here, and a lookup in flight can take
@@ -206,6 +217,14 @@ class Discovery:
                 source.start()
         return merged
 
+    def _carry(self, stopped: list[tuple[Source, Specs]], started: set[tuple]) -> None:
+        # (lock held) Only a reload that starts sources carries: one that just drops a source drops its backends.
+        self._awaited = (self._awaited & set(self._order)) | started
+        if not self._awaited:
+            self._carried.clear()
+            return
+        self._carried.update({source.identity: (source.url, specs) for source, specs in stopped if specs})
+
     def edited(self, before: ClusterConfig, after: ClusterConfig) -> ClusterConfig:
         """An operator's change: split into static backends and overrides of discovered ones; the merged result."""
         with self._lock:
@@ -213,6 +232,10 @@ class Discovery:
                 self._base = after
                 return after
             discovered = {spec.name: spec for spec in self._discovered()}
+            # Discovered when the running configuration was merged; its source may have dropped it
+            # since (its update waits for the lock this change holds): it goes with that update.
+            static_names = {spec.name for spec in self._base.backends}
+            was_discovered = {spec.name for spec in before.backends if spec.name not in static_names}
             missing = [name for name in discovered if after.spec(name) is None and before.spec(name) is not None]
             if missing:
                 raise Conflict(f"{missing[0]!r} is discovered: remove it at its source, or drain it or put it in "
@@ -222,7 +245,8 @@ class Discovery:
             for spec in after.backends:
                 found = discovered.get(spec.name)
                 if found is None:
-                    static.append(spec)
+                    if spec.name not in was_discovered:
+                        static.append(spec)
                     continue
                 differs = {key: getattr(spec, key) for key in OVERRIDABLE if getattr(spec, key) != getattr(found, key)}
                 if differs:
@@ -241,15 +265,14 @@ class Discovery:
         """Every source's latest specs that are not taken already, in order, before overrides."""
         names = {s.name for s in self._base.backends}
         addresses = {s.address for s in self._base.backends}
+        lists = [(self._sources[identity].url, self._lists.get(identity, ()), False) for identity in self._order]
         kept = []
-        for identity in self._order:
-            source = self._sources[identity]
-            for spec in self._lists.get(identity, ()):
+        for url, specs, carried in lists + [(url, specs, True) for url, specs in self._carried.values()]:
+            for spec in specs:
                 if spec.name in names or spec.address in addresses:
-                    if (source.url, spec.name) not in self._skipped:
-                        self._skipped.add((source.url, spec.name))
-                        log.warning("discovery %s: %s (%s) is taken already; left out", source.url, spec.name,
-                                    spec.address)
+                    if not carried and (url, spec.name) not in self._skipped:  # (a carried one is expected to be)
+                        self._skipped.add((url, spec.name))
+                        log.warning("discovery %s: %s (%s) is taken already; left out", url, spec.name, spec.address)
                     continue
                 names.add(spec.name)
                 addresses.add(spec.address)
@@ -320,6 +343,10 @@ class Discovery:
                 if self._lists.get(source.identity) != specs:
                     self._lists[source.identity] = specs
                     changed = True
+                self._awaited.discard(source.identity)
+            if self._carried and not self._awaited:
+                self._carried.clear()  # every new source has listed: what the stopped ones had goes
+                changed = True
         if not changed:
             return
         try:

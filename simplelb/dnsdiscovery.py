@@ -86,6 +86,11 @@ def lookup(resolver: dns.resolver.Resolver, source: SourceSpec) -> tuple[list[Ba
     lowest = min(record.priority for record in answer)
     specs: dict[str, BackendSpec] = {}
     for record in sorted(answer, key=lambda r: (r.priority, str(r.target), r.port)):
+        if record.port == 0 or str(record.target) == ".":
+            # RFC 2782: target "." says the service is not offered there; port 0 is no port to connect to.
+            log.warning("discovery %s: SRV record %s port %d skipped: no service there", source.url, record.target,
+                        record.port)
+            continue
         try:
             ips, target_ttl = addresses(resolver, str(record.target))
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, NoRecords) as exc:

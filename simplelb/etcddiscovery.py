@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_S, MAX_RETRY_S = 0.2, 3.0
 CALL_TIMEOUT_S = 2.0  # one list or put; a watch waits for as long as the prefix stays quiet
 SECRET_ATTEMPTS = 3
+MIN_SECRET = 16  # characters, as --sticky-secret-file asks
 FIELDS = ("address", "weight", "backup", "state")
 
 
@@ -50,7 +51,7 @@ def parse_entry(key: str, value: bytes, directory: str) -> BackendSpec:
         raise ValueError(f"the name {name!r} is not 1-128 letters, digits or ._~:[]@+-")
     try:
         data = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (nesting deeper than the parser goes)
         raise ValueError(f"not JSON: {value[:80]!r}") from None
     if not isinstance(data, dict):
         raise ValueError(f'not a JSON object like {{"address": "host:port"}}: {value[:80]!r}')
@@ -152,8 +153,12 @@ def etcd_secret(url: str) -> bytes | None:
                             attempt + 1, SECRET_ATTEMPTS, exc)
                 time.sleep(FIRST_RETRY_S * 2 ** attempt)
                 continue
+            if len(kv.value.strip()) < MIN_SECRET:  # as --sticky-secret-file asks: a short one is guessable
+                log.error("the sticky-cookie secret at %s/secret in etcd has %d characters, fewer than %d: not "
+                          "used; this balancer's sticky cookies are its own", prefix, len(kv.value.strip()), MIN_SECRET)
+                return None
             log.info("sticky-cookie secret %s %s/secret in etcd", "created at" if created else "read from", prefix)
-            return kv.value
+            return kv.value.strip()
     finally:
         client.close()
     log.warning("etcd unreachable: this balancer's sticky cookies are its own until a restart with etcd up")

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from .channel import ChannelClosed
-from .config import ClusterConfig, Config
+from .config import ClusterConfig, Config, cluster_from_dict
 from .configfile import FixedSource
 from .control import ReloadCounter, find_backend, load_for_reload
 from .discovery import Discovery
@@ -166,9 +166,11 @@ class FleetControl:
 
     def _apply(self, cluster: ClusterConfig, tls: tuple | None = None) -> int:
         # Caller holds _changing. ``tls``: certificate files every worker reads again (checked here already).
+        as_sent = cluster.to_dict()
+        cluster_from_dict(as_sent)  # what every worker will do with it: a ConfigError here, not in each of them
         generation = self._current[0] + 1
         self._current = (generation, cluster)
-        message = {"op": "apply", "generation": generation, "cluster": cluster.to_dict(), "tls": tls}
+        message = {"op": "apply", "generation": generation, "cluster": as_sent, "tls": tls}
 
         def apply(worker) -> None:
             try:

@@ -122,7 +122,7 @@ def parse_dns_url(url: str) -> tuple[str, str, int | None]:
             raise ConfigError(f"backend {url!r}: dns+srv:// takes no port (the SRV records give them)")
     else:
         raise ConfigError(f"backend {url!r}: discovery sources are dns://NAME:PORT or dns+srv://_service._proto.NAME")
-    if not DNS_NAME_RE.fullmatch(name) or len(name) > 253:
+    if not DNS_NAME_RE.fullmatch(name) or len(name) > 253 or any(len(label) > 63 for label in name.split(".")):
         raise ConfigError(f"backend {url!r}: {name!r} is not a DNS name")
     return scheme, name, int(port_text) if port_text else None
 
@@ -209,8 +209,9 @@ def entry_from_table(table: dict, where: str) -> BackendSpec | SourceSpec:
     backup = table.get("backup", False)
     if not isinstance(backup, bool):
         raise ConfigError(f"{where}: 'backup' must be true or false, not {backup!r}")
+    weight = check_weight(table.get("weight", 1), where)  # (its error names where already)
     try:
-        return parse_source(address, check_weight(table.get("weight", 1), where), backup)
+        return parse_source(address, weight, backup)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

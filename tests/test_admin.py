@@ -159,12 +159,13 @@ def test_readyz_and_up_say_no_when_the_only_backend_drains(mock_servers, balance
     (mock,) = mock_servers(1)
     lb = balancer([mock], admin="127.0.0.1:0")
     admin = lb.admin.url
-    assert 'simplelb_backend_up{backend="%s"} 1.0' % mock.address in requests.get(admin + "/metrics", timeout=5).text
+    up = f'simplelb_backend_up{{backend="{mock.address}"}}'
+    assert f"{up} 1.0" in requests.get(admin + "/metrics", timeout=5).text
     drained = requests.patch(f"{admin}/backends/{mock.address}", json={"state": "drain"}, timeout=5)
     assert drained.status_code == 200
     assert requests.get(lb.url, timeout=5).status_code == 503
     assert requests.get(admin + "/readyz", timeout=5).status_code == 503
-    assert 'simplelb_backend_up{backend="%s"} 0.0' % mock.address in requests.get(admin + "/metrics", timeout=5).text
+    assert f"{up} 0.0" in requests.get(admin + "/metrics", timeout=5).text
     requests.patch(f"{admin}/backends/{mock.address}", json={"state": "ready"}, timeout=5)
     assert requests.get(admin + "/readyz", timeout=5).status_code == 200
 

@@ -1,13 +1,14 @@
 """Discovery without a network: sources in the configuration, the merge, operator overrides, etcd values."""
 
 import json
+import queue
 
 import pytest
 
-from simplelb import Config
+from simplelb import Config, discovery
 from simplelb.config import cluster_from_dict
 from simplelb.configfile import ConfigSource
-from simplelb.discovery import Discovery
+from simplelb.discovery import Discovery, Source
 from simplelb.errors import ConfigError, Conflict
 from simplelb.etcddiscovery import parse_entry
 from simplelb.specs import BackendSpec, SourceSpec
@@ -35,6 +36,7 @@ def test_sources_alone_are_enough_and_nothing_at_all_is_not():
 @pytest.mark.parametrize("backends, message", [
     ("dns://web.test", "expected dns://NAME:PORT"),
     ("dns://web test:80", "is not a DNS name"),
+    ("dns://" + "a" * 64 + ".test:80", "is not a DNS name"),  # a label is at most 63 octets
     ("dns+srv://_http._tcp.x:80", "takes no port"),
     ("dns://a:80,dns://a:80", "listed twice"),
 ])
@@ -49,6 +51,16 @@ def test_discovery_flags_are_checked():
     with pytest.raises(ConfigError, match="--dns-server: must be a resolver's IP"):
         Config.of(backends="a:1", dns_server="resolver.example:53")
     assert Config.of(backends="a:1", dns_server="[::1]:5353").cluster.dns_server == ("::1", 5353)
+    with pytest.raises(ConfigError, match="--dns-refresh: must be from 0.1"):  # 0.001 flooded the DNS server
+        Config.of(backends="dns://web.test:80", dns_refresh_s=0.001)
+
+
+def test_a_bad_weight_of_a_source_in_a_file_says_where_once(tmp_path):
+    path = tmp_path / "lb.toml"
+    path.write_text('[[backend]]\naddress = "dns+srv://_http._tcp.x.test"\nweight = 0\n')
+    with pytest.raises(ConfigError) as info:
+        ConfigSource(str(path)).load()
+    assert str(info.value).count("[[backend]] #1") == 1, str(info.value)
 
 
 def test_a_source_in_a_backend_table(tmp_path):
@@ -144,6 +156,56 @@ def test_a_reload_that_drops_a_source_drops_its_backends(control):
     control.running = control.discovery.configure(Config.of(backends="static:1,dns://b.test:80").cluster)
     assert [name for name, _, _ in control.names()] == ["static:1", "10.0.0.2:80"]
     assert [s["source"] for s in control.discovery.status()] == ["dns://b.test:80"]
+
+
+def test_a_reload_that_changes_a_source_keeps_the_old_list_until_the_new_source_lists(control):
+    control.found(0, spec("10.0.0.1:80"))
+    control.found(1, spec("10.0.0.2:80"))
+    # a.test becomes c.test (or a mistyped name): until c.test answers, a.test's backends stay.
+    control.running = control.discovery.configure(Config.of(backends="static:1,dns://c.test:80,dns://b.test:80").cluster)
+    assert [name for name, _, _ in control.names()] == ["static:1", "10.0.0.2:80", "10.0.0.1:80"]
+    control.found(1, spec("10.0.0.2:80"), spec("10.0.0.3:80"))  # another source listing changes nothing of that
+    assert "10.0.0.1:80" in [name for name, _, _ in control.names()]
+    control.found(0, spec("10.0.0.9:80"))
+    assert [name for name, _, _ in control.names()] == ["static:1", "10.0.0.9:80", "10.0.0.2:80", "10.0.0.3:80"]
+
+
+def test_a_change_that_races_its_sources_removal_does_not_make_the_backend_static(control):
+    control.found(0, spec("10.0.0.1:80"), spec("10.0.0.2:80"))
+    apply_removal = control.discovery._change
+
+    def operator_first(edit, *, operator=True):
+        # The source's removal of 10.0.0.1 is in its list already and waits for the control's lock,
+        # which an operator's PATCH of that backend holds.
+        control.change(lambda c: c.with_backends(tuple(s.but(weight=5) for s in c.backends)))
+        return apply_removal(edit, operator=operator)
+
+    control.discovery._change = operator_first
+    control.found(0, spec("10.0.0.2:80"))
+    assert [(name, weight) for name, weight, _ in control.names()] == [("static:1", 5), ("10.0.0.2:80", 5)]
+
+
+def test_a_source_that_fails_with_a_bug_runs_again(monkeypatch):
+    monkeypatch.setattr(discovery, "RESTART_S", 0.05)
+    lists = queue.SimpleQueue()
+
+    class FailsOnce(Source):
+        runs = 0
+
+        def run(self):
+            FailsOnce.runs += 1
+            if FailsOnce.runs == 1:
+                raise RecursionError("a bug")
+            self.found((spec("10.0.0.1:80"),))
+            self.stopping.wait()
+
+    source = FailsOnce("test://", ("test",), lambda source, specs: lists.put(specs)).start()
+    try:
+        assert lists.get(timeout=5) == (spec("10.0.0.1:80"),)  # (before: the thread ended, for good)
+    finally:
+        source.stop()
+        source.join(5)
+    assert not source.alive()
 
 
 # --- etcd values ------------------------------------------------------------------------------

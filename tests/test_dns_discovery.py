@@ -265,3 +265,13 @@ def test_one_srv_target_without_addresses_does_not_take_the_others_away(dns_serv
     dns_server.set(SRV, "SRV", ["10 1 8002 gone.svc.test."], ttl=30)
     with pytest.raises(NoRecords):  # none has an address: a failed lookup, and the last set stays
         lookup(resolver, SourceSpec("dns+srv://_http._tcp.svc.test"))
+
+
+def test_an_srv_record_of_port_0_or_target_dot_is_skipped(dns_server):
+    # Port 0 is nowhere to connect (and with --workers such a backend crashed every worker that was
+    # sent it); target "." says the service is not offered (RFC 2782).
+    dns_server.set(SRV, "SRV", ["10 1 0 a.svc.test.", "10 1 8001 a.svc.test.", "10 1 8002 ."], ttl=30)
+    dns_server.set("a.svc.test.", "A", ["127.0.0.1"], ttl=30)
+    resolver = make_resolver(("127.0.0.1", dns_server.port))
+    specs, _ = lookup(resolver, SourceSpec("dns+srv://_http._tcp.svc.test"))
+    assert [s.address for s in specs] == ["127.0.0.1:8001"]

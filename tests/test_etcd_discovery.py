@@ -88,9 +88,11 @@ def test_a_malformed_value_is_logged_and_skipped(etcd, client, lb_on, mock_serve
     prefix = etcd.prefix()
     put(client, prefix, "one", one.address)
     client.put(f"{prefix}/backends/broken", "{not json")
+    client.put(f"{prefix}/backends/deep", "[" * 100_000)  # deeper than the JSON parser goes
     with caplog.at_level(logging.WARNING, logger="simplelb.etcddiscovery"):
         lb = lb_on(etcd.url(prefix))
         assert set(rows(lb)) == {"one"}
+        client.put(f"{prefix}/backends/deeper", "{" * 100_000)
         client.put(f"{prefix}/backends/one", json.dumps({"address": one.address, "weight": "heavy"}))
         put(client, prefix, "two", two.address)  # a good change after the bad one still arrives
         within(1.0, lambda: "two" in rows(lb), "the next good key")
@@ -137,6 +139,17 @@ def test_etcd_lost_keeps_the_set_says_stale_and_catches_up_when_back(mock_server
         source = lb.control.status()["discovery"][0]
         assert source["up"] and source["stale_since"] is None and source["last_error"] is None
         client.close()
+
+
+@pytest.mark.parametrize("stored", ["", "short"])
+def test_an_empty_or_short_secret_in_etcd_is_refused_and_said(etcd, client, caplog, stored):
+    from simplelb.etcddiscovery import etcd_secret
+
+    prefix = etcd.prefix()
+    client.put(f"{prefix}/secret", stored)
+    with caplog.at_level(logging.INFO, logger="simplelb.etcddiscovery"):
+        assert etcd_secret(etcd.url(prefix)) is None  # each balancer then keeps a secret of its own
+    assert "fewer than 16: not used" in caplog.text and "read from" not in caplog.text
 
 
 def test_balancers_on_one_prefix_share_one_sticky_secret(etcd, client, lb_on, mock_servers):
