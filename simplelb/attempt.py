@@ -123,8 +123,10 @@ def _exchange(
     try:
         # A small body kept for retries goes with the head, in one system call.
         with_head = request.body if request.body is not None and len(request.body) <= WITH_HEAD_MAX else b""
+        conn.sent_whole = False
         if with_head:
             turn.release()  # a body can fill the backend's window: wait for it outside the gate
+        sent_short = False
         try:
             _send_head(conn.sock, backend, request, options, with_head)
         except _StaleConnection:
@@ -132,10 +134,12 @@ def _exchange(
                 raise
             # The backend may have answered early (e.g. 413) and stopped reading the body
             # that went with the head: its answer is read next; none at all is a dead connection.
+            sent_short = True
         turn.release()  # sent: the request leaves the gate for good (gate.py); the rest is waiting and relaying
         body_failure = None
         if request.framing is not NO_BODY and not with_head:
             body_failure = _send_body(conn.sock, request, client)
+        conn.sent_whole = body_failure is None and not sent_short
         try:
             return _read_head(conn, request, backend, options.max_response_head, client)
         except _StaleConnection:

@@ -39,6 +39,9 @@ class _WithReader:
 
     reader: SocketReader | None = None
     timeout_s = -1.0  # the read timeout its socket has (-1: none set yet)
+    # Whether the last request went out whole. One that did not (the backend stopped reading its
+    # body) leaves the backend mid-body: whatever is sent next on it would be read as that body.
+    sent_whole = True
 
     def connect(self) -> None:
         super().connect()
@@ -172,8 +175,14 @@ class BackendPool:
         conn.timeout_s = self.read_timeout_s
 
     def release(self, conn: PooledConnection, reusable: bool) -> None:
-        """Return ``conn`` for reuse, or close it; either way its pool slot is freed."""
-        if reusable and conn.reader is not None and conn.reader.pending == 0:
+        """Return ``conn`` for reuse, or close it; either way its pool slot is freed.
+
+        Reused only when the request went out whole and nothing is left to read: no bytes in
+        the reader, nor (over TLS) decrypted in the socket -- bytes past the end of a response
+        would otherwise be read as the next client's answer.
+        """
+        if (reusable and conn.sent_whole and conn.reader is not None and conn.reader.pending == 0
+                and not (isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending())):
             self._pool._put_conn(conn)
         else:
             conn.close()

@@ -1,5 +1,7 @@
 """End to end: a real balancer in front of real (and misbehaving) backends."""
 
+import contextlib
+import socket
 import threading
 import time
 
@@ -418,6 +420,48 @@ def test_bytes_a_backend_sends_unasked_on_an_idle_connection_are_never_an_answer
             assert session.get(lb.url + f"/{i}", timeout=5).text == f"/{i}"
             assert backend.event("babbled").wait(5)
     assert backend.connections == 4  # each babbling connection was dropped, never reused
+
+
+def test_a_connection_whose_request_body_did_not_go_out_whole_is_never_reused(scripted, balancer):
+    # The backend answers at once and stops reading a large body, so the send gives up part-way.
+    # That backend is mid-body: a request sent next on the same connection would be read as body
+    # bytes (lost, or smuggled in as a request of the client's making).
+    carried = []  # all each connection received, once the test lets the backend read on
+
+    def answer_then_stop_reading(conn):
+        received = b""
+        while b"\r\n\r\n" not in received:
+            if not (data := conn.sock.recv(65536)):
+                return
+            received += data
+        conn.send(b"HTTP/1.1 200 X\r\nContent-Length: 2\r\n\r\nok")
+        conn.backend.event("read on").wait(10)
+        conn.sock.settimeout(1)
+        with contextlib.suppress(OSError):
+            while data := conn.sock.recv(1 << 20):
+                received += data
+        carried.append(received)
+
+    backend = scripted(answer_then_stop_reading)
+    lb = balancer([backend], read_timeout_s=0.3, retries=0)
+    uploader = socket.create_connection(("127.0.0.1", lb.port))
+    upload = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 20000000\r\n\r\n" + b"A" * 20_000_000
+    threading.Thread(target=send_until_closed, args=(uploader, upload), daemon=True).start()
+    uploader.settimeout(10)
+    assert uploader.recv(100).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: lb.control.status()["backends"][0]["in_flight"] == 0, what="the upload's attempt to end")
+    after = requests.post(lb.url + "/next", data=b"xyz", timeout=10)
+    assert after.status_code == 200 and after.text == "ok"
+    backend.event("read on").set()
+    wait_for(lambda: len(carried) == 2, what="both connections to end")
+    (upload_connection,) = [data for data in carried if b"POST /up" in data]
+    assert b"/next" not in upload_connection
+    uploader.close()
+
+
+def send_until_closed(sock, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the balancer closes the connection once it answered
+        sock.sendall(data)
 
 
 def test_client_disconnecting_mid_response_does_not_disturb_the_balancer(scripted, balancer, raw_client):

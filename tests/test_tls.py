@@ -1,5 +1,6 @@
 """TLS: termination with SNI and reload, checked with requests, httpx and openssl; HTTPS backends, verified."""
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -445,3 +446,42 @@ def test_a_closed_tls_connection_ends_with_close_notify(tls_lb):
         while data := client.recv(4096):  # SSLEOFError here if the balancer just closed the socket
             answer += data
     assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer
+
+
+def test_bytes_past_a_response_in_the_same_tls_record_never_reach_the_next_client(pki, balancer):
+    # Over TLS, what follows a response in its record is decrypted into the socket, where a check of
+    # the raw socket does not see it: reused, the connection would hand "INJECT" to the next client.
+    ca, ca_file, _ = pki
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def serve(sock):
+        with sock, sock.makefile("rb") as stream:
+            while request_line := stream.readline():
+                while stream.readline() not in (b"\r\n", b""):
+                    pass  # the rest of the head
+                if b" /poison " in request_line:  # the head, then one record: its body and a response unasked
+                    sock.sendall(b"HTTP/1.1 200 X\r\nContent-Length: 2\r\n\r\n")
+                    sock.sendall(b"okHTTP/1.1 200 X\r\nContent-Length: 6\r\n\r\nINJECT")
+                else:
+                    sock.sendall(b"HTTP/1.1 200 X\r\nContent-Length: 6\r\n\r\nnormal")
+
+    def accept():
+        with contextlib.suppress(OSError):
+            while True:
+                sock = context.wrap_socket(listener.accept()[0], server_side=True)
+                connections.append(sock)
+                threading.Thread(target=serve, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        lb = balancer(f"https://127.0.0.1:{listener.getsockname()[1]}", backend_ca=ca_file, retries=0)
+        assert requests.get(lb.url + "/poison", timeout=5).text == "ok"
+        assert requests.get(lb.url + "/victim", timeout=5).text == "normal"
+    finally:
+        listener.close()
+        for sock in connections:
+            with contextlib.suppress(OSError):
+                sock.close()
