@@ -135,11 +135,15 @@ class ResponseAborted(Exception):
     """The response started but cannot be completed: the only honest move is to close the client connection.
 
     ``reason`` says how the backend failed (timeout, reset, protocol).
+    ``unframed``: the client learns the body's end only from the close (an
+    HTTP/1.0 client, a body of unknown length), so a plain close would make
+    the cut body look whole.
     """
 
     def __init__(self, message: str, reason: str = "protocol"):
         super().__init__(message)
         self.reason = reason
+        self.unframed = False
 
 
 class ClientSideError(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import struct
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from .server import LoadBalancer
 
 log = logging.getLogger(__name__)
+
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 # Seconds a client is told to wait when no backend is healthy: about one
 # health-check round, after which a recovered backend may be back.
@@ -80,6 +83,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.cut = False  # a close-delimited response was cut off: the connection ends with a reset (see finish)
 
     def _start(self) -> bool:
         """The connection's TLS handshake, if any (here, on its own thread); False if it failed."""
@@ -122,6 +126,15 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             tracker.remove(self.connection)
 
     def finish(self) -> None:
+        if self.cut:
+            # A reset, not a FIN (nor close_notify): the client reads a body to the close, so a
+            # FIN would make the cut body look whole. (The server's own close then finds it closed.)
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+                self.connection.close()
+            except OSError:
+                pass
+            return
         if self.connection is not self.request:  # the TLS socket took over the descriptor: close it here
             try:
                 # TLS's goodbye (close_notify), sent without waiting for the client's: a client that
@@ -189,7 +202,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             self._send_error(BadRequest(str(exc), status=exc.status), True, request, record.method == "HEAD")
         except ResponseAborted as exc:
             log.warning("response aborted, closing client connection: %s", exc)
-            keep_alive, record.aborted = False, True
+            keep_alive, record.aborted, self.cut = False, True, exc.unframed
         except ClientDisconnected as exc:
             log.debug("client %s disconnected: %s", self.client_address[0], exc)
             keep_alive, record.status = False, CLIENT_CLOSED_REQUEST

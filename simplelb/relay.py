@@ -72,7 +72,11 @@ def relay(
             _relay_body(conn, backend, Framing("length", framing.length - len(early)), client, rechunk)
     else:
         client.send_head(head.status, head_bytes)
-        _relay_body(conn, backend, framing, client, rechunk)
+        try:
+            _relay_body(conn, backend, framing, client, rechunk)
+        except ResponseAborted as exc:
+            exc.unframed = not rechunk  # sent as it came, to be ended by the close
+            raise
     return keep_alive, framing.kind != "close" and _backend_keeps_alive(head, connection)
 
 

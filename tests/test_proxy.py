@@ -5,6 +5,7 @@ import socket
 import threading
 import time
 
+import pytest
 import requests
 
 from .conftest import free_port, read_then_reset, serve_forever_ok, state, wait_for
@@ -361,6 +362,23 @@ def test_backend_dying_mid_chunked_body_never_sends_the_last_chunk(scripted, bal
     lb = balancer([backend])
     response = raw_client(lb.port).request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     assert response.body == b"hello" and not response.complete
+
+
+def test_an_http10_client_is_reset_when_its_response_is_cut_off(scripted, balancer):
+    # An HTTP/1.0 client learns a body's end only from the close: after a plain close, a cut body
+    # would look whole. A reset says it is not.
+    def die(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n" + b"x" * 100)
+        conn.sock.close()
+
+    lb = balancer([scripted(die)])
+    client = socket.create_connection(("127.0.0.1", lb.port), timeout=5)
+    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    with pytest.raises(ConnectionResetError):
+        while client.recv(65536):
+            pass
+    client.close()
 
 
 def test_no_healthy_backend_is_an_immediate_503_with_retry_after(mock_servers, balancer):
