@@ -20,6 +20,8 @@ from .sockio import COPY_CHUNK, SocketReader, sendall_parts
 MAX_CHUNK_LINE = 4096
 
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
+# A trailer field line (its CRLF, or bare LF as in heads, removed): a token, a colon, a value without controls.
+_TRAILER_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
 
 
 class BodyError(Exception):
@@ -54,7 +56,7 @@ def _iter_chunked(reader: SocketReader, read):
     try:
         while True:
             line = reader.readline(MAX_CHUNK_LINE)
-            match = _CHUNK_SIZE_RE.fullmatch(line.rstrip(b"\r\n") if line.endswith(b"\r\n") else b"!")
+            match = _CHUNK_SIZE_RE.fullmatch(line[:-2]) if line.endswith(b"\r\n") else None  # (as the prefix check)
             if not match:
                 raise BodyError(f"malformed chunk size line {line[:40]!r}")
             size = int(match.group(1), 16)
@@ -71,6 +73,8 @@ def _iter_chunked(reader: SocketReader, read):
         # Trailer section: read and dropped, never merged into the headers.
         total = 0
         while (line := reader.readline(MAX_CHUNK_LINE)) not in (b"\r\n", b"\n"):
+            if not _TRAILER_RE.fullmatch(line[:-2] if line.endswith(b"\r\n") else line[:-1]):
+                raise BodyError(f"malformed trailer line {line[:40]!r}")
             total += len(line)
             if total > 64 * 1024:
                 raise BodyError("trailer section too large")

@@ -260,8 +260,12 @@ def test_chunked_body_decodes_and_drops_trailers():
         b"5;" + b"e" * 5000 + b"\r\nhello\r\n0\r\n\r\n",  # oversized extension
         b"5\r\nhel",  # cut short
         b"10000000000000000\r\n",  # size overflow
+        b"5\r\r\nhello\r\n0\r\n\r\n",  # CR CR LF: refused when it came with the head, so here too
+        b"5\r\nhello\r\n0\r\nno colon\r\n\r\n",  # a trailer that is no field line
+        b"5\r\nhello\r\n0\r\nX-T: a\x00b\r\n\r\n",  # a control in a trailer's value
     ],
-    ids=["no-crlf", "not-hex", "negative", "0x", "leading-space", "bare-lf", "long-ext", "short", "overflow"],
+    ids=["no-crlf", "not-hex", "negative", "0x", "leading-space", "bare-lf", "long-ext", "short", "overflow",
+         "cr-cr-lf", "trailer-no-colon", "trailer-control"],
 )
 def test_malformed_chunked_bodies_are_errors(data):
     with pytest.raises(BodyError):
