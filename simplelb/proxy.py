@@ -102,6 +102,8 @@ class Forwarder:
             except AttemptFailed as failure:
                 tried.add(backend)
                 last_failure = failure
+                if not _candidates(view, tried, keyed=key is not None):
+                    raise failure.error from None  # nowhere else to try: no retry, and none taken from the budget
                 if request.interim_sent or (failure.sent and request.upgrade) or not view.retry.may_retry(
                     method=request.method, sent=failure.sent, replayable=request.replayable, retries_so_far=retries
                 ):

@@ -103,6 +103,17 @@ def test_retries_and_an_exhausted_budget(scripted, balancer):
     assert value(samples, "simplelb_backend_failures_total", backend=dead, reason="connect") == 40
 
 
+def test_a_retry_with_nowhere_to_go_takes_nothing_from_the_budget(scripted, balancer, caplog):
+    # One backend, and it fails every request: there is no other backend to retry on, so no retry is
+    # counted, logged or paid for (phantom retries had spent the budget real ones would need).
+    lb = balancer([scripted(read_then_reset)], admin="127.0.0.1:0", retry_budget=0, eject_after=0)
+    with caplog.at_level("INFO", logger="simplelb.proxy"):
+        statuses = [requests.get(lb.url, timeout=5).status_code for _ in range(40)]
+    assert statuses == [502] * 40
+    assert value(scrape(lb.admin.url), "simplelb_retry_budget_exhausted_total") == 0
+    assert "retrying" not in caplog.text
+
+
 def test_queue_gauges_and_timeouts(scripted, balancer):
     def slow(conn):
         while conn.read_request() is not None:
