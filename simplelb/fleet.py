@@ -41,7 +41,7 @@ from .discovery import shared_secret
 from .errors import ConfigError, ListenError
 from .fleetcontrol import FleetControl
 from .redirect import RedirectServer
-from .service import Signals, print_banner
+from .service import Signals, StartInterrupted, print_banner
 from .sockio import take_ipv4_too
 from .specs import bracket
 
@@ -129,7 +129,7 @@ class Supervisor:
         self.config = config
         self.workers: dict[int, WorkerHandle] = {}  # number -> worker
         self._lock = threading.Lock()  # guards workers
-        self._secret = shared_secret(config) or secrets.token_bytes(32)  # one for every worker
+        self._secret = b""  # one for every worker: read (from etcd, maybe) when run() starts
         self.control = FleetControl(self, source, config)
         self.signals = Signals()
         self.port = 0
@@ -163,7 +163,13 @@ class Supervisor:
         admin = redirect = None
         listener = self.config.listener
         try:
-            self.control.start()  # discovery first: the workers start with what it found
+            try:
+                with self.signals.starting():
+                    self._secret = shared_secret(self.config) or secrets.token_bytes(32)
+                    self.control.start()  # discovery first: the workers start with what it found
+            except StartInterrupted as exc:
+                log.info("%s while starting: stopping", exc)
+                return 0
             for number in range(1, listener.workers + 1):
                 if not self._spawn(number).wait_ready(READY_TIMEOUT_S, self.signals):
                     if self.signals.stop.is_set():

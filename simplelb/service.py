@@ -12,6 +12,7 @@ Handlers only record the signal (``Signals`` says why); the main thread does the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -25,6 +26,10 @@ from .errors import ConfigError
 from .specs import describe
 
 log = logging.getLogger("simplelb")
+
+
+class StartInterrupted(Exception):
+    """A stop signal came while the process was starting: nothing serves yet, so nothing is drained."""
 
 
 class Signals:
@@ -54,6 +59,7 @@ class Signals:
         self._actions: dict[int, str] = {}
         self._ignored_hint = ""
         self._received: list[int] = []  # appended by the handlers, taken by wait()
+        self._starting = False  # within starting(): a stop signal raises StartInterrupted
         self._wake_r, self._wake_w = os.pipe()  # (open for the life of the process, as the handlers are)
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -69,6 +75,22 @@ class Signals:
     def _record(self, signum, frame) -> None:
         self._received.append(signum)
         self._wake()
+        if self._starting and self._actions.get(signum) == "stop":
+            self._starting = False
+            raise StartInterrupted(signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def starting(self):
+        """Within it a stop signal interrupts at once, wherever the main thread waits.
+
+        Start-up waits on etcd and DNS (the shared secret, the first lists) for up to
+        seconds each; a stop asked for meanwhile must not wait for them all to end.
+        """
+        self._starting = True
+        try:
+            yield
+        finally:
+            self._starting = False
 
     def _wake(self) -> None:
         try:
@@ -122,8 +144,16 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
         run_on_one_cpu()  # before any thread starts: they all inherit it (cpu.py says why)
     signals = Signals()
     signals.install()
-    balancer = LoadBalancer(config, source=source, listen_socket=listen_socket, sticky_secret=sticky_secret)
-    balancer.start()
+    balancer = None
+    try:
+        with signals.starting():
+            balancer = LoadBalancer(config, source=source, listen_socket=listen_socket, sticky_secret=sticky_secret)
+            balancer.start()
+    except StartInterrupted as exc:
+        log.info("%s while starting: stopping", exc)
+        if balancer is not None:
+            balancer.stop(grace_s=0)
+        return 0
     if on_ready is not None:
         on_ready()
     if banner:

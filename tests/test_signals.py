@@ -4,6 +4,10 @@ Each case runs in a process of its own: signal handlers are the main thread's,
 and a hang there is ended by ``run_cli``'s timeout (SIGKILL), not by a signal.
 """
 
+import signal
+import socket
+import time
+
 import pytest
 
 from .conftest import run_cli
@@ -96,3 +100,22 @@ print(lines, stopped)
     lines, stopped = result.stdout.split()
     assert int(lines) >= 2 and stopped == "True"
     assert "traffic: stopping" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_stop_while_start_up_waits_on_etcd_is_acted_on_at_once(process, workers):
+    # etcd accepts and never answers: reading the shared secret and the first list would take
+    # about ten seconds in all; SIGINT meanwhile ends the process at once, without a traceback.
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        proc = process("-m", "simplelb", "--port", "0", "--workers", workers, "--log-level", "info",
+                       "--discovery", f"etcd://127.0.0.1:{silent.getsockname()[1]}/app")
+        proc.wait_for_output("cannot read the shared sticky-cookie secret", 10)  # waiting on etcd now
+        started = time.monotonic()
+        proc.proc.send_signal(signal.SIGINT)
+        assert proc.proc.wait(10) == 0
+        assert time.monotonic() - started < 1.5
+        proc.wait_for_output("SIGINT while starting: stopping", 5)
+        assert "Traceback" not in proc.stderr
+    finally:
+        silent.close()
