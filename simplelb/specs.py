@@ -190,7 +190,7 @@ def backend_from_table(table: dict, where: str) -> BackendSpec:
     if not isinstance(backup, bool):
         raise ConfigError(f"{where}: 'backup' must be true or false, not {backup!r}")
     name = table.get("name", "")
-    if not isinstance(name, str) or name and not NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or "name" in table and not NAME_RE.fullmatch(name):  # ("" given is no name)
         raise ConfigError(f"{where}: 'name' must be 1-128 letters, digits or ._~:[]@+-, not {name!r}")
     state = table.get("state", "ready")
     if state not in ADMIN_STATES:

@@ -65,6 +65,7 @@ def test_a_spec_is_named_by_its_address_unless_named():
         ({"address": "a:1", "weight": True}, "weight must be a whole number"),
         ({"address": "a:1", "backup": "yes"}, "'backup' must be true or false"),
         ({"address": "a:1", "name": "a b"}, "'name' must be"),
+        ({"address": "a:1", "name": ""}, "'name' must be 1-128"),
         ({"address": "a:1", "state": "off"}, "'state' must be one of ready, drain, maint"),
     ],
 )
