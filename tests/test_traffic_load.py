@@ -153,7 +153,9 @@ def test_processes_merge_histograms_exactly(recorder, tmp_path):  # noqa: F811
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["requests"] == 600 and len(server.received) == 600
-    # The same results in one process, into one histogram: the same percentiles to the last digit.
+    # The same results in one process, into one histogram: the same percentiles, to the bucket. (The
+    # CSV gives each latency to the microsecond: that rounding can move a value near a bucket's edge
+    # into the next, 1% away; the merge itself is exact, as test_merged_histogram_equals... shows.)
     with open(rows) as f:
         latencies = [float(row["latency_ms"]) / 1000 for row in csv.DictReader(f)]
     assert len(latencies) == 600
@@ -161,7 +163,7 @@ def test_processes_merge_histograms_exactly(recorder, tmp_path):  # noqa: F811
     for value in latencies:
         one.record(value)
     for p in (50, 90, 99):
-        assert report["latency_ms"][f"p{p}"] == pytest.approx(one.percentile_ms(p), rel=1e-3)
+        assert report["latency_ms"][f"p{p}"] == pytest.approx(one.percentile_ms(p), rel=0.011)
     assert report["latency_ms"]["max"] == pytest.approx(max(latencies) * 1000, abs=0.002)
 
 
