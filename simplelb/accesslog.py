@@ -11,6 +11,14 @@ answer, attempts, request id). ``FORMATS`` turns it into a line:
   seconds, as nginx's ``$request_time $upstream_response_time``.
 * ``json`` -- one object per line (field list in the README).
 
+Both formats log a field's original bytes, never anything a reader could
+take for a line break, a terminal escape or a field's end: header values
+arrive as latin-1 text (one character per byte), which ``combined`` writes
+with ``"`` and ``\\`` backslash-escaped and every byte below 0x20 or from
+0x7F up as ``\\xHH`` (as nginx does), and ``json`` with JSON's escapes
+(``ensure_ascii``: byte 0xFF is ``\\u00ff``, so a reader gets the bytes back
+by encoding the string as latin-1). A line is ASCII either way.
+
 ``AccessLog`` owns the file (``--access-log PATH``, or ``-`` for stdout).
 A request only formats its line and appends it to a bounded in-memory queue;
 a named daemon thread writes the queue out in batches. When the queue is
@@ -83,10 +91,31 @@ def format_json(r: RequestRecord) -> str:
     }, ensure_ascii=True)
 
 
+# Apache's escapes for the quote and the backslash, nginx's \xHH for controls and
+# every byte from 0x7F up: a raw TAB, NEL (U+0085, a line break to str.splitlines)
+# or CSI (U+009B, a terminal escape) must never reach the file.
+_COMBINED_ESCAPES = {
+    **{byte: f"\\x{byte:02X}" for byte in (*range(0x20), *range(0x7F, 0x100))},
+    ord("\\"): "\\\\",
+    ord('"'): '\\"',
+}
+
+
+def escape_combined(text: str) -> str:
+    """``text`` as a quoted field of the combined format holds it (without the quotes).
+
+    Every field is latin-1 text: header values as parsed (a character a byte),
+    targets, methods, backend names and addresses ASCII by their rules.
+    """
+    if text.isascii() and text.isprintable():  # the usual case, with no escape but these two
+        return text.replace("\\", "\\\\").replace('"', '\\"')
+    return text.translate(_COMBINED_ESCAPES)
+
+
 def _quoted(text: str | None) -> str:
     if not text:
         return '"-"'
-    return '"' + _cut(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + escape_combined(_cut(text)) + '"'
 
 
 def format_combined(r: RequestRecord) -> str:

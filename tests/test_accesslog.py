@@ -14,7 +14,7 @@ from .conftest import RawClient, free_port, read_then_reset, serve_forever_ok, s
 RFC3339_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # Apache's combined format, as log analysers parse it, then our three fields.
 COMBINED = re.compile(
-    r'(?P<client>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000)\] "(?P<request>[^"]*)" '
+    r'(?P<client>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000)\] "(?P<request>(?:[^"\\]|\\.)*)" '
     r'(?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)" '
     r'"(?P<backend>[^"]*)" (?P<duration>\d+\.\d{3}) (?P<backend_time>\d+\.\d{3}|-)$'
 )
@@ -66,6 +66,42 @@ def test_combined_lines_parse_as_apache_combined(scripted, balancer, tmp_path):
         "GET /a?b=c HTTP/1.1", "200", "http://x/", 'quote\\"agent', good.address)
     assert int(first["bytes"]) > 0 and first["backend_time"] != "-"
     assert (second["status"], second["backend"], second["backend_time"]) == ("400", "-", "-")
+
+
+# A TAB, NEL (U+0085: a line break to str.splitlines), CSI (U+009B: a terminal escape), 0xFF and UTF-8 "é".
+ODD_AGENT = b"tab\there\x85nel\x9b31mcsi\xff\xc3\xa9"
+
+
+def odd_request(lb) -> None:
+    """One request whose target, user agent and referer hold every kind of byte a log must escape
+    (of the controls, a field value may only hold TAB: the others are refused with a 400)."""
+    client = RawClient(lb.port)
+    assert client.request(b'GET /q"\\x HTTP/1.1\r\nHost: h\r\nUser-Agent: ' + ODD_AGENT
+                          + b"\r\nReferer: http://r/\t\x80\x9b2J\r\n\r\n").status == 200
+    client.close()
+
+
+def test_combined_escapes_controls_and_bytes_past_ascii_as_nginx_does(scripted, balancer, tmp_path):
+    log = tmp_path / "access.log"
+    odd_request(balancer([scripted(serve_forever_ok)], access_log=str(log)))
+    (line,) = lines_of(log, 1)
+    assert log.read_bytes().isascii() and log.read_text().count("\n") == 1
+    fields = COMBINED.match(line)
+    assert fields, line
+    assert fields["request"] == 'GET /q\\"\\\\x HTTP/1.1'
+    assert fields["agent"] == r"tab\x09here\x85nel\x9B31mcsi\xFF\xC3\xA9"
+    assert fields["referer"] == r"http://r/\x09\x80\x9B2J"
+
+
+def test_json_logs_the_bytes_as_latin_1_text_in_ascii(scripted, balancer, tmp_path):
+    log = tmp_path / "access.json"
+    odd_request(balancer([scripted(serve_forever_ok)], access_log=str(log), access_log_format="json"))
+    (line,) = lines_of(log, 1)
+    assert log.read_bytes().isascii() and log.read_text().count("\n") == 1
+    record = json.loads(line)
+    assert record["target"] == '/q"\\x'
+    assert record["user_agent"].encode("latin-1") == ODD_AGENT
+    assert record["referer"].encode("latin-1") == b"http://r/\t\x80\x9b2J"
 
 
 def test_a_retried_request_logs_its_attempts(scripted, balancer, tmp_path):
