@@ -26,15 +26,21 @@ full (a slow pipe, a stuck disk) or a write fails (a full disk), lines are
 dropped and counted (``dropped``) -- the balancer never stalls on its log.
 Each write is a batch of whole lines of at most ``PIPE_BUF`` bytes, and the
 file is opened with ``O_APPEND``, so lines from several workers reach one
-file whole, never interleaved mid-line (long fields are cut to keep a line
-under that size). ``reopen()`` (SIGUSR1, logrotate's convention) makes the
-writer open the path again before its next batch: no line is lost, the ones
-queued meanwhile go to the new file.
+file whole, never interleaved mid-line; a pipe takes such a write whole or
+not at all. ``encode_line`` keeps every line within that size as written,
+escapes included: targets, user agents and referers are cut to
+``MAX_FIELD`` characters, then, if the line is still too long, its longest
+text fields to a common length in bytes (each cut marked ``...``).
+``reopen()`` (SIGUSR1, logrotate's convention) makes the writer open the
+path again before its next batch: no line is lost, the ones queued
+meanwhile go to the new file.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
+import dataclasses
 import errno
 import json
 import logging
@@ -42,14 +48,17 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import accumulate
 
 log = logging.getLogger(__name__)
 text_log = logging.getLogger("simplelb.access")
 
-PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
-MAX_FIELD = 1000  # characters kept of a target, user agent or referer (keeps a line whole in one write)
+PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic; no line is longer, its newline included
+MAX_FIELD = 1000  # characters kept of a target, user agent or referer, before escaping
+CUT_MARK = "..."  # ends a field that was cut
 MAX_QUEUED = 10_000  # lines waiting to be written; beyond, lines are dropped and counted
 
 
@@ -75,18 +84,14 @@ class RequestRecord:
     aborted: bool = False  # the response started but was cut off
 
 
-def _cut(text: str | None) -> str | None:
-    return text if text is None or len(text) <= MAX_FIELD else text[:MAX_FIELD] + "..."
-
-
 def format_json(r: RequestRecord) -> str:
     stamp = datetime.fromtimestamp(r.wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return json.dumps({
-        "time": stamp, "client": r.client, "method": r.method, "target": _cut(r.target), "protocol": r.protocol,
+        "time": stamp, "client": r.client, "method": r.method, "target": r.target, "protocol": r.protocol,
         "status": r.status, "bytes_sent": r.bytes_sent, "bytes_received": r.bytes_received,
         "duration_ms": round(r.duration_s * 1000, 3), "backend": r.backend, "backend_status": r.backend_status,
         "backend_duration_ms": None if r.backend_duration_s is None else round(r.backend_duration_s * 1000, 3),
-        "attempts": r.attempts, "user_agent": _cut(r.user_agent), "referer": _cut(r.referer),
+        "attempts": r.attempts, "user_agent": r.user_agent, "referer": r.referer,
         "request_id": r.request_id,
     }, ensure_ascii=True)
 
@@ -115,12 +120,12 @@ def escape_combined(text: str) -> str:
 def _quoted(text: str | None) -> str:
     if not text:
         return '"-"'
-    return '"' + escape_combined(_cut(text)) + '"'
+    return '"' + escape_combined(text) + '"'
 
 
 def format_combined(r: RequestRecord) -> str:
     stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(r.wall))
-    request_line = f"{r.method} {_cut(r.target)} {r.protocol}" if r.method != "-" else "-"
+    request_line = f"{r.method} {r.target} {r.protocol}" if r.method != "-" else "-"
     body = r.bytes_sent  # combined's %b is the body; we count what was sent, head included
     backend_s = "-" if r.backend_duration_s is None else f"{r.backend_duration_s:.3f}"
     return (
@@ -134,7 +139,71 @@ def format_text(r: RequestRecord) -> str:
     return f"{r.client} {r.method} {r.target} {status} {r.backend or '-'} {r.duration_s * 1000:.1f}ms"
 
 
-FORMATS = {"combined": format_combined, "json": format_json}
+def _escape_json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True)[1:-1]
+
+
+@dataclass(frozen=True)
+class LineFormat:
+    """A line format, and what ``encode_line`` needs to cut its fields to a size in bytes."""
+
+    render: Callable[[RequestRecord], str]  # the record as one ASCII line (no newline)
+    escape: Callable[[str], str]  # a text field as the line holds it: character by character
+    fields: tuple[str, ...]  # the record's text fields in the line, which may be cut to fit
+
+
+FORMATS = {
+    "combined": LineFormat(format_combined, escape_combined, ("method", "target", "referer", "user_agent", "backend")),
+    "json": LineFormat(format_json, _escape_json, ("method", "target", "user_agent", "referer", "backend", "request_id")),
+}
+_CAPPED = ("target", "user_agent", "referer")  # cut to MAX_FIELD characters first
+
+
+def encode_line(record: RequestRecord, fmt: LineFormat) -> bytes:
+    """``record`` as a line of at most ``PIPE_BUF`` bytes, its newline included: one whole write."""
+    record = _capped(record)
+    data = (fmt.render(record) + "\n").encode()
+    if len(data) > PIPE_BUF:  # rare: many bytes escaped four or six times over, or a huge method
+        data = (fmt.render(_fitted(record, fmt, len(data) - PIPE_BUF)) + "\n").encode()
+    return data
+
+
+def _capped(r: RequestRecord) -> RequestRecord:
+    cut = {name: value[:MAX_FIELD] + CUT_MARK for name in _CAPPED
+           if (value := getattr(r, name)) is not None and len(value) > MAX_FIELD}
+    return dataclasses.replace(r, **cut) if cut else r
+
+
+def _fitted(r: RequestRecord, fmt: LineFormat, excess: int) -> RequestRecord:
+    """``r`` with its longest text fields cut to one size, so that its line is at least ``excess`` bytes shorter.
+
+    One size for all (the most that saves enough) keeps the short fields whole
+    and shares the room fairly among the long ones. A field's size is that of
+    its escaped text, which is the sum of its characters' (escapes are per
+    character), so a cut never splits an escape.
+    """
+    sizes = {name: len(fmt.escape(value)) for name in fmt.fields if (value := getattr(r, name))}
+    limit = _common_limit(list(sizes.values()), excess)
+    cut = {name: _cut_to(getattr(r, name), fmt.escape, limit) for name, size in sizes.items() if size > limit}
+    return dataclasses.replace(r, **cut)
+
+
+def _common_limit(sizes: list[int], excess: int) -> int:
+    """The largest limit such that cutting every size above it down to it saves at least ``excess``."""
+    low, high = 0, max(sizes, default=0)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if sum(size - mid for size in sizes if size > mid) >= excess:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _cut_to(text: str, escape: Callable[[str], str], limit: int) -> str:
+    """The longest start of ``text``, marked as cut, whose escaped form is at most ``limit`` characters."""
+    ends = list(accumulate(len(escape(char)) for char in text))
+    return text[:bisect.bisect_right(ends, limit - len(CUT_MARK))] + CUT_MARK
 
 
 class AccessLog:
@@ -143,7 +212,7 @@ class AccessLog:
     def __init__(self, path: str, fmt: str):
         self.path = path
         self._format = FORMATS[fmt]
-        self._lines: collections.deque[str] = collections.deque()
+        self._lines: collections.deque[bytes] = collections.deque()  # each a line, newline included
         self._wake = threading.Event()  # set when lines wait or a reopen is asked
         self._stop = threading.Event()
         self._reopen = False
@@ -170,7 +239,11 @@ class AccessLog:
         if len(self._lines) >= MAX_QUEUED:
             self.dropped += 1
             return
-        self._lines.append(self._format(record) + "\n")
+        data = encode_line(record, self._format)
+        if len(data) > PIPE_BUF:  # (only if its fixed fields alone were that long) never half a line
+            self.dropped += 1
+            return
+        self._lines.append(data)
         if not self._wake.is_set():
             self._wake.set()
 
@@ -207,27 +280,27 @@ class AccessLog:
         os.close(old)
 
     def _flush(self) -> None:
-        batch: list[str] = []
+        batch: list[bytes] = []
         size = 0
         while self._lines:
             line = self._lines.popleft()
-            data_size = len(line)
-            if batch and size + data_size > PIPE_BUF:
+            if batch and size + len(line) > PIPE_BUF:
                 self._write(batch)
                 batch, size = [], 0
             batch.append(line)
-            size += data_size
+            size += len(line)
         if batch:
             self._write(batch)
 
-    def _write(self, lines: list[str]) -> None:
-        data = "".join(lines).encode("utf-8", "replace")
+    def _write(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        done = 0
         try:
-            written = os.write(self._fd, data)
-        except OSError as exc:  # a full disk, a full or closed pipe: drop the batch, keep going
+            # A pipe takes a batch (at most PIPE_BUF) whole or refuses it; only a file can take
+            # part of one (a disk filling up), and then its rest goes next, before any other line.
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except OSError as exc:  # a full disk, a full or closed pipe: drop the rest of the batch, keep going
             if not self.dropped:  # said once, at the first loss
                 log.error("access log %s: %s; dropping lines (counted)", self.path, exc.strerror or exc)
-            self.dropped += len(lines)
-            return
-        if written < len(data):  # only where a write is not atomic anyway (a full pipe, a huge line)
-            self.dropped += 1
+            self.dropped += len(lines) - data.count(b"\n", 0, done)

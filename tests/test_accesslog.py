@@ -3,11 +3,16 @@
 import json
 import os
 import re
+import select
 import signal
 import socket
 import stat
+import time
 
+import pytest
 import requests
+
+from simplelb.accesslog import FORMATS, PIPE_BUF, RequestRecord, encode_line
 
 from .conftest import RawClient, free_port, read_then_reset, serve_forever_ok, start_lb_process, wait_for
 
@@ -180,6 +185,80 @@ def test_a_pipe_nobody_reads_never_stalls_traffic(mock_servers, balancer, tmp_pa
         wait_for(lambda: lb.access_log.dropped > 0, what="lines dropped once the pipe is full")
     finally:
         os.close(holder)
+
+
+def parsed(line: str, fmt: str):
+    """A line's fields (a match of COMBINED, or the JSON object); fails if it is not one whole record."""
+    if fmt == "json":
+        return json.loads(line)
+    fields = COMBINED.match(line)
+    assert fields, line
+    return fields
+
+
+@pytest.mark.parametrize("fmt", ["combined", "json"])
+def test_a_line_is_cut_to_pipe_buf_bytes_as_written_escapes_included(fmt):
+    # 1000 quotes and 1000 bytes 0xFF are each 1000 characters, but 2000 and 4000 (or 6000) bytes escaped.
+    record = RequestRecord(0.0, 0.0, "127.0.0.1", method="GET", target="/" + '"' * 999, protocol="HTTP/1.1",
+                           status=200, user_agent="\xff" * 1000, referer="\xff" * 1000, backend="web-1",
+                           request_id="abc")
+    data = encode_line(record, FORMATS[fmt])
+    assert PIPE_BUF - 24 < len(data) <= PIPE_BUF and data.isascii() and data.endswith(b"\n")
+    fields = parsed(data.decode()[:-1], fmt)
+    if fmt == "json":
+        assert fields["target"].startswith('/""') and fields["target"].endswith('"...')
+        assert fields["user_agent"] == fields["referer"] and set(fields["user_agent"][:-3]) == {"\xff"}
+        assert (fields["method"], fields["backend"], fields["request_id"]) == ("GET", "web-1", "abc")  # short: whole
+    else:
+        assert fields["request"].startswith('GET /\\"\\"') and fields["request"].endswith('\\"... HTTP/1.1')
+        assert fields["agent"] == fields["referer"] and fields["agent"].endswith("\\xFF...")
+        assert fields["backend"] == "web-1"
+
+
+@pytest.mark.parametrize("fmt", ["combined", "json"])
+def test_a_huge_method_is_cut_too(fmt):
+    record = RequestRecord(0.0, 0.0, "127.0.0.1", method="M" * 8000, target="/a", protocol="HTTP/1.1", status=501)
+    data = encode_line(record, FORMATS[fmt])
+    assert len(data) <= PIPE_BUF and "M" * 3000 + "..." in data.decode()
+
+
+def read_until_closed(fd: int, timeout_s: float = 10.0) -> bytes:
+    """All a pipe holds until its writer closes it (reading as it comes, so a writer never waits)."""
+    deadline, data = time.monotonic() + timeout_s, b""
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            if not (chunk := os.read(fd, 65536)):
+                return data
+            data += chunk
+    raise AssertionError(f"the pipe's writer did not close it within {timeout_s}s")
+
+
+@pytest.mark.parametrize("fmt", ["combined", "json"])
+def test_a_pipe_gets_whole_records_however_long_their_fields_escaped(fmt, mock_servers, balancer, tmp_path):
+    (mock,) = mock_servers(1)
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # read only at the end: the pipe fills and lines drop
+    try:
+        lb = balancer([mock], access_log=str(fifo), access_log_format=fmt)
+        client = RawClient(lb.port)
+        head = (b"GET /" + b'"' * 999 + b" HTTP/1.1\r\nHost: h\r\nUser-Agent: " + b"\xff" * 1000
+                + b"\r\nReferer: " + b"\xff" * 1000 + b"\r\n\r\n")
+        for _ in range(40):  # a line each of 6 KiB or more as the fields are escaped: more than the pipe holds
+            assert client.request(head).status == 200
+        client.close()
+        # Once its connection is gone, every request was logged (queued); the stop writes what is queued.
+        wait_for(lambda: sum(lb.connections.counts().values()) == 0, what="the connection to close")
+        lb.access_log.stop()
+        data = read_until_closed(reader)
+    finally:
+        os.close(reader)
+    lines = data.split(b"\n")
+    assert lines.pop() == b"", "the pipe ends with part of a record"
+    assert lines, "every record dropped: cut fields keep a record"
+    assert all(len(line) < PIPE_BUF for line in lines) and len(lines) + lb.access_log.dropped == 40
+    for line in lines:
+        parsed(line.decode("ascii"), fmt)
 
 
 def test_two_workers_write_whole_lines_to_one_file(process, mock_servers, tmp_path):
