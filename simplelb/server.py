@@ -203,6 +203,9 @@ class LoadBalancer(ThreadingHTTPServer):
             record.attempts, record.backend = request.attempts, request.backend
             record.backend_status, record.backend_duration_s = request.backend_status, request.backend_duration_s
             record.request_id = request.request_id[1] if request.request_id else None
+        self._log(record)
+
+    def _log(self, record: RequestRecord) -> None:
         if self.access_log is not None:
             self.access_log.write(record)
         elif text_log.isEnabledFor(logging.INFO):
@@ -227,18 +230,29 @@ class LoadBalancer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address) -> None:
         if not self.connections.open(request):
-            # Every connection is busy forwarding: refuse rather than grow without bound. A TLS
-            # client could not read a plain 503 (it would see a protocol error): it is closed.
-            try:
-                if self.tls is None:
-                    request.settimeout(1)
-                    request.sendall(error_response(TooManyClients("too many client connections"), close=True))
-                self.stats.record(503, 0.0)
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            self._refuse(request, client_address[0])
             return
         super().process_request(request, client_address)
+
+    def _refuse(self, request, client: str) -> None:
+        """Every connection is busy forwarding: refuse rather than grow without bound.
+
+        Counted and logged as a 503 with no request (its method is ``-``: none was read). A TLS
+        client could not read a plain 503 (it would see a protocol error): it is closed unanswered.
+        """
+        record = RequestRecord(time.monotonic(), time.time(), client, status=503)
+        try:
+            if self.tls is None:
+                response = error_response(TooManyClients("too many client connections"), close=True)
+                request.settimeout(1)
+                request.sendall(response)
+                record.bytes_sent = len(response)
+            record.duration_s = time.monotonic() - record.started
+            self.stats.record(503, record.duration_s)
+            self._log(record)
+        except OSError:  # the client left already: nothing was answered
+            pass
+        self.shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         # Reached only for bugs: expected failures are handled in the handler.

@@ -7,6 +7,7 @@ import select
 import signal
 import socket
 import stat
+import threading
 import time
 
 import pytest
@@ -160,6 +161,36 @@ def test_sigusr1_reopens_the_log_and_loses_no_line(process, mock_servers, tmp_pa
     assert proc.wait() == 0
     old, new = (tmp_path / "access.log.1").read_text().splitlines(), log.read_text().splitlines()
     assert len(old) + len(new) == 60 and len(old) >= 40 and all(COMBINED.match(line) for line in old + new)
+
+
+def test_a_client_refused_at_max_clients_is_logged(scripted, balancer, tmp_path):
+    release = threading.Event()
+
+    def slow(conn):
+        while (request := conn.read_request()) is not None:
+            if request.target == "/slow":
+                release.wait(10)
+            conn.respond()
+
+    log = tmp_path / "access.json"
+    lb = balancer([scripted(slow)], max_clients=2, access_log=str(log), access_log_format="json")
+    busy = [RawClient(lb.port) for _ in range(2)]
+    try:
+        for client in busy:  # both connections forwarding: nothing to evict
+            client.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        wait_for(lambda: lb.snapshot()["connections"]["busy"] == 2, what="two busy connections")
+        refused = RawClient(lb.port)
+        assert refused.request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").status == 503
+        refused.close()
+        (line,) = lines_of(log, 1)
+    finally:
+        release.set()
+        for client in busy:
+            client.close()
+    record = json.loads(line)
+    assert (record["client"], record["method"], record["target"], record["status"], record["backend"]) == (
+        "127.0.0.1", "-", "-", 503, None)
+    assert record["bytes_sent"] > 0
 
 
 def test_a_full_disk_drops_and_counts_lines_but_never_stops_traffic(mock_servers, balancer):
