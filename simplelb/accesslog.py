@@ -71,7 +71,8 @@ class RequestRecord:
     target: str = "-"
     protocol: str = "-"
     status: int = 0  # 0: nothing was sent
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # heads (interim ones included) and body: all that went to the client
+    body_bytes_sent: int = 0  # the body alone, as sent (chunk framing included), as nginx's $body_bytes_sent
     bytes_received: int = 0
     duration_s: float = 0.0
     backend: str | None = None
@@ -88,11 +89,11 @@ def format_json(r: RequestRecord) -> str:
     stamp = datetime.fromtimestamp(r.wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return json.dumps({
         "time": stamp, "client": r.client, "method": r.method, "target": r.target, "protocol": r.protocol,
-        "status": r.status, "bytes_sent": r.bytes_sent, "bytes_received": r.bytes_received,
-        "duration_ms": round(r.duration_s * 1000, 3), "backend": r.backend, "backend_status": r.backend_status,
+        "status": r.status, "bytes_sent": r.bytes_sent, "body_bytes_sent": r.body_bytes_sent,
+        "bytes_received": r.bytes_received, "duration_ms": round(r.duration_s * 1000, 3), "backend": r.backend,
+        "backend_status": r.backend_status,
         "backend_duration_ms": None if r.backend_duration_s is None else round(r.backend_duration_s * 1000, 3),
-        "attempts": r.attempts, "user_agent": r.user_agent, "referer": r.referer,
-        "request_id": r.request_id,
+        "attempts": r.attempts, "user_agent": r.user_agent, "referer": r.referer, "request_id": r.request_id,
     }, ensure_ascii=True)
 
 
@@ -126,7 +127,7 @@ def _quoted(text: str | None) -> str:
 def format_combined(r: RequestRecord) -> str:
     stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(r.wall))
     request_line = f"{r.method} {r.target} {r.protocol}" if r.method != "-" else "-"
-    body = r.bytes_sent  # combined's %b is the body; we count what was sent, head included
+    body = r.body_bytes_sent  # Apache's %b: the body alone, "-" for none
     backend_s = "-" if r.backend_duration_s is None else f"{r.backend_duration_s:.3f}"
     return (
         f'{r.client} - - [{stamp}] {_quoted(request_line)} {r.status or "-"} {body or "-"} '

@@ -44,7 +44,8 @@ class ClientConnection:
     def begin_request(self) -> None:
         """Reset what is counted per request (the access log and the metrics read it)."""
         self.continue_sent = False
-        self.bytes_sent = 0
+        self.bytes_sent = 0  # everything sent: heads (interim ones included) and the body
+        self.body_bytes_sent = 0  # what followed the response head: its body as sent, chunk framing included
         self.body_bytes_received = 0
         self.status_sent = 0  # the status of the response whose head went out, if one did
 
@@ -66,18 +67,29 @@ class ClientConnection:
             raise ClientDisconnected(_why(exc)) from None
         self.bytes_sent += len(data)
 
+    def send_body(self, data) -> None:
+        """Part of the response body, as it goes on the wire."""
+        self.send(data)
+        self.body_bytes_sent += len(data)
+
     def send_chunk(self, data) -> None:
         """One chunk of a re-chunked body (``data`` may be a view of a scratch buffer)."""
         self.reader.send_timeout(self.send_timeout_s)
         try:
-            self.bytes_sent += send_chunk(self.sock, data)
+            sent = send_chunk(self.sock, data)
         except OSError as exc:
             raise ClientDisconnected(_why(exc)) from None
+        self.bytes_sent += sent
+        self.body_bytes_sent += sent
 
-    def send_head(self, status: int, data: bytes) -> None:
-        """Send a response head (or a whole small response) with its final ``status``."""
-        self.send(data)
+    def send_head(self, status: int, head: bytes, body: bytes = b"") -> None:
+        """Send a response head with its final ``status``, and the start of its body (or all of a small one).
+
+        Head and body go out in one system call; they are counted apart (the access log's body bytes).
+        """
+        self.send(head + body if body else head)
         self.status_sent = status
+        self.body_bytes_sent += len(body)
 
     def answer_expectation(self, request: ClientRequest) -> None:
         """Send ``100 Continue`` once, just before the body is first read.

@@ -44,8 +44,10 @@ RETRY_AFTER_S = 2
 CLIENT_CLOSED_REQUEST = 499
 
 
-def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] = (), head_only: bool = False) -> bytes:
-    """The error funnel: every error response the balancer itself writes is made here.
+def error_response(
+    exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] = (), head_only: bool = False
+) -> tuple[bytes, bytes]:
+    """The error funnel: every error response the balancer itself writes is made here, as (head, body).
 
     ``head_only``: the answer to a HEAD, whose response has no content (RFC 9110 9.3.2) although its
     Content-Length says what a GET would have had; a body there would be read as the next response.
@@ -62,7 +64,7 @@ def error_response(exc: HTTPError, *, close: bool, extra: list[tuple[str, str]] 
     headers += exc.headers + list(extra)
     if close:
         headers.append(("Connection", "close"))
-    return encode_head(f"HTTP/1.1 {exc.status} {phrase}", headers) + (b"" if head_only else body)
+    return encode_head(f"HTTP/1.1 {exc.status} {phrase}", headers), b"" if head_only else body
 
 
 def _phrase(status: int) -> str:
@@ -217,7 +219,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     def _send_error(self, exc: HTTPError, close: bool, request, head_only: bool = False) -> None:
         extra = [request.request_id] if request is not None and request.request_id is not None else []
         try:
-            self.client.send_head(exc.status, error_response(exc, close=close, extra=extra, head_only=head_only))
+            self.client.send_head(exc.status, *error_response(exc, close=close, extra=extra, head_only=head_only))
         except ClientDisconnected:
             pass
 

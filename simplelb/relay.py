@@ -67,7 +67,7 @@ def relay(
         # The body bytes that came with the head go out with it, in one system call;
         # a small body is then complete, with no buffer or generator set up for it.
         early = conn.reader.take(framing.length)
-        client.send_head(head.status, head_bytes + early if early else head_bytes)
+        client.send_head(head.status, head_bytes, early)
         if len(early) < framing.length:
             _relay_body(conn, backend, Framing("length", framing.length - len(early)), client, rechunk)
     else:
@@ -84,7 +84,7 @@ def _relay_body(conn: PooledConnection, backend: Backend, framing, client: Clien
     with SCRATCH.borrow() as scratch:
         _copy_body(iter_body(conn.reader, framing, scratch), backend, client, rechunk)
     if rechunk:
-        client.send(LAST_CHUNK)
+        client.send_body(LAST_CHUNK)
 
 
 def _copy_body(body, backend: Backend, client: ClientConnection, rechunk: bool) -> None:
@@ -104,7 +104,7 @@ def _copy_body(body, backend: Backend, client: ClientConnection, rechunk: bool) 
         if rechunk:
             client.send_chunk(data)
         else:
-            client.send(data)
+            client.send_body(data)
 
 
 def _backend_keeps_alive(head: ResponseHead, connection: list[str]) -> bool:

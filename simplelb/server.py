@@ -194,7 +194,7 @@ class LoadBalancer(ThreadingHTTPServer):
     def finish(self, record: RequestRecord, request, client: ClientConnection) -> None:
         """Count and log one request: every path through the handler ends here."""
         record.duration_s = time.monotonic() - record.started
-        record.bytes_sent = client.bytes_sent
+        record.bytes_sent, record.body_bytes_sent = client.bytes_sent, client.body_bytes_sent
         record.bytes_received += client.body_bytes_received
         if client.status_sent:
             self.stats.record(client.status_sent, record.duration_s)
@@ -243,10 +243,10 @@ class LoadBalancer(ThreadingHTTPServer):
         record = RequestRecord(time.monotonic(), time.time(), client, status=503)
         try:
             if self.tls is None:
-                response = error_response(TooManyClients("too many client connections"), close=True)
+                head, body = error_response(TooManyClients("too many client connections"), close=True)
                 request.settimeout(1)
-                request.sendall(response)
-                record.bytes_sent = len(response)
+                request.sendall(head + body)
+                record.bytes_sent, record.body_bytes_sent = len(head) + len(body), len(body)
             record.duration_s = time.monotonic() - record.started
             self.stats.record(503, record.duration_s)
             self._log(record)

@@ -129,5 +129,6 @@ def switch_protocols(conn, backend, request, head, client, *, backend_header, id
         idle_timeout_s=idle_timeout_s,
     )
     client.bytes_sent += down
+    client.body_bytes_sent += down  # (what follows the 101's head, as nginx's $body_bytes_sent counts it)
     client.body_bytes_received += up
     return up, down

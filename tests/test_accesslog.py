@@ -42,8 +42,8 @@ def test_json_lines_have_every_field(scripted, balancer, tmp_path):
     client.close()
     (line,) = lines_of(log, 1)
     record = json.loads(line)
-    assert set(record) == {"time", "client", "method", "target", "protocol", "status", "bytes_sent", "bytes_received",
-                           "duration_ms", "backend", "backend_status", "backend_duration_ms", "attempts", "user_agent",
+    assert set(record) == {"time", "client", "method", "target", "protocol", "status", "bytes_sent", "body_bytes_sent",
+                           "bytes_received", "duration_ms", "backend", "backend_status", "backend_duration_ms", "attempts", "user_agent",
                            "referer", "request_id"}
     assert RFC3339_MS_UTC.fullmatch(record["time"])
     assert (record["client"], record["method"], record["target"], record["protocol"]) == (
@@ -52,7 +52,7 @@ def test_json_lines_have_every_field(scripted, balancer, tmp_path):
         200, backend.address, 200, 1)
     assert record["bytes_received"] == len(sent)
     head_size = len("\r\n".join(f"{k}: {v}" for k, v in response.headers)) + len("HTTP/1.1 200 X\r\n\r\n\r\n")
-    assert record["bytes_sent"] == head_size + len(response.body)
+    assert (record["bytes_sent"], record["body_bytes_sent"]) == (head_size + len(response.body), len(response.body))
     assert 0 < record["backend_duration_ms"] <= record["duration_ms"]
     assert (record["user_agent"], record["referer"], record["request_id"]) == (
         "probe/1.0", "http://r.example/", "abc-123")
@@ -70,7 +70,7 @@ def test_combined_lines_parse_as_apache_combined(scripted, balancer, tmp_path):
     assert first and second, log.read_text()
     assert (first["request"], first["status"], first["referer"], first["agent"], first["backend"]) == (
         "GET /a?b=c HTTP/1.1", "200", "http://x/", 'quote\\"agent', good.address)
-    assert int(first["bytes"]) > 0 and first["backend_time"] != "-"
+    assert first["bytes"] == "2" and first["backend_time"] != "-"  # the body, "ok"
     assert (second["status"], second["backend"], second["backend_time"]) == ("400", "-", "-")
 
 
@@ -108,6 +108,43 @@ def test_json_logs_the_bytes_as_latin_1_text_in_ascii(scripted, balancer, tmp_pa
     assert record["target"] == '/q"\\x'
     assert record["user_agent"].encode("latin-1") == ODD_AGENT
     assert record["referer"].encode("latin-1") == b"http://r/\t\x80\x9b2J"
+
+
+def test_combined_bytes_are_the_body_alone(scripted, balancer, tmp_path):
+    def answer(conn):
+        while (request := conn.read_request()) is not None:
+            if request.method == "HEAD":
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 68\r\n\r\n")
+            else:
+                conn.respond(200, b"x" * 68)
+
+    log = tmp_path / "access.log"
+    lb = balancer([scripted(answer)], access_log=str(log))
+    client = RawClient(lb.port)
+    assert client.request(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").body == b"x" * 68
+    assert client.request(b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n", "HEAD").status == 200
+    refused = client.request(b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n")  # the balancer's 400
+    client.close()
+    lines = [COMBINED.match(line) for line in lines_of(log, 3)]
+    assert [(fields["status"], fields["bytes"]) for fields in lines] == [
+        ("200", "68"), ("200", "-"), ("400", str(len(refused.body)))]
+
+
+def test_json_counts_the_body_apart_from_the_heads_chunk_framing_in_the_body(scripted, balancer, tmp_path):
+    def chunked(conn):
+        while conn.read_request() is not None:
+            conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+
+    log = tmp_path / "access.json"
+    lb = balancer([scripted(chunked)], access_log=str(log), access_log_format="json")
+    client = RawClient(lb.port)
+    response = client.request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    client.close()
+    record = json.loads(lines_of(log, 1)[0])
+    head_size = len("\r\n".join(f"{k}: {v}" for k, v in response.headers)) + len("HTTP/1.1 200 OK\r\n\r\n\r\n")
+    assert response.body == b"hello"
+    assert record["bytes_sent"] - record["body_bytes_sent"] == head_size
+    assert record["body_bytes_sent"] >= len(b"5\r\nhello\r\n0\r\n\r\n")  # (the balancer chunks it again)
 
 
 def test_a_retried_request_logs_its_attempts(scripted, balancer, tmp_path):
@@ -179,9 +216,10 @@ def test_a_client_refused_at_max_clients_is_logged(scripted, balancer, tmp_path)
         for client in busy:  # both connections forwarding: nothing to evict
             client.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
         wait_for(lambda: lb.snapshot()["connections"]["busy"] == 2, what="two busy connections")
-        refused = RawClient(lb.port)
-        assert refused.request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").status == 503
-        refused.close()
+        client = RawClient(lb.port)
+        refused = client.request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        client.close()
+        assert refused.status == 503
         (line,) = lines_of(log, 1)
     finally:
         release.set()
@@ -190,7 +228,7 @@ def test_a_client_refused_at_max_clients_is_logged(scripted, balancer, tmp_path)
     record = json.loads(line)
     assert (record["client"], record["method"], record["target"], record["status"], record["backend"]) == (
         "127.0.0.1", "-", "-", 503, None)
-    assert record["bytes_sent"] > 0
+    assert record["bytes_sent"] > record["body_bytes_sent"] == len(refused.body)
 
 
 def test_a_full_disk_drops_and_counts_lines_but_never_stops_traffic(mock_servers, balancer):
