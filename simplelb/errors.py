@@ -1,7 +1,7 @@
 """Errors that know which HTTP status they should become.
 
 Every failure on the request path is raised as one of these and turned into a
-response in exactly one place (``server.error_response``; the admin listener
+response in exactly one place (``handler.error_response``; the admin listener
 has its JSON twin, ``admin.json_error``). A handler never builds an error
 response by hand: it raises, and the funnel answers.
 """
