@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 
 from simplelb import __version__
 from simplelb.etcd import EtcdClient, EtcdError, parse_etcd_url
@@ -28,6 +29,13 @@ from .server import address_family
 from .tls import MockTls, certificate_names
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# After Ctrl-C revokes the etcd lease, a balancer takes these servers out only when its watch hears
+# of it and its 50 ms settle is over; a request it sends meanwhile must find them still answering,
+# and one in flight must be let finish. A second is ample on one host and short for a user to wait.
+DRAIN_GRACE_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class StartError(Exception):
@@ -169,9 +177,16 @@ def _register(args: argparse.Namespace, fleet: MockFleet, stack: contextlib.Exit
         registration.start()
     except EtcdError as exc:
         raise StartError(f"cannot register in etcd: {exc}") from None
-    stack.callback(registration.stop)
+    stack.callback(_leave, registration)
     return (f"registered: {prefix}/backends/{{{','.join(s.name for s in fleet)}}} in etcd at {endpoint}"
             f" (lease {registration.lease_id:x}, ttl {args.register_ttl}s)")
+
+
+def _leave(registration: Registration) -> None:
+    """Leave etcd, then serve ``DRAIN_GRACE_S`` more while balancers drain (the stack closes the ports next)."""
+    if registration.stop():
+        log.info("left etcd; serving %gs more while balancers drain", DRAIN_GRACE_S)
+        time.sleep(DRAIN_GRACE_S)
 
 
 def main(argv: list[str] | None = None) -> int:

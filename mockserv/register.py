@@ -8,8 +8,14 @@ lease of ``--register-ttl`` seconds:
 
 * a named daemon thread renews the lease every third of its TTL, so one
   missed renewal does not lose it;
-* a clean exit revokes the lease, so the keys go at once and every balancer
-  drains those backends before the ports close;
+* a clean exit revokes the lease, so the keys go at once; ``stop()`` says
+  whether they went, and the caller keeps its servers answering for a moment
+  (``cli.DRAIN_GRACE_S``) while every balancer drains them, so that the
+  ports close only after that;
+* ``stop()`` never waits long on an etcd that does not answer (a frozen
+  process, a partition): it gives a renewal still in progress and then the
+  revoke ``STOP_WAIT_S`` each, and if the revoke fails the keys expire by the
+  lease's TTL, as after a kill;
 * a process killed outright stops renewing, and the keys go when the lease
   expires: that is how a dead backend leaves.
 
@@ -31,6 +37,10 @@ from .fleet import MockFleet
 
 log = logging.getLogger(__name__)
 
+# Ctrl-C must end promptly even with etcd frozen: stop() waits this long for a renewal in progress,
+# then as long again for the revoke. A lease it could not revoke expires by its TTL.
+STOP_WAIT_S = 1.0
+
 
 def backend_entries(fleet: MockFleet, prefix: str) -> dict[str, str]:
     """The key and JSON value of each server of ``fleet`` under ``prefix``."""
@@ -47,7 +57,9 @@ class Registration:
         self._client = client
         self.entries = dict(entries)
         self.ttl_s = ttl_s
-        self.lease_id = 0  # written by start() and the keepalive thread, which stop() joins before reading
+        # Written by start() and the keepalive thread, which stops re-registering once _stopping is set:
+        # stop() reads it after the join, or after giving up on a renewal still waiting on etcd.
+        self.lease_id = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,23 +80,37 @@ class Registration:
 
     def _keep_alive(self) -> None:
         interval_s = max(0.5, self.ttl_s / 3)
+        # A renewal waiting longer than the interval could outlast the lease (3 intervals) it renews.
+        timeout_s = min(self._client.timeout_s, interval_s)
         while not self._stopping.wait(interval_s):
             try:
-                if self._client.keepalive(self.lease_id) <= 0:
+                if self._client.keepalive(self.lease_id, timeout_s) <= 0:
+                    if self._stopping.is_set():
+                        break  # revoked by stop() while this renewal waited: not to be put back
                     log.warning("etcd lease %x has expired; registering again", self.lease_id)
                     self._register()
             except EtcdError as exc:
+                if self._stopping.is_set():
+                    break  # no retry to announce: stop() says what became of the lease
                 log.warning("cannot renew the etcd registration (will retry in %.1fs): %s", interval_s, exc)
 
-    def stop(self) -> None:
-        """Stop renewing and revoke the lease, so the keys go now. Never raises: etcd may be gone."""
+    def stop(self) -> bool:
+        """Stop renewing and revoke the lease; whether the keys are gone now.
+
+        Never raises, and returns within about ``2 * STOP_WAIT_S``: etcd may be gone or frozen.
+        """
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(STOP_WAIT_S)  # a daemon: one still waiting on etcd ends with the process
             self._thread = None
-        if self.lease_id:
-            try:
-                self._client.revoke(self.lease_id)
-            except EtcdError as exc:
-                log.warning("cannot revoke the etcd registration (the keys expire in %ds): %s", self.ttl_s, exc)
-            self.lease_id = 0
+        if not self.lease_id:
+            return False
+        try:
+            self._client.revoke(self.lease_id, STOP_WAIT_S)  # False if it had expired: its keys are gone too
+            gone = True
+        except EtcdError as exc:
+            log.warning("cannot revoke etcd lease %x: its keys stay until it expires (ttl %ds): %s",
+                        self.lease_id, self.ttl_s, exc)
+            gone = False
+        self.lease_id = 0
+        return gone

@@ -217,19 +217,22 @@ class EtcdClient:
         answer = self._call("grant a lease", "/v3/lease/grant", {"TTL": str(int(ttl_s)), "ID": "0"})
         return Lease(int(answer["ID"]), int(answer["TTL"]))
 
-    def keepalive(self, lease_id: int) -> int:
-        """Renew a lease; its TTL in seconds from now, or 0 if it has expired or been revoked."""
-        answer = self._call("keep a lease alive", "/v3/lease/keepalive", {"ID": str(lease_id)})
+    def keepalive(self, lease_id: int, timeout_s: float | None = None) -> int:
+        """Renew a lease; its TTL in seconds from now, or 0 if it has expired or been revoked.
+
+        ``timeout_s`` (default: the client's) lets a renewal give up before the lease it renews runs out.
+        """
+        answer = self._call("keep a lease alive", "/v3/lease/keepalive", {"ID": str(lease_id)}, timeout_s)
         return int(answer.get("result", {}).get("TTL", 0))
 
     def time_to_live(self, lease_id: int) -> int:
         """Seconds a lease has left, or -1 if it is gone."""
         return int(self._call("read a lease", "/v3/lease/timetolive", {"ID": str(lease_id)}).get("TTL", -1))
 
-    def revoke(self, lease_id: int) -> bool:
-        """End a lease now, deleting its keys; False if it was already gone."""
+    def revoke(self, lease_id: int, timeout_s: float | None = None) -> bool:
+        """End a lease now, deleting its keys; False if it was already gone. ``timeout_s``: as ``keepalive``."""
         try:
-            self._call("revoke a lease", "/v3/lease/revoke", {"ID": str(lease_id)})
+            self._call("revoke a lease", "/v3/lease/revoke", {"ID": str(lease_id)}, timeout_s)
         except EtcdError as exc:
             if exc.grpc_code == NOT_FOUND:
                 return False
@@ -244,11 +247,12 @@ class EtcdClient:
 
     # --- the one way to call the gateway ------------------------------------------
 
-    def _call(self, what: str, path: str, body: dict) -> dict:
+    def _call(self, what: str, path: str, body: dict, timeout_s: float | None = None) -> dict:
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            response = self._session.post(self.endpoint + path, json=body, timeout=self.timeout_s)
+            response = self._session.post(self.endpoint + path, json=body, timeout=timeout_s)
         except requests.Timeout:
-            raise EtcdError(f"etcd at {self.endpoint}: no answer within {self.timeout_s:g}s to {what}") from None
+            raise EtcdError(f"etcd at {self.endpoint}: no answer within {timeout_s:g}s to {what}") from None
         except requests.RequestException as exc:
             raise EtcdError(f"etcd at {self.endpoint}: cannot {what}: {_reason(exc)}") from None
         return _answer(response, f"etcd at {self.endpoint}: cannot {what}")

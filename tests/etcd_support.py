@@ -7,7 +7,8 @@ a server of their own.
 Tests that share one server keep apart by using their own key prefix
 (``server.prefix()``). Without an ``etcd`` binary the tests are skipped
 with a reason that says what to install. ``kill()`` and ``restart()`` (same
-ports, same data) let a test take etcd away and bring it back.
+ports, same data) let a test take etcd away and bring it back; ``freeze()``
+and ``thaw()`` keep it there but answering nothing (its sockets still accept).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -79,6 +81,27 @@ class EtcdServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def freeze(self) -> None:
+        """SIGSTOP etcd: connections are still accepted and requests still sent, but none is answered."""
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT etcd after ``freeze()``; harmless if it was not frozen or has gone."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def unread_requests(self) -> int:
+        """Bytes waiting, unread, in etcd's end of its client connections (Linux): while it is frozen,
+        a request sent to it shows here."""
+        waiting = 0
+        with open("/proc/net/tcp") as table:
+            for row in list(table)[1:]:
+                fields = row.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == self.client_port and fields[3] == "01":  # ESTABLISHED
+                    waiting += int(fields[4].split(":")[1], 16)  # rx_queue
+        return waiting
 
     def restart(self) -> EtcdServer:
         self.kill()
