@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 import requests.adapters
@@ -82,26 +83,50 @@ class Lease:
     ttl_s: int
 
 
+_USER_INFO = re.compile(r"(?<=//)[^/?#]*@")  # "user:password@" in scheme://user:password@host/...
+
+
 def parse_etcd_url(url: str) -> tuple[str, str]:
     """``etcd://HOST[:PORT]/PREFIX`` -> (``http://HOST:PORT``, ``PREFIX``).
 
     The prefix is the path without the slash that separates it from the
     address (``etcd://h/app`` is ``app``; ``etcd://h//app`` is ``/app``),
-    without a trailing slash. Raises ``EtcdError`` if the URL is not of that form.
+    without a trailing slash. Raises ``EtcdError`` if the URL is not of that
+    form, in one line that says what is wrong: nothing in it is ignored or
+    guessed (port 0 is not the default port), and a password is not repeated.
     """
+    form = "expected etcd://HOST[:PORT]/PREFIX"
+    shown = _USER_INFO.sub("***@", url, count=1)  # what a user typed before the @ may be a password
     try:
         parts = urlsplit(url)
     except ValueError:  # an unclosed [ (IPv6)
-        raise EtcdError(f"expected etcd://HOST[:PORT]/PREFIX, not {url!r}") from None
+        raise EtcdError(f"{form}, not {shown!r}") from None
     prefix = parts.path[1:].rstrip("/")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        port = None
-    if parts.scheme != "etcd" or not parts.hostname or port is None or not prefix or parts.query:
-        raise EtcdError(f"expected etcd://HOST[:PORT]/PREFIX, not {url!r}")
+    if parts.scheme != "etcd" or not parts.hostname or not prefix:
+        raise EtcdError(f"{form}, not {shown!r}")
+    problem = _etcd_url_problem(url, parts)
+    if problem:
+        raise EtcdError(f"{form}, not {shown!r}: {problem}")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"http://{host}:{port}", prefix
+    return f"http://{host}:{parts.port or DEFAULT_PORT}", prefix
+
+
+def _etcd_url_problem(url: str, parts: SplitResult) -> str | None:
+    """What an ``etcd://`` URL holds that would otherwise be dropped or turned into something else."""
+    if "@" in parts.netloc:
+        return "no user name or password (etcd authentication is not supported)"
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = 0
+    # An empty port ("h:") and port 0 are both None or 0 here, and would quietly become 2379.
+    if port == 0 or parts.netloc.endswith(":"):
+        return "the port must be a number from 1 to 65535"
+    if "?" in url:  # an empty one too: urlsplit cannot tell "app?" from "app"
+        return "no query ('?...') after the prefix"
+    if "#" in url:
+        return "no fragment ('#...') after the prefix"
+    return None
 
 
 def prefix_range_end(prefix: bytes) -> bytes:

@@ -8,7 +8,7 @@ import requests
 
 from simplelb.etcd import EtcdClient, EtcdError, parse_etcd_url, prefix_range_end
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, run_cli, wait_for
 from .etcd_support import running_etcd
 
 
@@ -50,6 +50,41 @@ def test_parse_etcd_url():
     for bad in ("http://h:2379/app", "etcd://h:2379", "etcd://h:2379/", "etcd://h:notaport/app", "etcd:///app"):
         with pytest.raises(EtcdError, match="etcd://HOST"):
             parse_etcd_url(bad)
+
+
+# What each URL does wrong, as the one-line error names it. Each was once taken without a word:
+# port 0 became 2379, and the user info, query and fragment were dropped.
+BAD_ETCD_URLS = [
+    ("etcd://h:0/app", "the port must be a number from 1 to 65535"),
+    ("etcd://h:/app", "the port must be a number from 1 to 65535"),
+    ("etcd://h:70000/app", "the port must be a number from 1 to 65535"),
+    ("etcd://u:secret@h/app", "no user name or password"),
+    ("etcd://u@h/app", "no user name or password"),
+    ("etcd://h/app?x=1", "no query"),
+    ("etcd://h/app?", "no query"),
+    ("etcd://h/app#f", "no fragment"),
+    ("etcd://h/app#", "no fragment"),
+]
+
+
+@pytest.mark.parametrize("url, problem", BAD_ETCD_URLS)
+def test_parse_etcd_url_names_what_is_wrong(url, problem):
+    with pytest.raises(EtcdError, match="expected etcd://HOST") as caught:
+        parse_etcd_url(url)
+    assert problem in str(caught.value) and "\n" not in str(caught.value)
+    assert "secret" not in str(caught.value)  # a password is not repeated where logs and terminals keep it
+
+
+@pytest.mark.parametrize("url, problem", [case for case in BAD_ETCD_URLS if case[0] in {
+    "etcd://h:0/app", "etcd://u:secret@h/app", "etcd://h/app?", "etcd://h/app#f"}])
+@pytest.mark.parametrize("command", [["simplelb", "--check", "--backends", "127.0.0.1:1", "--discovery"],
+                                     ["mockserv", "1", "--base-port", "0", "--register"]])
+def test_bad_etcd_url_is_a_one_line_error_on_the_command_line(command, url, problem):
+    result = run_cli("-m", *command, url)
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"{command[0]}: error:") and problem in result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
 
 
 def test_prefix_range_end():
