@@ -45,6 +45,15 @@ STATES = ("up", "down", "ejected", "draining", "maint", "removing")
 FAILURE_REASONS = ("connect", "timeout", "reset", "protocol", "5xx")
 
 
+def takes_new_in(state: str) -> bool:
+    """Whether a backend in ``state`` takes new requests (``up`` in ``/status``): only in state ``up``.
+
+    The one rule behind ``up``, for a backend here and for one merged over
+    ``--workers`` (``fleetcontrol``), so ``up`` and ``state`` never disagree.
+    """
+    return state == "up"
+
+
 class Attempt:
     """One request attempt against a backend: the context manager ``Backend.track`` returns.
 
@@ -241,7 +250,7 @@ class Backend:
         return True
 
     def takes_new(self) -> bool:
-        """May take a request nothing pins to it: available and not draining (readiness, ``up``)."""
+        """May take a request nothing pins to it: available, not draining (readiness); ``takes_new_in(self.state)``."""
         return not self.draining and self.available()
 
     def has_capacity(self) -> bool:
@@ -382,17 +391,17 @@ class Backend:
 
     def status(self) -> dict:
         """A consistent copy of the state: ``/status``, ``/metrics``, logs and tests read this."""
-        up = self.takes_new()
         with self._lock:
             latency = self._latency.value(self._clock())
             spec = self.spec
+            state = self.state  # read once: ``up`` follows from it, so the two agree
             return {
                 "name": spec.name,
                 "address": spec.location,
                 "weight": spec.weight,
                 "backup": spec.backup,
-                "state": self.state,
-                "up": up,
+                "state": state,
+                "up": takes_new_in(state),
                 "in_flight": self._in_flight,
                 "requests": sum(self._responses.values()),
                 "failures": sum(self._failures.values()),

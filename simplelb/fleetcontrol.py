@@ -12,7 +12,9 @@ worker that served it). A worker that dies leaves its last report behind
 (``retire``), added to the sums from then on, so a counter never goes
 backwards when a worker is replaced. Health state may differ between
 workers for a moment (each probes on its own); a backend's state in
-``/status`` is the one most workers report.
+``/status`` is the one most workers report, and its ``up`` follows from that
+state by the rule one process uses (``backend.takes_new_in``), so the two
+never disagree.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+from .backend import takes_new_in
 from .channel import ChannelClosed
 from .config import ClusterConfig, Config, cluster_from_dict
 from .configfile import FixedSource
@@ -68,7 +71,7 @@ def without_gauges(values: dict, prefix: str = "") -> dict:
 
 
 def merge_backends(reports: list[list[dict]], retired: dict[str, dict]) -> list[dict]:
-    """One entry per backend (first-seen order): counters and in-flight summed, state by vote.
+    """One entry per backend (first-seen order): counters and in-flight summed, state by vote, ``up`` from the state.
 
     A backend is its name and address: a name a reload moved to another address is a new
     backend, listed beside the old one while that finishes its requests, as in one process.
@@ -88,13 +91,14 @@ def merge_backends(reports: list[list[dict]], retired: dict[str, dict]) -> list[
             row = merged[key]
             for k in BACKEND_SUMS:
                 row[k] = add_counts(row[k], entry[k])
-            row["up"] = row["up"] or entry["up"]
             votes[key][entry["state"]] += 1
             if entry["latency_ms"] is not None:
                 latencies[key].append(entry["latency_ms"])
     for key, row in merged.items():
         top = max(votes[key].values())
         row["state"] = next(s for s in STATE_PRECEDENCE if votes[key][s] == top)
+        # Not an OR of the workers' ``up``: one worker up and one down is state down, and so not up.
+        row["up"] = takes_new_in(row["state"])
         if len(votes[key]) > 1:
             row["worker_states"] = dict(votes[key])
         row["latency_ms"] = round(sum(latencies[key]) / len(latencies[key]), 3) if latencies[key] else None

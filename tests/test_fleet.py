@@ -135,6 +135,26 @@ def test_a_send_to_a_worker_that_stopped_reading_fails_in_time_and_so_does_every
         theirs.close()
 
 
+def test_a_merged_backend_is_up_exactly_when_its_merged_state_is_up():
+    from itertools import product
+
+    from simplelb.backend import STATES, Backend, takes_new_in
+    from simplelb.fleetcontrol import merge_backends
+    from simplelb.specs import BackendSpec
+
+    spec = BackendSpec("127.0.0.1", 9, name="web")
+    up_here, down_there = Backend(spec), Backend(spec)
+    down_there.await_first_probe()  # as just after POST /backends, or a mock's health just gone down in one worker
+    (row,) = merge_backends([[up_here.status()], [down_there.status()]], {})
+    assert (row["state"], row["up"]) == ("down", False)  # a tie goes to down; "up" was an OR of the workers' up
+    assert row["worker_states"] == {"up": 1, "down": 1}
+    for states in product(STATES, repeat=3):  # any two or three workers, whatever each says
+        for count in (2, 3):
+            reports = [[{**up_here.status(), "state": state, "up": takes_new_in(state)}] for state in states[:count]]
+            (row,) = merge_backends(reports, {})
+            assert row["up"] == (row["state"] == "up"), (states[:count], row["state"])
+
+
 def test_a_stop_while_the_workers_start_does_not_wait_for_them(process, mock_servers, tmp_path):
     (mock,) = mock_servers(1)
     # Every worker hangs before it starts (a loaded machine, a slow disk); the parent is not slowed.
