@@ -10,11 +10,13 @@ pid and generation and ``applied`` once all run the newest.
 Counters are summed over the workers (a request is counted once, by the
 worker that served it). A worker that dies leaves its last report behind
 (``retire``), added to the sums from then on, so a counter never goes
-backwards when a worker is replaced. Health state may differ between
-workers for a moment (each probes on its own); a backend's state in
-``/status`` is the one most workers report, and its ``up`` follows from that
-state by the rule one process uses (``backend.takes_new_in``), so the two
-never disagree.
+backwards when a worker is replaced. What it counted for a backend (a name
+at an address) is kept while that backend is in the configuration, and
+dropped when a change takes it out: added again, it starts from zero, as in
+one process. Health state may differ between workers for a moment (each
+probes on its own); a backend's state in ``/status`` is the one most workers
+report, and its ``up`` follows from that state by the rule one process uses
+(``backend.takes_new_in``), so the two never disagree.
 """
 
 from __future__ import annotations
@@ -70,22 +72,27 @@ def without_gauges(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def merge_backends(reports: list[list[dict]], retired: dict[str, dict]) -> list[dict]:
+def backend_key(entry: dict) -> tuple[str, str]:
+    """What makes a backend in a report one backend: its name and address."""
+    return entry["name"], entry["address"]
+
+
+def merge_backends(reports: list[list[dict]], retired: dict[tuple[str, str], dict]) -> list[dict]:
     """One entry per backend (first-seen order): counters and in-flight summed, state by vote, ``up`` from the state.
 
     A backend is its name and address: a name a reload moved to another address is a new
     backend, listed beside the old one while that finishes its requests, as in one process.
-    ``retired`` (what dead workers counted, by name) is consumed.
+    ``retired`` (what dead workers counted, by name and address) is consumed.
     """
     merged: dict[tuple[str, str], dict] = {}
     votes: dict[tuple[str, str], Counter] = {}
     latencies: dict[tuple[str, str], list[float]] = {}
     for report in reports:
         for entry in report:
-            key = (entry["name"], entry["address"])
+            key = backend_key(entry)
             if key not in merged:
-                # What dead workers counted under the name goes to its first row only, once.
-                base = retired.pop(entry["name"], None) or {k: zeroed(entry[k]) for k in BACKEND_SUMS}
+                # What dead workers counted for this backend goes to its row, once.
+                base = retired.pop(key, None) or {k: zeroed(entry[k]) for k in BACKEND_SUMS}
                 merged[key] = {**entry, **{k: base[k] for k in BACKEND_SUMS}}
                 votes[key], latencies[key] = Counter(), []
             row = merged[key]
@@ -128,7 +135,7 @@ class FleetControl:
         # lock, so they never wait behind a change that is being sent to the workers.
         self._current = (1, self.discovery.configure(running.cluster))
         self._retired_lock = threading.Lock()  # guards the two below: what dead workers counted
-        self._retired_backends: dict[str, dict] = {}
+        self._retired_backends: dict[tuple[str, str], dict] = {}  # by backend_key; only backends configured
         self._retired: dict | None = None
 
     def start(self) -> None:
@@ -174,6 +181,7 @@ class FleetControl:
         cluster_from_dict(as_sent)  # what every worker will do with it: a ConfigError here, not in each of them
         generation = self._current[0] + 1
         self._current = (generation, cluster)
+        self._forget_unconfigured()
         message = {"op": "apply", "generation": generation, "cluster": as_sent, "tls": tls}
 
         def apply(worker) -> None:
@@ -192,6 +200,24 @@ class FleetControl:
 
         _each(self._supervisor.live_workers(), apply)
         return generation
+
+    def _configured(self) -> set[tuple[str, str]]:
+        """The backends of the current configuration, as ``backend_key`` names them."""
+        return {(spec.name, spec.location) for spec in self._current[1].backends}
+
+    def _forget_unconfigured(self) -> None:
+        """Drop what dead workers counted for backends the configuration no longer has.
+
+        A backend taken out and added again is a new one in every worker, counting from
+        zero; what a dead worker counted for the old one must not come back on it. (One
+        taken out that live workers are still finishing shows what they counted, no more.)
+        ``retire`` reads ``_current`` under the same lock, so a worker that dies during a
+        change leaves nothing behind for a backend that change took out.
+        """
+        configured = self._configured()
+        with self._retired_lock:
+            self._retired_backends = {key: counts for key, counts in self._retired_backends.items()
+                                      if key in configured}
 
     def refresh(self) -> None:
         """Ask every worker for its stats now."""
@@ -213,10 +239,14 @@ class FleetControl:
             if worker.stats is None:
                 return
             stats = without_gauges(worker.stats)
+            configured = self._configured()
             for entry in stats["backends"]:
-                counts = {key: entry[key] for key in BACKEND_SUMS}
-                earlier = self._retired_backends.get(entry["name"])
-                self._retired_backends[entry["name"]] = counts if earlier is None else add_counts(earlier, counts)
+                key = backend_key(entry)
+                if key not in configured:  # taken out since: added again, it starts from zero
+                    continue
+                counts = {k: entry[k] for k in BACKEND_SUMS}
+                earlier = self._retired_backends.get(key)
+                self._retired_backends[key] = counts if earlier is None else add_counts(earlier, counts)
             self._retired = merge_stats([stats], self._retired)
 
     def ready(self) -> bool:

@@ -155,6 +155,57 @@ def test_a_merged_backend_is_up_exactly_when_its_merged_state_is_up():
             assert row["up"] == (row["state"] == "up"), (states[:count], row["state"])
 
 
+def test_what_dead_workers_counted_goes_to_the_backend_at_its_address_not_to_the_first_of_its_name():
+    from simplelb.backend import Backend
+    from simplelb.fleetcontrol import BACKEND_SUMS, merge_backends
+    from simplelb.specs import BackendSpec
+
+    moved, old = Backend(BackendSpec("127.0.0.1", 8, name="web")), Backend(BackendSpec("127.0.0.1", 9, name="web"))
+    old.mark_removing()  # a reload moved "web" to port 8; port 9 finishes its requests
+    report = [moved.status(), old.status()]
+    dead = {key: old.status()[key] for key in BACKEND_SUMS} | {"requests": 4, "probes": {"pass": 5, "fail": 0}}
+    rows = merge_backends([report, report], {("web", "127.0.0.1:9"): dead})
+    assert [(r["address"], r["requests"], r["probes"]["pass"]) for r in rows] == [
+        ("127.0.0.1:8", 0, 0), ("127.0.0.1:9", 4, 5)]
+
+
+def test_a_backend_removed_and_added_again_starts_from_zero_though_the_workers_that_counted_it_died(
+        process, mock_servers):
+    first, second = mock_servers(2)
+    proc, url, admin = start_lb_process(process, "--backends", first.address, "--workers", "2",
+                                        "--admin", "127.0.0.1:0", "--health-interval", "60")
+
+    def extra() -> dict | None:
+        return next((b for b in status(admin)["backends"] if b["name"] == "extra"), None)
+
+    def add() -> None:
+        added = requests.post(admin + "/backends", json={"address": second.address, "name": "extra"}, timeout=5)
+        assert added.status_code == 201
+        wait_for(lambda: extra()["state"] == "up", what="extra up in every worker")
+
+    add()
+    assert all(fresh_get(url).status_code == 200 for _ in range(20))
+    counted = extra()["requests"]  # (this /status also has every worker report what it counted)
+    assert counted > 0
+    victims = [w["pid"] for w in status(admin)["workers"]]
+    for pid in victims:  # every worker that counted a request for it
+        os.kill(pid, signal.SIGKILL)
+    for pid in victims:
+        proc.wait_for_output(f"(pid {pid}) died (killed by SIGKILL); starting a new one")
+    wait_for(lambda: len(status(admin)["workers"]) == 2 and not set(victims) & {w["pid"] for w in status(admin)["workers"]},
+             timeout_s=20, what="two new workers")
+    assert extra()["requests"] == counted  # while it stays configured, what the dead counted stays
+
+    assert requests.delete(admin + "/backends/extra", headers=JSON, timeout=5).status_code == 202
+    wait_for(lambda: extra() is None, what="extra gone from every worker")
+    add()
+    again = extra()
+    assert again["requests"] == again["failures"] == again["retries"] == again["ejections"] == 0, again
+    assert set(again["responses"].values()) == {0} and set(again["response_time"]["counts"]) == {0}
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0 and "Traceback" not in proc.stderr
+
+
 def test_a_stop_while_the_workers_start_does_not_wait_for_them(process, mock_servers, tmp_path):
     (mock,) = mock_servers(1)
     # Every worker hangs before it starts (a loaded machine, a slow disk); the parent is not slowed.
