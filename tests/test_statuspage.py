@@ -1,11 +1,16 @@
 """The live status page (``GET /`` on the admin listener) in headless Chromium.
 
-Every test runs a real balancer with an admin listener over real mock
-servers, opens the page in a blank tab (each balancer is an origin of its own,
-so no sessionStorage carries over) and reads what a person would see from
+Most tests run a real balancer with an admin listener over real mock
+servers, open the page in a blank tab (each balancer is an origin of its own,
+so no sessionStorage carries over) and read what a person would see from
 the DOM. Changes are made the way an operator makes them -- a mock marked down, a
 button clicked, a token typed -- and the page must follow without a reload.
 One Chromium serves the whole module (``tests/browser.py``).
+
+The others put ``StandInAdmin`` in the balancer's place: the real page, and at
+``status`` exactly the answer the test wrote (counters from real ``Backend``
+objects), or no answer at all -- as a stopped balancer, or one whose admin
+slots are all held, gives none.
 
 Screenshots (1280 and 400 px wide, light and dark) go to the test's
 ``tmp_path``; ``pytest -s`` prints where.
@@ -15,12 +20,17 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from simplelb.admin import STATUS_PAGE
+from simplelb.backend import Backend
+from simplelb.specs import BackendSpec
+from simplelb.stats import BOUNDS_S
 
 from .browser import CHROMIUM, Browser
 from .conftest import JSON, SteadyTraffic
@@ -301,3 +311,107 @@ def test_screenshots_while_traffic_flows(mock_servers, balancer, page, tmp_path)
     print("\nscreenshots:\n" + "\n".join(f"  {path}" for path in paths))
     assert all(path.stat().st_size > 10_000 for path in paths)
     assert page.problems() == []
+
+
+# --- against a stand-in for the admin listener ---------------------------------------------
+
+
+class StandInAdmin:
+    """The real page at ``/``; at ``/status``, ``answer`` as JSON -- or, while ``hanging``, nothing until ``close()``."""
+
+    def __init__(self):
+        self.answer: dict = {}
+        self.hanging = False
+        self.held = 0  # questions to /status left unanswered so far
+        self.lock = threading.Lock()  # guards held
+        self.closing = threading.Event()
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/status" and stand_in.hanging:
+                    with stand_in.lock:
+                        stand_in.held += 1
+                    stand_in.closing.wait(30)  # the question stays open: no answer, no error, no close
+                    self.close_connection = True
+                    return
+                if self.path == "/":
+                    body, kind = STATUS_PAGE.read_bytes(), "text/html; charset=utf-8"
+                elif self.path == "/status":
+                    body, kind = json.dumps(stand_in.answer).encode(), "application/json"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            block_on_close = False
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="stand-in-admin",
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def stand_in():
+    admin = StandInAdmin()
+    yield admin
+    admin.close()
+
+
+def answer(uptime_s: float, backends: list[dict]) -> dict:
+    """A ``/status`` answer as the balancer gives it, with these backends (``Backend.status()``)."""
+    return {"version": "stand-in", "uptime_s": uptime_s, "ready": True, "algorithm": "round-robin", "generation": 1,
+            "histogram_bounds_s": list(BOUNDS_S), "responses": {"2xx": 0, "5xx": 0}, "backends": backends}
+
+
+LIVE = "document.getElementById('live').textContent"
+STALE = "document.body.classList.contains('stale')"
+
+
+def test_a_balancer_that_stops_answering_is_shown_stale_and_the_page_asks_again(stand_in, page):
+    stand_in.answer = answer(10, [Backend(BackendSpec("127.0.0.1", 9, name="web")).status()])
+    open_page(page, stand_in.url, 1)
+    page.wait_for(f"{LIVE} === 'live' && !{STALE}", 3, "the page live")
+    stand_in.hanging = True  # as after kill -STOP: questions are taken, never answered
+    started = time.monotonic()
+    shown = page.wait_for(f"{STALE} && {LIVE}.startsWith('stale: ') && {LIVE}", 6, "the page to say it is stale")
+    print(f"\nstale {time.monotonic() - started:.1f}s after the balancer stopped answering: {shown!r}")
+    assert list(rows(page)) == ["web"]  # what it last heard stays, dimmed
+    # A question is given up on, and asked again: the page does not wait for ever on one.
+    wait_for(lambda: stand_in.held >= 2, 5, "a second question once the first was given up")
+    assert "no answer" in page.evaluate(LIVE)
+    stand_in.hanging = False  # (the questions already open stay unanswered)
+    page.wait_for(f"{LIVE} === 'live' && !{STALE}", 5, "the page live again")
+    assert unexpected(page.problems(), "ERR_ABORTED") == []
+
+
+def test_a_question_that_never_ends_still_turns_the_page_stale(stand_in, page):
+    stand_in.answer = answer(10, [Backend(BackendSpec("127.0.0.1", 9, name="web")).status()])
+    open_page(page, stand_in.url, 1)
+    page.wait_for(f"{LIVE} === 'live'", 3, "the page live")
+    # Whatever a request does -- here one that ignores being given up -- silence is shown after three polls.
+    page.evaluate("window.fetch = () => new Promise(() => {}); true")
+    shown = page.wait_for(f"{STALE} && {LIVE}.startsWith('stale: no answer') && {LIVE}", 6,
+                          "the page to say it is stale")
+    assert "last answer" in shown
+    assert page.problems() == []
+
