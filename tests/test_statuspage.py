@@ -18,6 +18,7 @@ Screenshots (1280 and 400 px wide, light and dark) go to the test's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -29,6 +30,7 @@ import requests
 
 from simplelb.admin import STATUS_PAGE
 from simplelb.backend import Backend
+from simplelb.errors import BadGateway
 from simplelb.specs import BackendSpec
 from simplelb.stats import BOUNDS_S
 
@@ -415,3 +417,24 @@ def test_a_question_that_never_ends_still_turns_the_page_stale(stand_in, page):
     assert "last answer" in shown
     assert page.problems() == []
 
+
+def test_a_5xx_counted_as_a_failure_too_counts_once_in_the_error_rate(stand_in, page):
+    # With --eject-on-5xx, a 5xx answer is a response (responses 5xx) and a failure (reason 5xx).
+    backend = Backend(BackendSpec("127.0.0.1", 9, name="mock-1"), count_5xx_as_failure=True)
+    before = backend.status()
+    for outcome in [200] * 40 + [500] * 20 + ["connect"] * 40:
+        with contextlib.suppress(BadGateway), backend.track() as attempt:
+            if outcome == "connect":
+                raise BadGateway("connection refused", reason="connect")
+            attempt.responded(outcome)
+    after = backend.status()
+    assert (after["requests"], after["responses"]["5xx"], after["failures"]) == (60, 20, 60)
+    assert {k: n for k, n in after["failure_reasons"].items() if n} == {"connect": 40, "5xx": 20}
+    stand_in.answer = answer(10, [before])
+    open_page(page, stand_in.url, 1)
+    stand_in.answer = answer(11, [after])  # one second later, by the balancer's clock
+    wait_for(lambda: rows(page)["mock-1"]["cells"]["Req/s"] != "\u2013", 3, "the second answer measured")
+    cells = rows(page)["mock-1"]["cells"]
+    # 100 attempts: 40 answered 2xx, 20 answered 5xx, 40 failed to connect; 60 of them errors.
+    assert (cells["Req/s"], cells["Errors"]) == ("60", "60%")  # not (40 + 20 + 20) / (60 + 60) = 67%
+    assert page.problems() == []
