@@ -143,7 +143,9 @@ def _exchange(
         try:
             return _read_head(conn, request, backend, options.max_response_head, client)
         except _StaleConnection:
-            if body_failure is not None:
+            if body_failure is not None and request.body is None:
+                # A streamed body cannot be sent again; a kept one can, as if the connection had
+                # been dead from the start (it may have been: nothing came back).
                 raise BadGateway("the backend stopped reading the request body", backend=backend.name,
                                  detail=body_failure, reason="reset") from None
             raise

@@ -421,6 +421,26 @@ def test_a_post_finds_a_fresh_connection_when_the_backend_closed_the_pooled_one(
             time.sleep(0.1)  # the backend's FIN has arrived: the pool's check on taking it sees it
 
 
+def test_a_large_kept_body_is_sent_again_on_a_fresh_connection_when_the_pooled_one_died(scripted, balancer):
+    # The pooled connection dies as the next request goes out (the backend's keep-alive timeout
+    # fired just then): it reads the head, then closes, and the body's send fails. A body kept for
+    # retries can be sent again whole on a fresh connection, as a small one is.
+    def closes_at_the_second_request(conn):
+        if conn.read_request() is not None:
+            conn.respond()
+        received = b""
+        while b"\r\n\r\n" not in received and (data := conn.sock.recv(65536)):
+            received += data
+
+    backend = scripted(closes_at_the_second_request)
+    lb = balancer([backend], retries=0, retry_body_limit_bytes=8 << 20)
+    body = b"y" * (4 << 20)
+    with requests.Session() as session:
+        assert session.put(lb.url + "/first", data=body, timeout=10).status_code == 200
+        assert session.put(lb.url + "/second", data=body, timeout=10).status_code == 200
+    assert [(r.target, len(r.body)) for r in backend.received] == [("/first", len(body)), ("/second", len(body))]
+
+
 def test_bytes_a_backend_sends_unasked_on_an_idle_connection_are_never_an_answer(scripted, balancer):
     def answer_then_babble(conn):
         # A correct answer, then a whole unsolicited response on the idle connection: a
