@@ -254,6 +254,16 @@ def serve_forever_ok(conn: ScriptedConnection) -> None:
         conn.respond()
 
 
+def holding(path: str, release: threading.Event) -> Callable:
+    """A script answering 200 'ok', but requests for ``path`` only once ``release`` is set (or 10 s passed)."""
+    def script(conn: ScriptedConnection) -> None:
+        while (request := conn.read_request()) is not None:
+            if request.target == path:
+                release.wait(10)
+            conn.respond()
+    return script
+
+
 # --- raw client -----------------------------------------------------------------
 
 

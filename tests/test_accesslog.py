@@ -15,7 +15,7 @@ import requests
 
 from simplelb.accesslog import FORMATS, PIPE_BUF, RequestRecord, encode_line
 
-from .conftest import RawClient, free_port, read_then_reset, serve_forever_ok, start_lb_process, wait_for
+from .conftest import RawClient, free_port, holding, read_then_reset, serve_forever_ok, start_lb_process, wait_for
 
 RFC3339_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # Apache's combined format, as log analysers parse it, then our three fields.
@@ -203,14 +203,8 @@ def test_sigusr1_reopens_the_log_and_loses_no_line(process, mock_servers, tmp_pa
 def test_a_client_refused_at_max_clients_is_logged(scripted, balancer, tmp_path):
     release = threading.Event()
 
-    def slow(conn):
-        while (request := conn.read_request()) is not None:
-            if request.target == "/slow":
-                release.wait(10)
-            conn.respond()
-
     log = tmp_path / "access.json"
-    lb = balancer([scripted(slow)], max_clients=2, access_log=str(log), access_log_format="json")
+    lb = balancer([scripted(holding("/slow", release))], max_clients=2, access_log=str(log), access_log_format="json")
     busy = [RawClient(lb.port) for _ in range(2)]
     try:
         for client in busy:  # both connections forwarding: nothing to evict

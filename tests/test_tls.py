@@ -15,7 +15,16 @@ from cryptography import x509
 
 from mockserv import MockServer
 
-from .conftest import JSON, RawClient, dripped_until_closed, run_cli, serve_forever_ok, start_lb_process, wait_for
+from .conftest import (
+    JSON,
+    RawClient,
+    dripped_until_closed,
+    holding,
+    run_cli,
+    serve_forever_ok,
+    start_lb_process,
+    wait_for,
+)
 
 trustme = pytest.importorskip("trustme")
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
@@ -394,15 +403,9 @@ def test_a_tunnel_half_closed_over_tls_keeps_the_other_direction_intact(pki, scr
 def test_a_tls_client_over_max_clients_is_closed_not_sent_plain_text(pki, scripted, balancer):
     release = threading.Event()
 
-    def slow(conn):
-        while (request := conn.read_request()) is not None:
-            if request.target == "/slow":
-                release.wait(10)
-            conn.respond()
-
     ca, ca_file, issue = pki
     cert, key = issue("localhost", "127.0.0.1")
-    lb = balancer([scripted(slow)], tls_cert=cert, tls_key=key, max_clients=2, health_interval_s=60)
+    lb = balancer([scripted(holding("/slow", release))], tls_cert=cert, tls_key=key, max_clients=2, health_interval_s=60)
     context = ssl.create_default_context(cafile=ca_file)
     busy = [context.wrap_socket(socket.create_connection(("127.0.0.1", lb.port), timeout=5),
                                 server_hostname="localhost") for _ in range(2)]
