@@ -61,6 +61,9 @@ class Registration:
         # stop() reads it after the join, or after giving up on a renewal still waiting on etcd.
         self.lease_id = 0
         self._stopping = threading.Event()
+        # Guards lease_id's hand-over: stop() may give up on a renewal thread that is just then granted
+        # a new lease; that lease must be revoked, not used to put the keys back after "left etcd".
+        self._lease_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> Registration:
@@ -72,7 +75,14 @@ class Registration:
 
     def _register(self) -> None:
         lease = self._client.grant(self.ttl_s)
-        self.lease_id = lease.id
+        with self._lease_lock:
+            if self._stopping.is_set():
+                try:
+                    self._client.revoke(lease.id, STOP_WAIT_S)
+                except EtcdError:
+                    pass  # it expires by its TTL, with no key under it
+                return
+            self.lease_id = lease.id
         for key, value in self.entries.items():
             self._client.put(key, value, lease=lease.id)
         log.info("registered %d backends in etcd at %s (lease %x, ttl %ds)",
@@ -103,14 +113,14 @@ class Registration:
         if self._thread is not None:
             self._thread.join(STOP_WAIT_S)  # a daemon: one still waiting on etcd ends with the process
             self._thread = None
-        if not self.lease_id:
+        with self._lease_lock:
+            lease_id, self.lease_id = self.lease_id, 0
+        if not lease_id:
             return False
         try:
-            self._client.revoke(self.lease_id, STOP_WAIT_S)  # False if it had expired: its keys are gone too
-            gone = True
+            self._client.revoke(lease_id, STOP_WAIT_S)  # False if it had expired: its keys are gone too
+            return True
         except EtcdError as exc:
             log.warning("cannot revoke etcd lease %x: its keys stay until it expires (ttl %ds): %s",
-                        self.lease_id, self.ttl_s, exc)
-            gone = False
-        self.lease_id = 0
-        return gone
+                        lease_id, self.ttl_s, exc)
+            return False

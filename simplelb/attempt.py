@@ -126,7 +126,7 @@ def _exchange(
         conn.sent_whole = False
         if with_head:
             turn.release()  # a body can fill the backend's window: wait for it outside the gate
-        sent_short = False
+        head_send_failed = False
         try:
             _send_head(conn.sock, backend, request, options, with_head)
         except _StaleConnection:
@@ -134,12 +134,12 @@ def _exchange(
                 raise
             # The backend may have answered early (e.g. 413) and stopped reading the body
             # that went with the head: its answer is read next; none at all is a dead connection.
-            sent_short = True
+            head_send_failed = True
         turn.release()  # sent: the request leaves the gate for good (gate.py); the rest is waiting and relaying
         body_failure = None
         if request.framing is not NO_BODY and not with_head:
             body_failure = _send_body(conn.sock, request, client)
-        conn.sent_whole = body_failure is None and not sent_short
+        conn.sent_whole = body_failure is None and not head_send_failed
         try:
             return _read_head(conn, request, backend, options.max_response_head, client)
         except _StaleConnection:
@@ -209,7 +209,7 @@ def _read_head(
 ) -> ResponseHead:
     """The final response head (or a 101 the client asked for); interim ones are relayed or dropped."""
     max_bytes, max_fields = max_head
-    answered = False  # an interim head came: the connection was alive, and sending again is a duplicate
+    interim_seen = False  # an interim head came: the connection was alive, and sending again is a duplicate
     while True:
         try:
             raw = conn.reader.read_head(max_bytes)
@@ -222,16 +222,16 @@ def _read_head(
             raise BadGateway("the backend closed the connection in the middle of its response head",
                              backend=backend.name) from None
         except OSError as exc:
-            if answered:
+            if interim_seen:
                 raise BadGateway("the backend failed after an interim response", backend=backend.name,
                                  detail=str(exc), reason="reset") from None
             raise _StaleConnection(str(exc)) from None
         if raw is None:
-            if answered:
+            if interim_seen:
                 raise BadGateway("the backend closed the connection after an interim response",
                                  backend=backend.name, reason="reset")
             raise _StaleConnection("connection closed")
-        answered = True
+        interim_seen = True
         head = parse_response_head(raw, max_fields)
         if head.status >= 200:
             return head

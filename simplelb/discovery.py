@@ -218,12 +218,13 @@ class Discovery:
         return merged
 
     def _carry(self, stopped: list[tuple[Source, Specs]], started: set[tuple]) -> None:
-        # (lock held) Only a reload that starts sources carries: one that just drops a source drops its backends.
+        # (lock held) Only a reload that starts sources carries: one that just drops a source drops its
+        # backends, whatever an earlier reload still carries until the sources it started list.
         self._awaited = (self._awaited & set(self._order)) | started
         if not self._awaited:
             self._carried.clear()
-            return
-        self._carried.update({source.identity: (source.url, specs) for source, specs in stopped if specs})
+        elif started:
+            self._carried.update({source.identity: (source.url, specs) for source, specs in stopped if specs})
 
     def edited(self, before: ClusterConfig, after: ClusterConfig) -> ClusterConfig:
         """An operator's change: split into static backends and overrides of discovered ones; the merged result."""
@@ -306,12 +307,15 @@ class Discovery:
             self._thread = threading.Thread(target=self._watch, name="discovery-merge", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop the sources and the watcher; with ``wait``, for up to ``JOIN_S`` until their threads end."""
         with self._lock:
             self._running = False
             sources = list(self._sources.values()) + self._retired
         for source in sources:
             source.stop()
+        if not wait:
+            return
         deadline = time.monotonic() + JOIN_S
         for source in sources:
             source.join(max(0.0, deadline - time.monotonic()))

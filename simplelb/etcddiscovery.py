@@ -158,7 +158,7 @@ def etcd_secret(url: str) -> bytes | None:
                           "used; this balancer's sticky cookies are its own", prefix, len(kv.value.strip()), MIN_SECRET)
                 return None
             log.info("sticky-cookie secret %s %s/secret in etcd", "created at" if created else "read from", prefix)
-            return kv.value.strip()
+            return kv.value  # as stored: balancers of every version must agree on it, byte for byte
     finally:
         client.close()
     log.warning("etcd unreachable: this balancer's sticky cookies are its own until a restart with etcd up")

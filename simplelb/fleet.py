@@ -161,6 +161,7 @@ class Supervisor:
         reservation = self._reserve()
         self.signals.install()
         admin = redirect = None
+        interrupted = False
         listener = self.config.listener
         try:
             try:
@@ -169,6 +170,7 @@ class Supervisor:
                     self.control.start()  # discovery first: the workers start with what it found
             except StartInterrupted as exc:
                 log.info("%s while starting: stopping", exc)
+                interrupted = True  # (no worker yet: the stop below need not wait for discovery's lookups)
                 return 0
             for number in range(1, listener.workers + 1):
                 if not self._spawn(number).wait_ready(READY_TIMEOUT_S, self.signals):
@@ -185,7 +187,7 @@ class Supervisor:
             self._watch()
         finally:
             self.control.shutting_down = True
-            self.control.stop()
+            self.control.stop(wait=not interrupted)
             self._drain()
             for server in (admin, redirect):
                 if server is not None:

@@ -142,8 +142,8 @@ class FleetControl:
         """Start discovery, before the workers: they start with what it found."""
         self.discovery.start()
 
-    def stop(self) -> None:
-        self.discovery.stop()
+    def stop(self, wait: bool = True) -> None:
+        self.discovery.stop(wait)
 
     def current(self) -> tuple[int, ClusterConfig]:
         return self._current
@@ -252,8 +252,10 @@ class FleetControl:
     def ready(self) -> bool:
         if self.shutting_down:
             return False
-        return any(entry["up"] for worker in self._supervisor.live_workers() if worker.stats
-                   for entry in worker.stats["backends"])
+        # By the merged rows, as /status shows them: a backend one worker sees up and another down is
+        # down there (the vote's tie), and must not make the fleet ready behind /status's back.
+        reports = [worker.stats["backends"] for worker in self._supervisor.live_workers() if worker.stats]
+        return any(row["up"] for row in merge_backends(reports, {}))
 
     def backend(self, name: str) -> dict | None:
         return find_backend(self.status()["backends"], name)
@@ -273,7 +275,9 @@ class FleetControl:
             "uptime_s": round(time.monotonic() - self.started, 3),
             "algorithm": cluster.algorithm,
             "generation": generation,
-            "applied": all(w.generation == generation for w in workers),
+            # Every worker asked for runs it: one missing (dying at start, again and again) is not "applied".
+            "applied": len(workers) == self._supervisor.config.listener.workers
+                       and all(w.generation == generation for w in workers),
             "ready": self.ready(),
             "workers": [{"number": w.number, "pid": w.pid, "generation": w.generation} for w in workers],
             "reloads": self.reloads.as_dict(),

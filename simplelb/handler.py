@@ -85,7 +85,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.cut = False  # a close-delimited response was cut off: the connection ends with a reset (see finish)
+        self.reset_on_close = False  # a close-delimited response was cut off: the connection ends with a reset (see finish)
 
     def _start(self) -> bool:
         """The connection's TLS handshake, if any (here, on its own thread); False if it failed."""
@@ -128,7 +128,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             tracker.remove(self.connection)
 
     def finish(self) -> None:
-        if self.cut:
+        if self.reset_on_close:
             # A reset, not a FIN (nor close_notify): the client reads a body to the close, so a
             # FIN would make the cut body look whole. (The server's own close then finds it closed.)
             try:
@@ -204,7 +204,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             self._send_error(BadRequest(str(exc), status=exc.status), True, request, record.method == "HEAD")
         except ResponseAborted as exc:
             log.warning("response aborted, closing client connection: %s", exc)
-            keep_alive, record.aborted, self.cut = False, True, exc.unframed
+            keep_alive, record.aborted, self.reset_on_close = False, True, exc.unframed
         except ClientDisconnected as exc:
             log.debug("client %s disconnected: %s", self.client_address[0], exc)
             keep_alive, record.status = False, CLIENT_CLOSED_REQUEST

@@ -28,8 +28,12 @@ from .specs import describe
 log = logging.getLogger("simplelb")
 
 
-class StartInterrupted(Exception):
-    """A stop signal came while the process was starting: nothing serves yet, so nothing is drained."""
+class StartInterrupted(BaseException):
+    """A stop signal came while the process was starting: nothing serves yet, so nothing is drained.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: raised wherever the main thread is, it must
+    not be caught by the ``except Exception`` that keeps a start-up step going.
+    """
 
 
 class Signals:
@@ -144,15 +148,14 @@ def serve(config: Config, source=None, *, banner: bool = True, listen_socket=Non
         run_on_one_cpu()  # before any thread starts: they all inherit it (cpu.py says why)
     signals = Signals()
     signals.install()
-    balancer = None
     try:
         with signals.starting():
             balancer = LoadBalancer(config, source=source, listen_socket=listen_socket, sticky_secret=sticky_secret)
             balancer.start()
     except StartInterrupted as exc:
+        # Nothing serves yet, and every thread started is a daemon: exit now, without waiting for a
+        # discovery lookup in flight to end, as a stop would.
         log.info("%s while starting: stopping", exc)
-        if balancer is not None:
-            balancer.stop(grace_s=0)
         return 0
     if on_ready is not None:
         on_ready()

@@ -158,6 +158,12 @@ def test_a_reload_that_drops_a_source_drops_its_backends(control):
     assert [s["source"] for s in control.discovery.status()] == ["dns://b.test:80"]
 
 
+def test_a_reload_that_drops_a_source_drops_its_backends_while_another_never_listed(control):
+    control.found(0, spec("10.0.0.1:80"))  # b.test has not answered since start, and may never
+    control.running = control.discovery.configure(Config.of(backends="static:1,dns://b.test:80").cluster)
+    assert [name for name, _, _ in control.names()] == ["static:1"]
+
+
 def test_a_reload_that_changes_a_source_keeps_the_old_list_until_the_new_source_lists(control):
     control.found(0, spec("10.0.0.1:80"))
     control.found(1, spec("10.0.0.2:80"))

@@ -140,7 +140,7 @@ def test_cli_ctrl_c_with_etcd_frozen_stops_within_seconds(process):
             took = time.monotonic() - started
         finally:
             etcd.thaw()
-    assert took < 3.0, f"Ctrl-C took {took:.1f}s with etcd frozen"
+    assert took < 5.0, f"Ctrl-C took {took:.1f}s with etcd frozen"
     assert "cannot revoke" in proc.stderr and "expires" in proc.stderr
     assert "Traceback" not in proc.stderr
 

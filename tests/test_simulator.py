@@ -93,7 +93,7 @@ def test_a_burst_of_due_sends_does_not_wait_behind_a_busy_sender(scripted):
     target = Target("127.0.0.1", backend.port, "/")
     results, _ = run_schedule([(0.0, target)] + [(0.2, target)] * 4)
     assert len(results) == 5
-    assert max(r.lag_s for r in results) < 0.25
+    assert max(r.lag_s for r in results) < 0.45  # (a busy machine's slow thread starts, but not 0.5 s)
 
 
 def on_schedule(n: int, rate: float, late: dict[int, float] | None = None) -> list[Result]:
