@@ -222,11 +222,11 @@ class Supervisor:
             theirs.close()
         worker = WorkerHandle(number, proc, Channel(ours, SEND_TIMEOUT_S), self.control.retire)
         # Held: no change may reach the worker before its first message, nor be sent between the two.
-        with self.control.held() as (generation, cluster):
+        with self.control.held() as (generation, cluster, tls):
             with self._lock:
                 self.workers[number] = worker
             try:
-                worker.channel.send({"listener": _listener_dict(self.config), "cluster": cluster.to_dict(),
+                worker.channel.send({"listener": {**_listener_dict(self.config), "tls": tls}, "cluster": cluster.to_dict(),
                                      "generation": generation, "secret": self._secret.hex()})
             except ChannelClosed:
                 pass

@@ -134,6 +134,9 @@ class FleetControl:
         # (generation, cluster), replaced whole: readers (/status, /metrics) take it without the
         # lock, so they never wait behind a change that is being sent to the workers.
         self._current = (1, self.discovery.configure(running.cluster))
+        # The certificate files in force (a reload may name, or re-read, others): a worker started
+        # later (a replacement) must serve what the others do, not what the fleet started with.
+        self.tls = running.listener.tls
         self._retired_lock = threading.Lock()  # guards the two below: what dead workers counted
         self._retired_backends: dict[tuple[str, str], dict] = {}  # by backend_key; only backends configured
         self._retired: dict | None = None
@@ -149,10 +152,11 @@ class FleetControl:
         return self._current
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[tuple[int, ClusterConfig]]:
-        """The current generation, with changes held off until the block ends (a new worker's first message)."""
+    def held(self) -> Iterator[tuple[int, ClusterConfig, tuple | None]]:
+        """The current generation and certificate files, with changes held off until the block ends (a new
+        worker's first message)."""
         with self._changing:
-            yield self._current
+            yield (*self._current, self.tls)
 
     def config(self) -> ClusterConfig:
         return self._current[1]
@@ -181,6 +185,8 @@ class FleetControl:
         cluster_from_dict(as_sent)  # what every worker will do with it: a ConfigError here, not in each of them
         generation = self._current[0] + 1
         self._current = (generation, cluster)
+        if tls is not None:
+            self.tls = tls
         self._forget_unconfigured()
         message = {"op": "apply", "generation": generation, "cluster": as_sent, "tls": tls}
 

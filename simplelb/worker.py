@@ -97,7 +97,13 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
     first = channel.receive()
     if first is None:
         return 1
-    config = Config(listener_from_dict(first["listener"]), cluster_from_dict(first["cluster"]))
+    try:
+        # Files named by the configuration (a CA, certificates) are read again here: one broken since
+        # the parent checked it stops this worker with one line, and the parent says so and retries.
+        config = Config(listener_from_dict(first["listener"]), cluster_from_dict(first["cluster"]))
+    except ConfigError as exc:
+        print(f"simplelb: worker {number} cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     if config.listener.cpu_affinity == "one":
         run_on_one_cpu(number)  # before any thread starts: workers spread over the cores (cpu.py)
     logging.basicConfig(
@@ -114,8 +120,12 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
                     ignored=(signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM),
                     ignored_hint="signal the parent, which tells every worker")
     listen_socket = socket.socket(fileno=listen_fd)
-    balancer = LoadBalancer(config, listen_socket=listen_socket, sticky_secret=bytes.fromhex(first["secret"]),
-                            admin=False, discover=False)
+    try:
+        balancer = LoadBalancer(config, listen_socket=listen_socket, sticky_secret=bytes.fromhex(first["secret"]),
+                                admin=False, discover=False)
+    except ConfigError as exc:  # (its certificate files, read here again)
+        log.error("worker %d cannot start: %s", number, exc)
+        return 1
     link = WorkerLink(channel, balancer, first["generation"], signals)
     balancer.start()
     channel.send({"event": "ready", "pid": os.getpid()})

@@ -1,6 +1,7 @@
 """TLS: termination with SNI and reload, checked with requests, httpx and openssl; HTTPS backends, verified."""
 
 import contextlib
+import os
 import shutil
 import socket
 import ssl
@@ -364,6 +365,55 @@ def test_two_workers_serve_tls_and_both_take_new_certificates_on_sighup(pki, moc
     wait_for(lambda: requests.get(admin + "/status", timeout=5).json()["generation"] == 2, what="the reload")
     # New connections land on either worker: every one shows the new certificate.
     assert all("rotated.example" in served_names(port, "localhost", ca_file) for _ in range(12))
+    proc.proc.terminate()
+    assert proc.wait(30) == 0
+
+
+def test_a_replaced_worker_serves_the_certificate_a_reload_named(pki, mock_servers, tmp_path, process):
+    import signal
+
+    ca, ca_file, issue = pki
+    old_cert, old_key = issue("localhost", "127.0.0.1")
+    new_cert, new_key = issue("127.0.0.1", "renamed.example")  # other files, named by the reloaded file
+    (mock,) = mock_servers(1)
+    config = tmp_path / "lb.toml"
+    text = f'backends = "{mock.address}"\nworkers = 2\nadmin = "127.0.0.1:0"\ntls-cert = "{{}}"\ntls-key = "{{}}"\n'
+    config.write_text(text.format(old_cert, old_key))
+    proc, url, admin = start_lb_process(process, "--config", str(config), admin=True)
+    port = int(url.rsplit(":", 1)[1])
+    config.write_text(text.format(new_cert, new_key))
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: requests.get(admin + "/status", timeout=5).json()["generation"] == 2, what="the reload")
+    victim = requests.get(admin + "/status", timeout=5).json()["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in [w["pid"] for w in requests.get(admin + "/status", timeout=5).json()["workers"]]
+             and requests.get(admin + "/status", timeout=5).json()["applied"], what="a replacement worker")
+    # Both workers, the replacement too, show the reloaded certificate, never the first one.
+    assert all("renamed.example" in served_names(port, "127.0.0.1", ca_file) for _ in range(12))
+    proc.proc.terminate()
+    assert proc.wait(30) == 0
+
+
+def test_a_worker_that_cannot_start_says_why_in_a_line_and_the_fleet_says_it_is_short(pki, mock_servers, tmp_path,
+                                                                                      process):
+    import signal
+
+    _, ca_file, _ = pki
+    ca_copy = tmp_path / "backend-ca.pem"
+    ca_copy.write_bytes(open(ca_file, "rb").read())
+    (mock,) = mock_servers(1)
+    proc, url, admin = start_lb_process(process, "--backends", mock.address, "--backend-ca", str(ca_copy),
+                                        "--workers", "2", "--admin", "127.0.0.1:0")
+    ca_copy.write_text("garbage\n")  # broken after the start: a replacement reads it again
+    victim = requests.get(admin + "/status", timeout=5).json()["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    proc.wait_for_output("cannot start", 10)
+    status = requests.get(admin + "/status", timeout=5).json()
+    assert len(status["workers"]) == 1 and status["applied"] is False  # one short of the two asked for
+    assert requests.get(url, timeout=5).status_code == 200  # the other serves on
+    ca_copy.write_bytes(open(ca_file, "rb").read())
+    wait_for(lambda: requests.get(admin + "/status", timeout=5).json()["applied"], 15, "the replacement to start")
+    assert "Traceback" not in proc.stderr
     proc.proc.terminate()
     assert proc.wait(30) == 0
 
