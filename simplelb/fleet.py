@@ -206,8 +206,7 @@ class Supervisor:
         listener = self.config.listener
         sock = _socket(listener.host)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((listener.host, self.port))
-        sock.listen(1024)
+        sock.bind((listener.host, self.port))  # the worker listens once it can serve (worker.run says why)
         ours, theirs = socket.socketpair()
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}

@@ -127,6 +127,9 @@ def run(listen_fd: int, control_fd: int, number: int) -> int:
         log.error("worker %d cannot start: %s", number, exc)
         return 1
     link = WorkerLink(channel, balancer, first["generation"], signals)
+    # Listening joins the port's SO_REUSEPORT group: the kernel then hands this worker its share of
+    # new connections. Only now, so a worker that cannot start never takes (and resets) any.
+    listen_socket.listen(1024)
     balancer.start()
     channel.send({"event": "ready", "pid": os.getpid()})
     link.start()
