@@ -191,6 +191,13 @@ class FleetControl:
         message = {"op": "apply", "generation": generation, "cluster": as_sent, "tls": tls}
 
         def apply(worker) -> None:
+            if not worker.ready.is_set():
+                # Starting: it reads this once it serves (its channel keeps it) and confirms then. Its
+                # answer is not awaited, nor its silence held against it: a kill here would throw
+                # away a worker that is only slow to start, again and again on a busy machine.
+                with contextlib.suppress(ChannelClosed):
+                    worker.channel.send(message)
+                return
             try:
                 answer = worker.ask(message, timeout_s=APPLY_TIMEOUT_S)
             except ChannelClosed as exc:

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import signal
 import time
 
@@ -206,6 +207,11 @@ def test_a_backend_removed_and_added_again_starts_from_zero_though_the_workers_t
     assert proc.wait(30) == 0 and "Traceback" not in proc.stderr
 
 
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
 def test_a_stop_while_the_workers_start_does_not_wait_for_them(process, mock_servers, tmp_path):
     (mock,) = mock_servers(1)
     # Every worker hangs before it starts (a loaded machine, a slow disk); the parent is not slowed.
@@ -214,15 +220,33 @@ def test_a_stop_while_the_workers_start_does_not_wait_for_them(process, mock_ser
     proc = process("-m", "simplelb", "--port", "0", "--backends", mock.address, "--workers", "2",
                    env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
 
-    def children() -> list[int]:
-        with open(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children") as listed:
-            return [int(pid) for pid in listed.read().split()]
-
-    wait_for(children, timeout_s=10, what="the first worker to be started")
-    starting = children()
+    wait_for(lambda: children(proc.proc.pid), timeout_s=10, what="the first worker to be started")
+    starting = children(proc.proc.pid)
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.wait(5) == 0, proc.stderr  # not after the 15 s a worker is given to start
     assert not any(alive(pid) for pid in starting)
+
+
+def test_a_change_while_a_replacement_worker_starts_does_not_kill_it(process, mock_servers, tmp_path):
+    (mock,) = mock_servers(1)
+    slow = tmp_path / "slow"  # while it exists, a worker starting sleeps 3 s first (a busy machine)
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import os, time\nif b'simplelb.worker' in open('/proc/self/cmdline', 'rb').read() and "
+        f"os.path.exists({str(slow)!r}):\n    time.sleep(3)\n")
+    proc = process("-m", "simplelb", "--port", "0", "--backends", mock.address, "--workers", "2",
+                   "--admin", "127.0.0.1:0", env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+    admin = re.search(r"admin on (http://\S+)", proc.wait_for_output("admin on", 20)).group(1)
+    slow.touch()
+    victim = status(admin)["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(children(proc.proc.pid)) == 2 and victim not in children(proc.proc.pid),
+             what="the replacement started (and sleeping)")
+    patched = requests.patch(f"{admin}/backends/{mock.address}", json={"weight": 7}, timeout=10)
+    assert patched.status_code == 200
+    wait_for(lambda: status(admin)["applied"], 15, "the replacement serving the change")
+    assert "failed generation" not in proc.stderr  # (it was killed for not confirming while it started)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
 
 
 def test_sighup_with_a_bad_file_keeps_the_fleet_serving(process, mock_servers, tmp_path):
