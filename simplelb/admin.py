@@ -233,12 +233,20 @@ class AdminHandler(DeadlineHandler):
 
     def add_backend(self, body=None):
         spec = changes.new_backend(body)
-        generation = self.admin.control.change(lambda config: changes.add_backend(config, spec))
-        return 201, {**self._backend(spec.name), "generation": generation}, [("Location", f"/backends/{spec.name}")]
+        generation, backend = self._change(lambda config: changes.add_backend(config, spec), spec.name)
+        return 201, {**backend, "generation": generation}, [("Location", f"/backends/{spec.name}")]
 
     def patch_backend(self, name: str, body=None):
-        generation = self.admin.control.change(lambda config: changes.patch_backend(config, name, body))
-        return 200, {**self._backend(name), "generation": generation}, []
+        generation, backend = self._change(lambda config: changes.patch_backend(config, name, body), name)
+        return 200, {**backend, "generation": generation}, []
+
+    def _change(self, edit, name: str) -> tuple[int, dict]:
+        """Apply ``edit``; the backend ``name`` as that change left it, read before any later change."""
+        read: list[dict | None] = []
+        generation = self.admin.control.change(edit, then=lambda: read.append(self.admin.control.backend(name)))
+        if read[0] is None:
+            raise NotFound(f"no backend named {name!r}")
+        return generation, read[0]
 
     def delete_backend(self, name: str, body=None):
         generation = self.admin.control.change(lambda config: changes.remove_backend(config, name))

@@ -109,13 +109,18 @@ class LocalControl:
     def config(self) -> ClusterConfig:
         return self.cluster.view.config
 
-    def change(self, edit: Callable[[ClusterConfig], ClusterConfig], *, operator: bool = True) -> int:
+    def change(self, edit: Callable[[ClusterConfig], ClusterConfig], *, operator: bool = True,
+               then: Callable[[], None] | None = None) -> int:
+        """Apply ``edit``; ``then`` runs once it is in force, before any later change (an answer's read)."""
         with self._changing:
             before = self.cluster.view.config
             after = edit(before)
             if operator:
                 after = self.discovery.edited(before, after)
-            return self.cluster.update(after).generation
+            generation = self.cluster.update(after).generation
+            if then is not None:
+                then()
+            return generation
 
     def reload(self) -> int:
         with self._changing:

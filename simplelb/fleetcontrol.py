@@ -161,13 +161,18 @@ class FleetControl:
     def config(self) -> ClusterConfig:
         return self._current[1]
 
-    def change(self, edit: Callable[[ClusterConfig], ClusterConfig], *, operator: bool = True) -> int:
+    def change(self, edit: Callable[[ClusterConfig], ClusterConfig], *, operator: bool = True,
+               then: Callable[[], None] | None = None) -> int:
+        """Apply ``edit`` in every worker; ``then`` runs once it is, before any later change (an answer's read)."""
         with self._changing:
             before = self._current[1]
             after = edit(before)
             if operator:
                 after = self.discovery.edited(before, after)
-            return self._apply(after)
+            generation = self._apply(after)
+            if then is not None:
+                then()
+            return generation
 
     def reload(self) -> int:
         with self._changing:

@@ -4,6 +4,7 @@ import contextlib
 import os
 import re
 import signal
+import threading
 import time
 
 import pytest
@@ -245,6 +246,27 @@ def test_a_change_while_a_replacement_worker_starts_does_not_kill_it(process, mo
     assert patched.status_code == 200
     wait_for(lambda: status(admin)["applied"], 15, "the replacement serving the change")
     assert "failed generation" not in proc.stderr  # (it was killed for not confirming while it started)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_each_patch_is_answered_with_what_it_did_though_others_run_at_once(process, mock_servers):
+    (mock,) = mock_servers(1)
+    proc, _, admin = start_lb_process(process, "--backends", mock.address, "--workers", "2", "--admin", "127.0.0.1:0")
+    wrong = []
+
+    def patch(weights) -> None:
+        for weight in weights:
+            answer = requests.patch(f"{admin}/backends/{mock.address}", json={"weight": weight}, timeout=10).json()
+            if answer["weight"] != weight:  # (it was read after the change, and another had come since)
+                wrong.append((weight, answer["weight"]))
+
+    threads = [threading.Thread(target=patch, args=(range(10 * i + 1, 10 * i + 9),)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert wrong == []
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
 
