@@ -43,7 +43,6 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from . import changes
-from .config import read_token
 from .convert import is_loopback
 from .errors import ConfigError, HTTPError, NotFound
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -165,7 +164,7 @@ class AdminHandler(DeadlineHandler):
         origin = self.headers.get("Origin")
         if origin not in (None, "null") and host is not None and origin != f"http://{host}":
             raise refused(403, f"requests from {origin} are not allowed")
-        token = self.admin.token
+        token = self.admin.control.admin_token  # (the control's: a reload may have read a new one)
         if token is None:
             return
         given = self.headers.get("Authorization", "")
@@ -299,9 +298,8 @@ class AdminHandler(DeadlineHandler):
 class AdminServer(SideServer):
     """The admin listener; binds in the constructor (a taken port fails there), ``start()``/``stop()``."""
 
-    def __init__(self, address: tuple[str, int], control, *, token_file: str | None = None):
+    def __init__(self, address: tuple[str, int], control):
         self.control = control
-        self.token = read_token(token_file) if token_file else None
         self.loopback = is_loopback(address[0])
         handler = type("AdminHandler", (AdminHandler,), {"admin": self})
         super().__init__(address, handler, "admin", max_connections=MAX_CONNECTIONS)

@@ -142,8 +142,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--slow-start", "slow_start_s", c.seconds(zero_ok=True), "seconds over which a returning backend's share ramps up to full (0: at once)", C, "S"),
 )
 OPTION_BY_FIELD = {option.field: option for option in OPTIONS}
-# Listener settings a reload does apply: certificates are read again, whoever named them.
-RELOADABLE_LISTENER = {"tls"}
+# Listener settings a reload does apply: certificates and the admin token are read again, whoever named them.
+RELOADABLE_LISTENER = {"tls", "admin_token_file"}
 
 # Settings without a flag: internal, but validated like the rest.
 _INTERNAL: dict[str, Callable[[Any], Any]] = {

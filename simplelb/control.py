@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from .cluster import Cluster
-from .config import ClusterConfig, Config
+from .config import ClusterConfig, Config, read_token
 from .discovery import Discovery
 from .errors import ConfigError
 from .stats import BOUNDS_S
@@ -82,6 +82,12 @@ def load_for_reload(source, running: Config, reloads: ReloadCounter) -> tuple[Co
     return config, certificates
 
 
+def admin_token(config: Config) -> str | None:
+    """The admin token ``config`` names (its file was checked when the configuration was loaded)."""
+    path = config.listener.admin_token_file
+    return read_token(path) if path else None
+
+
 class LocalControl:
     """Reload, admin edits and status for the cluster in this process."""
 
@@ -92,6 +98,7 @@ class LocalControl:
         self._snapshot = snapshot or (lambda: {"backends": cluster.status()})
         self.source = source
         self.running = running
+        self.admin_token = admin_token(running)  # in force: a reload reads the file again
         self.started = time.monotonic()
         self.shutting_down = False  # set at SIGTERM: /readyz turns 503 before anything stops
         self.reloads = ReloadCounter()
@@ -128,6 +135,7 @@ class LocalControl:
             generation = self.cluster.update(self.discovery.configure(config.cluster)).generation
             if certificates is not None and self.tls is not None:
                 self.tls.install(certificates)
+            self.admin_token = admin_token(config)
             self.reloads.success += 1
             self.reloads.last_error = None
         log.info("reloaded: generation %d", generation)

@@ -180,7 +180,7 @@ class Supervisor:
             if listener.admin is not None:
                 from .admin import AdminServer
 
-                admin = AdminServer(listener.admin, self.control, token_file=listener.admin_token_file).start()
+                admin = AdminServer(listener.admin, self.control).start()
             if listener.redirect_http is not None:
                 redirect = RedirectServer(listener.host, listener.redirect_http, self.port).start()
             self._banner(admin, redirect)

@@ -32,7 +32,7 @@ from .backend import takes_new_in
 from .channel import ChannelClosed
 from .config import ClusterConfig, Config, cluster_from_dict
 from .configfile import FixedSource
-from .control import ReloadCounter, find_backend, load_for_reload
+from .control import ReloadCounter, admin_token, find_backend, load_for_reload
 from .discovery import Discovery
 from .stats import BOUNDS_S, add_counts, zeroed
 
@@ -126,6 +126,7 @@ class FleetControl:
         self._supervisor = supervisor
         self.source = source or FixedSource(running)
         self.running = running
+        self.admin_token = admin_token(running)  # in force: a reload reads the file again
         self.started = time.monotonic()
         self.shutting_down = False
         self.reloads = ReloadCounter()
@@ -179,6 +180,7 @@ class FleetControl:
             config, certificates = load_for_reload(self.source, self.running, self.reloads)
             tls = config.listener.tls if certificates is not None else None
             generation = self._apply(self.discovery.configure(config.cluster), tls)
+            self.admin_token = admin_token(config)
             self.reloads.success += 1
             self.reloads.last_error = None
         log.info("reloaded: generation %d sent to every worker", generation)

@@ -126,7 +126,7 @@ class LoadBalancer(ThreadingHTTPServer):
         if with_admin and listener.admin is not None:
             from .admin import AdminServer
 
-            self.admin = AdminServer(listener.admin, self.control, token_file=listener.admin_token_file)
+            self.admin = AdminServer(listener.admin, self.control)
         if listener.redirect_http is not None:
             self.redirect = RedirectServer(listener.host, listener.redirect_http, self.port)
         if listener.access_log is not None:

@@ -186,3 +186,23 @@ def test_a_reloaded_read_timeout_reaches_connections_already_pooled(file_balance
     answer = requests.get(lb.url, timeout=10)  # on the pooled connection, taken with the old timeout
     assert answer.status_code == 504
     assert time.monotonic() - started < 2.5
+
+
+def test_a_reload_reads_the_admin_token_again(mock_servers, file_balancer, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("first-token-0123456789\n")
+    lb, _ = file_balancer(mock_servers(1), extra=f'admin-token-file = "{token}"')
+
+    def status_with(value: str) -> int:
+        return requests.get(lb.admin.url + "/status", headers={"Authorization": f"Bearer {value}"}, timeout=5).status_code
+
+    assert status_with("first-token-0123456789") == 200
+    token.write_text("second-token-0123456789\n")  # rotated in place
+    assert requests.post(lb.admin.url + "/reload", headers={**JSON, "Authorization": "Bearer first-token-0123456789"},
+                         timeout=10).status_code == 200
+    assert status_with("first-token-0123456789") == 401 and status_with("second-token-0123456789") == 200
+    token.write_text("")  # emptied: the reload fails whole, and the token in force stays
+    refused = requests.post(lb.admin.url + "/reload", headers={**JSON, "Authorization": "Bearer second-token-0123456789"},
+                            timeout=10)
+    assert refused.status_code == 400 and "admin-token-file" in refused.json()["error"]
+    assert status_with("second-token-0123456789") == 200
