@@ -12,11 +12,12 @@ import pytest
 from traffic.histogram import LogHistogram
 from traffic.outcome import Result
 from traffic.report import summarize
-from traffic.runner import Target, run_open_loop, run_schedule
+from traffic.request import Mix
+from traffic.runner import Job, Shard, Target, run_open_loop, run_schedule
 from traffic.scenario import ScenarioError, bundled, load_scenario, parse_scenario, run_scenario
 from traffic.timeline import build_timeline, format_timeline
 
-from .conftest import run_cli
+from .conftest import run_cli, serve_forever_ok
 
 
 def exact(values, p):
@@ -94,6 +95,29 @@ def test_a_burst_of_due_sends_does_not_wait_behind_a_busy_sender(scripted):
     results, _ = run_schedule([(0.0, target)] + [(0.2, target)] * 4)
     assert len(results) == 5
     assert max(r.lag_s for r in results) < 0.45  # (a busy machine's slow thread starts, but not 0.5 s)
+
+
+def test_an_open_loop_run_lasts_to_the_end_of_its_schedule(scripted):
+    backend = scripted(serve_forever_ok)
+    target = Target("127.0.0.1", backend.port, "/")
+    # 6 requests at 20/s are due at 0, 50, ... 250 ms: the run is 300 ms long, at 20 req/s. (Ended at
+    # the last answer, it read 6 requests in 0.25 s: 24 req/s, and 'rps<=21' failed.)
+    results, elapsed = run_open_loop(target, 20, n=6)
+    assert len(results) == 6 and 0.3 <= elapsed < 5
+    assert summarize(results, elapsed, rate=20)["throughput_rps"] <= 20
+    results, elapsed = run_open_loop(target, 20, duration_s=0.3)
+    assert len(results) == 6 and 0.3 <= elapsed < 5
+
+
+def test_a_process_keeps_the_shared_start_of_an_open_loop_schedule(scripted):
+    backend = scripted(serve_forever_ok)
+    job = Job(Mix([Target("127.0.0.1", backend.port, "/")]), n=3, rate=100)
+    # A process that woke up 300 ms after the common start sends late, and says so; its requests keep
+    # their times on the shared clock. (Its schedule began when it woke up: no lag, times off by 0.3 s.)
+    start_at = time.perf_counter() - 0.3
+    results, _ = job.run(stop=threading.Event(), start_at=start_at, shard=Shard(0, 1))
+    assert sorted(r.started_s for r in results) == pytest.approx([0.0, 0.01, 0.02], abs=1e-9)
+    assert min(r.lag_s for r in results) >= 0.25
 
 
 def on_schedule(n: int, rate: float, late: dict[int, float] | None = None) -> list[Result]:

@@ -1,5 +1,6 @@
 """traffic's command-line manners: flags that do not apply, limits, output paths, Ctrl-C, a closed stdout."""
 
+import contextlib
 import json
 import os
 import signal
@@ -164,14 +165,43 @@ def test_ctrl_c_in_every_mode_stops_within_a_second_with_a_report(process, args,
     assert children_of(proc.proc.pid) == []
 
 
-def test_ctrl_c_while_the_processes_start_prints_no_traceback(recorder):  # noqa: F811
-    server = recorder()
+@contextlib.contextmanager
+def in_own_group(*args: str):
+    """``python -m traffic ARGS`` as the leader of a process group of its own (as a shell starts a job)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # A terminal's Ctrl-C goes to the whole process group: the children too, while they still import.
-    proc = subprocess.Popen([sys.executable, *TRAFFIC, "--url", server.url, "--processes", "2", "--duration", "5",
-                             "--concurrency", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, *TRAFFIC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, start_new_session=True)
-    wait_for(lambda: len(children_of(proc.pid)) >= 2, 10, "the processes to be started")
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+
+
+def test_ctrl_c_while_the_processes_start_prints_no_traceback_and_exits_at_once(recorder):  # noqa: F811
+    server = recorder()
+    with in_own_group("--url", server.url, "--processes", "4", "--duration", "5", "--concurrency", "4") as proc:
+        wait_for(lambda: len(children_of(proc.pid)) >= 4, 10, "the processes to be started")
+        # A terminal's Ctrl-C goes to the whole process group: the children too, while they still import.
+        os.killpg(proc.pid, signal.SIGINT)
+        pressed = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - pressed
     assert proc.returncode == 0 and b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()
+    # Each process waiting for a start that would never come was given a second of its own: 4 s here.
+    assert took < 3.0, f"took {took:.2f}s"
+    assert server.received == []
+
+
+def test_sigterm_to_the_process_group_with_processes_reports_what_was_sent(recorder):  # noqa: F811
+    server = recorder()
+    with in_own_group("--url", server.url, "--processes", "2", "--duration", "60", "--concurrency", "2",
+                      "--json") as proc:
+        wait_for(lambda: len(server.received) > 50, 30, "traffic from both processes")
+        os.killpg(proc.pid, signal.SIGTERM)  # as a service manager stops a job: every process of it
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    # The children died of it before: the report said 0 requests.
+    assert 50 <= report["requests"] <= len(server.received)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from itertools import pairwise
 
 import pytest
 import trustme
@@ -90,6 +91,25 @@ def test_targets_file_mix_is_exact_through_two_processes(recorder, tmp_path):  #
         "one": (300, 0.75), "two": (100, 0.25)}
     assert [(r["method"], r["target"]) for r in one.received] == [("GET", "/read")] * 300
     assert [(r["method"], r["target"], r["body"]) for r in two.received] == [("POST", "/write", b"x")] * 100
+
+
+@pytest.mark.parametrize("loop", ["closed", "open"])
+def test_each_process_sends_the_mix_in_order_and_together_exactly_one_run(recorder, loop):  # noqa: F811
+    one, two = recorder("one"), recorder("two")
+    mix = Mix([parse_target(one.url + "/a"), parse_target(two.url + "/b")])  # weights 1 and 1: a cycle of 2
+    shards, sent = 2, []
+    for k in range(shards):
+        if loop == "closed":
+            results, _ = run_load(mix, 12, concurrency=shards, shard=Shard(k, shards))
+        else:
+            results, _ = run_open_loop(mix, 500, n=12, shard=Shard(k, shards))
+        paths = [r.target.path for r in sorted(results, key=lambda r: r.started_s)]
+        # Each process alternates, as one process would. (Picking by the request number, each of two
+        # processes sent to one target only.)
+        assert all(a != b for a, b in pairwise(paths)), (k, paths)
+        sent += paths
+    assert (sent.count("/a"), sent.count("/b")) == (6, 6)
+    assert len(one.received) == len(two.received) == 6
 
 
 @pytest.mark.parametrize("text, message", [

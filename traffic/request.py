@@ -7,8 +7,10 @@ otherwise. It picks by *smooth weighted round robin* (nginx's), not at random:
 with weights 3 and 1, exactly 3 of every 4 requests go to the first, spread
 out, so counts are exact and even a short run has the asked proportions.
 
-Request number ``i`` of a run always gets ``mix.pick(i)``, whichever thread or
-process sends it, so ``--processes`` keeps the mix exact too.
+Pick number ``i`` is always ``mix.pick(i)``, whichever thread sends it. With
+``--processes``, each process walks its own block of the picks in order
+(``runner.Shard.first``), so the processes together send exactly the mix one
+would, and each one's own requests are mixed too.
 
 Every mistake is a ``TargetError`` whose message is one line fit to show a
 user.
@@ -141,7 +143,7 @@ def smooth_order(weights: Sequence[int]) -> list[int]:
 
 
 class Mix:
-    """Targets and their weights; ``pick(i)`` is the target of request number ``i``."""
+    """Targets and their weights; ``pick(i)`` is the ``i``-th target of the cycle, repeated for ever."""
 
     def __init__(self, targets: Sequence[Target], weights: Sequence[int] | None = None):
         if not targets:

@@ -22,8 +22,14 @@ with the process, so it cannot hold up the report.
 
 **Shards** (``--processes``). Shard ``k`` of ``N`` sends requests number
 ``k, k + N, k + 2N, ...`` of the run, with its share of the concurrency, so N
-processes together send exactly the requests one process would, on the same
-schedule and with the same mix.
+processes together send as many requests as one process would, on the same
+schedule. Each walks the mix in order on its own (``Shard.first``): shard
+``k`` takes the next of *its* block of the run's picks, the block after the
+earlier shards' shares. Together they pick exactly what one process would
+pick, and each process's own sequence is mixed. (Picking ``mix.pick`` of the
+request number instead would give each process every ``N``-th pick: with two
+targets of weight 1 and two processes, each process would send to one target
+only, and a fast one's process would finish first.)
 
 Each worker owns a ``Sender`` (``sender.py``). Nothing is aggregated here.
 """
@@ -60,6 +66,17 @@ class Shard:
     def ticket(self, local: int) -> int:
         """The run-wide number of this shard's ``local``-th request."""
         return self.index + local * self.count
+
+    def first(self, total: int | None) -> int:
+        """Where this shard's walk through the mix begins: its ``local``-th request gets pick ``first + local``.
+
+        With a known ``total``, after the earlier shards' shares of it: the shards' blocks of picks
+        together are picks 0 to ``total - 1``, exactly what one process would pick. With none (a
+        ``--duration`` run), the shard's index, so that the processes do not all start on one target.
+        """
+        if total is None:
+            return self.index
+        return self.index * (total // self.count) + min(self.index, total % self.count)
 
 
 WHOLE = Shard()
@@ -163,6 +180,7 @@ def run_load(
     mix, stop = _mix(source), stop or threading.Event()
     context = _tls_context(tls, mix.targets)
     mine = shard.share(n) if n is not None else None
+    first = shard.first(n)
     tickets = itertools.count()
     collector = _Collector(on_result)
     phase_start = time.perf_counter() if phase_at is None else phase_at
@@ -176,7 +194,7 @@ def run_load(
             t0 = time.perf_counter()
             if (mine is not None and local >= mine) or (ends_at is not None and t0 >= ends_at):
                 break
-            collector.send(sender, mix.pick(shard.ticket(local)), t0 - started, t0)
+            collector.send(sender, mix.pick(first + local), t0 - started, t0)
         sender.close()
 
     workers = [threading.Thread(target=worker, name=f"traffic-worker-{i}", daemon=True)
@@ -203,8 +221,12 @@ def run_open_loop(
     """
     mix = _mix(source)
     total = n if n is not None else max(1, int(rate * (duration_s or 1.0)))
-    items = ((i / rate, mix.pick(i)) for i in range(shard.index, total, shard.count))
-    return _run_scheduled(items, max(1, shard.share(max_in_flight)), targets=mix.targets, **options)
+    first = shard.first(total)
+    items = ((i / rate, mix.pick(first + local)) for local, i in enumerate(range(shard.index, total, shard.count)))
+    # The run lasts until the next request would be due (or for its duration), not only until the last
+    # was sent: 6 requests at 2/s take 3 s, and their rate is 2/s, not 6 in 2.5 s.
+    ends_s = duration_s if n is None and duration_s else total / rate
+    return _run_scheduled(items, max(1, shard.share(max_in_flight)), targets=mix.targets, ends_s=ends_s, **options)
 
 
 def run_schedule(
@@ -225,6 +247,7 @@ def _run_scheduled(
     max_in_flight: int,
     *,
     targets: Iterable[Target] = (),
+    ends_s: float = 0.0,
     timeout_s: float = 10.0,
     on_result: OnResult = None,
     stop: threading.Event | None = None,
@@ -269,7 +292,9 @@ def _run_scheduled(
     for _ in workers:
         due.put(None)
     _wait(workers, stop)
-    return collector.close(), time.perf_counter() - schedule
+    elapsed = time.perf_counter() - schedule
+    # ``ends_s``: the end of the schedule (seconds from its start), which a run that was not stopped lasted.
+    return collector.close(), elapsed if stop.is_set() else max(elapsed, ends_s)
 
 
 @dataclass(frozen=True)
@@ -287,8 +312,10 @@ class Job:
 
     def run(self, *, stop: threading.Event, on_result: OnResult = None, start_at: float | None = None,
             shard: Shard = WHOLE) -> tuple[list[Result], float]:
+        # ``phase_at``: the schedule (and a closed loop's duration) runs from the common start, not from
+        # when this process woke up for it, so a late wake-up shows as send lag, as in one process.
         options = {"timeout_s": self.timeout_s, "on_result": on_result, "stop": stop, "start_at": start_at,
-                   "tls": self.tls, "shard": shard}
+                   "phase_at": start_at, "tls": self.tls, "shard": shard}
         if self.schedule is not None:
             return run_schedule(self.schedule, max_in_flight=self.concurrency, **options)
         if self.rate:
