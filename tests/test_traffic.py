@@ -31,6 +31,26 @@ def test_summary_counts_backends_statuses_and_errors():
     assert "Failed: 2 of 4 (50.00%): transport 1 (timeout x 1) + HTTP 5xx 1 (500 x 1)" in text
 
 
+def test_reconnects_that_failed_are_not_said_to_have_not_failed():
+    resent = [Result(0.0, 0.01, 200, "a", None, reconnected=True),
+              Result(0.0, 0.01, None, None, "connection refused", reconnected=True)]
+    summary = summarize(resent, 1.0)
+    assert (summary["reconnects"], summary["reconnects_failed"]) == (2, 1)
+    text = " ".join(format_report(summary).split())  # (the line is wrapped at 80 columns)
+    # It read "2 (... sent again on a new one, not failed)" though one had failed there.
+    assert "Reconnects: 2 (the server had closed an idle keep-alive connection; sent again on a new one: " \
+           "1 not failed, 1 failed (counted above))" in text
+    assert "sent again on a new one: not failed" in " ".join(format_report(summarize(resent[:1], 1.0)).split())
+
+
+def test_one_open_loop_request_is_not_said_to_fall_behind():
+    # One send has no rate: it was taken for 1 req/s, and "fell behind" any rate asked above that.
+    summary = summarize([Result(0.0, 0.01, 200, "a", None)], 0.1, rate=50)
+    assert summary["generator"]["fell_behind"] is False and summary["generator"]["sent_rps"] is None
+    text = format_report(summary)
+    assert "sent 1 request (too few for a rate)," in text and "WARNING" not in text
+
+
 def test_parse_target():
     assert parse_target("http://127.0.0.1:8080") == Target("127.0.0.1", 8080, "/")
     assert parse_target("http://localhost:81/base?q=1") == Target("localhost", 81, "/base?q=1")

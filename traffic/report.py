@@ -59,15 +59,18 @@ def _generator(results: Sequence[Result], rate: float) -> dict:
         lag.record(result.lag_s)
     # Over the span of the actual sends, not the run: waiting for the last
     # answers (say, from a stalled server) is not the generator falling behind.
+    # A rate needs two sends at least: one request (or several sent at one instant) has none, and
+    # is not behind for it. (It was taken for a rate of 1 req/s, behind any rate asked above that.)
     sends = [r.started_s + r.lag_s for r in results]
     span = max(sends) - min(sends) if sends else 0.0
-    sent_rate = (len(sends) - 1) / span if span > 0 else float(len(sends))
+    sent_rate = (len(sends) - 1) / span if span > 0 else None
     late = sum(1 for r in results if r.lag_s * 1000 > BEHIND_LAG_MS)
     return {
         "requested_rps": rate,
-        "sent_rps": round(sent_rate, 1),
+        "sent_rps": round(sent_rate, 1) if sent_rate is not None else None,  # None: too few sends to tell
         "send_lag_p99_ms": round(lag.percentile_ms(99), 3),
-        "fell_behind": sent_rate < BEHIND_RATE_SHARE * rate or late > max(1, len(results) // 100),
+        "fell_behind": (sent_rate is not None and sent_rate < BEHIND_RATE_SHARE * rate)
+        or late > max(1, len(results) // 100),
     }
 
 
@@ -91,6 +94,7 @@ def summarize(
         "errors": dict(Counter(r.error for r in results if r.error).most_common()),  # transport errors by kind
         "failures": count_failures(results),
         "reconnects": sum(r.reconnected for r in results),
+        "reconnects_failed": sum(r.reconnected and is_failed(r) for r in results),  # (counted in failures too)
         "latency_ms": {
             "min": round(histogram.min_us / 1000, 3) if results else 0.0,
             **{f"p{p}": round(histogram.percentile_ms(p), 3) for p in PERCENTILES},
@@ -136,12 +140,18 @@ def format_report(summary: dict) -> str:
         "Latency (ms): " + "  ".join(f"{k} {v:.2f}" for k, v in summary["latency_ms"].items()),
     ]
     if summary.get("reconnects"):
+        failed = summary.get("reconnects_failed", 0)
+        outcome = f"{summary['reconnects'] - failed} not failed, {failed} failed (counted above)" if failed \
+            else "not failed"
         lines += wrapped("Reconnects: ", f"{summary['reconnects']} (the server had closed an idle keep-alive "
-                                         "connection; sent again on a new one, not failed)")
+                                         f"connection; sent again on a new one: {outcome})")
     generator = summary.get("generator")
     if generator:
+        count = summary["requests"]
+        sent = f"{count} request{'s' * (count != 1)} (too few for a rate)" if generator["sent_rps"] is None \
+            else f"{generator['sent_rps']:g} req/s"
         lines.append(
-            f"Open loop: asked {generator['requested_rps']:g} req/s, sent {generator['sent_rps']:g} req/s,"
+            f"Open loop: asked {generator['requested_rps']:g} req/s, sent {sent},"
             f" send lag p99 {generator['send_lag_p99_ms']:.1f} ms"
         )
         if generator["fell_behind"]:
