@@ -171,6 +171,27 @@ def test_slow_backend_needs_compare():
     assert "--slow-backend does not apply to a run against --url (only to --compare" in result.stderr
 
 
+def test_a_slow_backend_the_mocks_cannot_be_is_refused_not_reported():
+    # Accepted, the mock refused it (400) unheard, and the report said mock-3 answered in 700000 ms.
+    result = run_cli("-m", "traffic", "--compare", "round-robin", "--slow-backend", "700000", "--n", "3")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--slow-backend: must be greater than zero and at most 600,000, not '700000'" in result.stderr
+
+
+def test_a_control_request_the_mock_refuses_is_an_error():
+    from traffic.rig import ControlError, start_rig
+
+    with pytest.raises(ControlError, match=r"/_mock/latency\?ms=700000 .* answered 400: latency must be"):
+        start_rig(2, slow_ms=700_000)
+    rig = start_rig(2)
+    try:
+        with pytest.raises(ControlError, match="answered 400: error rate must be"):
+            rig.control("mock-1", "/_mock/error-rate?p=2")
+        rig.control("mock-1", "/_mock/error-rate?p=0.5")  # (and an accepted one is quiet)
+    finally:
+        rig.stop(grace_s=0)
+
+
 def test_compare_on_a_scenario_runs_its_events_for_each_algorithm(tmp_path):
     scenario = tmp_path / "slow.toml"
     scenario.write_text('servers = 2\nalgorithm = "random"\n[[phase]]\nduration = 1.5\nrate = 100\n'

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from traffic.replay import ReplayError, parse_access_log
+from traffic.replay import ReplayError, parse_access_log, schedule
+from traffic.request import parse_target
 
 from .conftest import run_cli
 from .traffic_support import recorder, write_access_log  # noqa: F401 - a fixture
@@ -30,7 +31,7 @@ def recorded_traffic(seed: int = 7) -> list[tuple[float, str, str]]:
 def test_the_log_is_sorted_by_time_and_offset_from_the_first(tmp_path):
     log = tmp_path / "access.log"
     write_access_log(log, [(1.5, "GET", "/late"), (0.25, "POST", "/first"), (1.0, "GET", "/mid")])
-    entries = parse_access_log(log.read_text(), str(log))
+    entries = parse_access_log(log.read_text(), str(log)).entries
     assert [(e.offset_s, e.method, e.target) for e in entries] == [(0.0, "POST", "/first"), (0.75, "GET", "/mid"),
                                                                    (1.25, "GET", "/late")]
 
@@ -58,6 +59,42 @@ def test_an_empty_or_binary_log_is_one_line(tmp_path):
     for path, message in ((empty, "no requests in it"), (binary, "not UTF-8 text")):
         result = run_cli("-m", "traffic", "--replay", str(path), "--url", "http://127.0.0.1:1")
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_a_real_log_replays_its_malformed_asterisk_and_absolute_form_lines(recorder, tmp_path):  # noqa: F811
+    # What simplelb logs: "-" for a request it could not parse (a 400, never forwarded), OPTIONS *, and a
+    # target in absolute form. The replay refused the whole log for any of them.
+    log = tmp_path / "access.log"
+    write_access_log(log, [(0.0, "GET", "/a"), (0.01, "-", "-"), (0.02, "OPTIONS", "*"),
+                           (0.03, "GET", "http://example/abs?q=1"), (0.04, "-", "-")])
+    server = recorder()
+    result = run_cli("-m", "traffic", "--replay", str(log), "--url", server.url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert [(r["method"], r["target"]) for r in server.received] == [("GET", "/a"), ("OPTIONS", "*"),
+                                                                     ("GET", "/abs?q=1")]
+    assert json.loads(result.stdout)["replay_skipped"] == 2
+    assert "replay: skipped 2 log lines with method '-'" in result.stderr  # (with --json, notes go there)
+    only_bad = tmp_path / "bad.log"
+    write_access_log(only_bad, [(0.0, "-", "-")])
+    with pytest.raises(ReplayError, match="no requests in it .*1 with method '-' skipped"):
+        parse_access_log(only_bad.read_text())
+    with pytest.raises(ReplayError, match="must start with /"):
+        parse_access_log('{"time": "2024-05-01T12:00:00.000Z", "method": "GET", "target": "*"}')
+
+
+def test_a_replay_slower_than_a_day_is_refused(tmp_path):
+    log = parse_access_log('{"time": "2024-05-01T12:00:00.000Z", "method": "GET", "target": "/"}\n'
+                           '{"time": "2024-05-01T12:20:00.000Z", "method": "GET", "target": "/"}')
+    base = parse_target("http://127.0.0.1:1")
+    assert schedule(log.entries, base, 0.014)[-1][0] == pytest.approx(1200 / 0.014)  # 23.8 hours
+    with pytest.raises(ReplayError, match="at --speed 0.01 the replay would take 120,000s, more than a day"):
+        schedule(log.entries, base, 0.01)  # it ran for 33 hours
+    path = tmp_path / "access.log"
+    path.write_text('{"time": "2024-05-01T12:00:00.000Z", "method": "GET", "target": "/"}\n')
+    for speed in ("1e-300", "0.0009"):  # 1e-300 was an OverflowError traceback; 1e-9 a run of decades
+        result = run_cli("-m", "traffic", "--replay", str(path), "--url", "http://127.0.0.1:1", "--speed", speed)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert f"--speed: must be from 0.001 to 1,000, not '{speed}'" in result.stderr
 
 
 def arrivals(server) -> list[float]:

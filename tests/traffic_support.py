@@ -62,7 +62,7 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any  # noqa: N815
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any  # noqa: N815
 
             def log_message(self, *args) -> None:
                 pass

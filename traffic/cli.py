@@ -23,6 +23,8 @@ from .rig import algorithm_names
 MAX_CONCURRENCY = 10_000
 MAX_RATE = 100_000.0
 MAX_PROCESSES = 64
+MIN_SPEED, MAX_SPEED = 0.001, 1000.0  # --speed; and a replay may take a day at most (replay.MAX_SPAN_S)
+MAX_LATENCY_MS = 600_000.0  # --slow-backend: the most a mock server takes (mockserv.behaviour.parse_latency)
 
 RUN, REPLAY, SCENARIO, DEMO = "run", "replay", "scenario", "demo"
 COMPARE, COMPARE_SCENARIO, COMPARE_REPLAY = "compare", "compare-scenario", "compare-replay"
@@ -56,12 +58,15 @@ def _whole(low: int, high: int):
     return convert
 
 
-def _number(high: float = float("inf")):
+def _number(high: float = float("inf"), low: float = 0.0):
+    """A number above zero and at most ``high``; with ``low``, from ``low`` to ``high``."""
     def convert(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+        if low and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:,g}, not {text!r}")
         if not 0 < value <= high:
             limit = f" and at most {high:,g}" if high != float("inf") else ""
             raise argparse.ArgumentTypeError(f"must be greater than zero{limit}, not {text!r}")
@@ -125,14 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="send from N processes, for more than one Python process can send (default 1)")
     modes = parser.add_argument_group("modes")
     modes.add_argument("--replay", metavar="ACCESS_LOG", help="replay a simplelb JSON access log against --url")
-    modes.add_argument("--speed", type=_number(1000), metavar="X", help="with --replay: X times as fast (default 1)")
+    modes.add_argument("--speed", type=_number(MAX_SPEED, MIN_SPEED), metavar="X",
+                       help="with --replay: X times as fast, from 0.001 to 1000 (default 1)")
     modes.add_argument("--scenario", metavar="FILE", help="run a TOML scenario against its own mock servers and "
                        "balancer (or a bundled one: rolling-restart, slow-backend, flapping, burst)")
     modes.add_argument("--demo", action="store_true", default=None,
                        help="start 3 mock backends and a balancer here, take one down and back, and report")
     modes.add_argument("--compare", type=_algorithms, metavar="ALG1,ALG2,...",
                        help="the same traffic against a balancer with each algorithm: steady, --scenario or --replay")
-    modes.add_argument("--slow-backend", type=_number(), metavar="MS",
+    modes.add_argument("--slow-backend", type=_number(MAX_LATENCY_MS), metavar="MS",
                        help="with --compare: one of the mock backends answers in MS milliseconds")
     out = parser.add_argument_group("reports")
     out.add_argument("--json", action="store_true", default=None, help="print the report as JSON")

@@ -24,7 +24,7 @@ from . import cli
 from .export import write_csv, write_json
 from .metrics import Scraper, check, format_samples_summary, summarize_samples
 from .outcome import Result
-from .replay import ReplayError, load_access_log, schedule
+from .replay import AccessLog, ReplayError, check_span, load_access_log, schedule
 from .report import format_report, latency_histogram, summarize
 from .request import Mix, TargetError, parse_header, parse_target, parse_targets_file, read_body
 from .rig import version
@@ -73,7 +73,8 @@ def run_mode(mode: str, args, argv: list[str], console, stop, parser) -> int:
     return finish(args, run, console, meta)
 
 
-def _job(mode: str, args) -> tuple[Job, str]:
+def _job(mode: str, args) -> tuple[Job, str, AccessLog | None]:
+    """The run to send, where it goes (for the report), and with --replay the access log it came from."""
     tls = Tls(args.cacert, bool(args.insecure))
     try:
         if args.cacert:
@@ -82,10 +83,10 @@ def _job(mode: str, args) -> tuple[Job, str]:
         raise TargetError(f"--cacert {args.cacert}: {getattr(exc, 'strerror', None) or exc}") from None
     headers = [parse_header(text) for text in args.header]
     if mode == cli.REPLAY:
-        entries = load_access_log(args.replay)
+        log = load_access_log(args.replay)
         base = parse_target(args.url, headers=headers)
-        return Job(schedule=schedule(entries, base, args.speed), concurrency=args.concurrency or MAX_IN_FLIGHT,
-                   timeout_s=args.timeout, tls=tls), base.base_url
+        return Job(schedule=schedule(log.entries, base, args.speed), concurrency=args.concurrency or MAX_IN_FLIGHT,
+                   timeout_s=args.timeout, tls=tls), base.base_url, log
     body = read_body(args.data) if args.data is not None else None
     if args.targets:
         mix = parse_targets_file(args.targets, headers=headers, body=body)
@@ -96,14 +97,16 @@ def _job(mode: str, args) -> tuple[Job, str]:
         where = mix.first.url
     n = args.n if args.n is not None or args.duration is not None else 1000
     concurrency = args.concurrency or (MAX_IN_FLIGHT if args.rate else 10)
-    return Job(mix, n, args.duration, args.rate, concurrency, args.timeout, tls), where
+    return Job(mix, n, args.duration, args.rate, concurrency, args.timeout, tls), where, None
 
 
 def send(mode: str, args, console, stop) -> Run:
     from .processes import run_in_processes
     from .terminal import Progress
 
-    job, where = _job(mode, args)
+    job, where, log = _job(mode, args)
+    if log is not None and log.note:
+        console.say(log.note)
     targets = job.mix.targets if job.mix else [job.schedule[0][1]] if job.schedule else []
     context = job.tls.context() if any(t.scheme == "https" for t in targets) else None
     for origin in {t.origin: t for t in targets}.values():
@@ -134,7 +137,7 @@ def send(mode: str, args, console, stop) -> Run:
     title = f"replay of {args.replay} to {where}" if mode == cli.REPLAY else f"traffic to {where}"
     closed = not job.rate and job.schedule is None
     return Run(title, results, elapsed, where, concurrency=job.concurrency if closed else 0, rate=job.rate,
-               balancer=samples)
+               balancer=samples, extra={"replay_skipped": log.skipped} if log is not None else {})
 
 
 def scenario(args, console, stop) -> Run:
@@ -168,11 +171,16 @@ def compare(mode: str, args, console, stop, meta: dict) -> int:
     from .compare import Source, format_comparison, run_compare
 
     logging.basicConfig(level=logging.WARNING, format="   %(name)s: %(message)s")
+    log = load_access_log(args.replay) if mode == cli.COMPARE_REPLAY else None
+    if log is not None:
+        check_span(log.entries, args.speed)  # before any balancer is started
+        if log.note:
+            console.say(log.note)
     source = Source(
         n=args.n or 1000, concurrency=args.concurrency or (MAX_IN_FLIGHT if mode == cli.COMPARE_REPLAY else 10),
         slow_backend_ms=args.slow_backend, timeout_s=args.timeout, speed=args.speed,
         scenario=load_scenario(find_scenario(args.scenario)) if mode == cli.COMPARE_SCENARIO else None,
-        replay=load_access_log(args.replay) if mode == cli.COMPARE_REPLAY else None,
+        replay=log.entries if log is not None else None,
     )
     comparison = run_compare(args.compare, source, say=console.say, stop=stop)
     if args.json_file:

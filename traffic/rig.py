@@ -19,17 +19,31 @@ from mockserv import MockServer
 from mockserv.control import ControlListener
 from mockserv.fleet import MockFleet
 from simplelb import BackendSpec, Config, LoadBalancer
+from simplelb.specs import bracket
 
 BASE_LATENCY_MS = (1.0, 3.0)  # like a quick real service, so latency differences show
 
 
+class ControlError(OSError):
+    """A mock's control endpoint refused a change (its answer was not 2xx); the message says which and why."""
+
+
 def _post(host: str, port: int, path: str, body: str = "") -> bytes:
+    """POST to a control endpoint; ``ControlError`` unless it answers 2xx (a 400 names the bad value)."""
     conn = http.client.HTTPConnection(host, port, timeout=5)
     try:
         conn.request("POST", path, body=body)
-        return conn.getresponse().read()
+        response = conn.getresponse()
+        answer = response.read()
     finally:
         conn.close()
+    if not 200 <= response.status < 300:
+        try:
+            reason = json.loads(answer)["error"]
+        except (ValueError, KeyError, TypeError):
+            reason = answer.decode("utf-8", "replace").strip() or response.reason
+        raise ControlError(f"POST {path} to {bracket(host)}:{port} answered {response.status}: {reason}")
+    return answer
 
 
 @dataclass
@@ -69,7 +83,7 @@ class Rig:
         return any(b["address"] == address and b["up"] for b in backends)
 
     def control(self, name: str, path: str, body: str = "") -> None:
-        """POST to one of a mock server's control endpoints, as a user with curl would."""
+        """POST to one of a mock server's control endpoints, as a user with curl would; ``ControlError`` if refused."""
         mock = self.mocks[name]
         _post(mock.host, mock.port, path, body)
 
@@ -123,7 +137,11 @@ def start_rig(
         fleet.stop()
         raise
     if slow_ms is not None:
-        rig.control(rig.names[-1], f"/_mock/latency?ms={slow_ms:g}")
+        try:
+            rig.control(rig.names[-1], f"/_mock/latency?ms={slow_ms:g}")
+        except BaseException:
+            rig.stop(grace_s=0)
+            raise
     return rig
 
 
