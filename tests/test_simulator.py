@@ -139,6 +139,20 @@ def test_the_generator_is_said_to_fall_behind_on_a_trend_not_one_late_send(resul
     assert summary["generator"]["fell_behind"] is behind
 
 
+def test_a_ten_second_run_has_a_timeline_row_a_second(capsys):
+    import argparse
+
+    from traffic.modes import Run, finish
+    from traffic.terminal import Console
+
+    # --duration 10 at 20/s: the last request starts at 9.95 s. Bucketed by that, the rows were half a second.
+    results = [Result(i / 20, 0.001, 200, "b", None) for i in range(200)]
+    args = argparse.Namespace(csv=None, json_file=None, html=None, json=True, threshold=[], max_error_rate=None)
+    assert finish(args, Run("t", results, 10.004, "http://x/"), Console(notes_to_stderr=True), {}) == 0
+    timeline = json.loads(capsys.readouterr().out)["timeline"]
+    assert [(row["width_s"], row["requests"]) for row in timeline] == [(1.0, 20)] * 10
+
+
 def test_timeline_attributes_traffic_when_a_backend_is_taken_down():
     scenario = parse_scenario(
         """

@@ -83,7 +83,7 @@ def run_compare(algorithms: list[str], source: Source, *, say: Callable[[str], N
             break
         say(f"-> {algorithm}: {source.label}")
         runs[algorithm] = _run_one(algorithm, source, say, stop)
-    width = bucket_width(max((span_of(run["results"]) for run in runs.values()), default=0.0))
+    width = bucket_width(max((max(run["elapsed_s"], span_of(run["results"])) for run in runs.values()), default=0.0))
     names = next(iter(runs.values()))["backends"] if runs else []
     slow = names[-1] if source.slow_backend_ms is not None and not source.scenario and names else None
     return {

@@ -199,7 +199,7 @@ def finish(args, run: Run, console, meta: dict) -> int:
     """Every report of one run, made the same way; the exit status (3 when a threshold failed)."""
     summary = summarize(run.results, run.elapsed_s, url=run.url, concurrency=run.concurrency, rate=run.rate)
     backends = run.backends if run.backends is not None else sorted(summary["backends"])
-    timeline = build_timeline(run.results)
+    timeline = build_timeline(run.results, span_s=run.elapsed_s)
     attach_balancer(timeline, run.balancer)
     thresholds = list(args.threshold) + ([max_error_rate(args.max_error_rate)] if args.max_error_rate is not None else [])
     checks = evaluate(thresholds, summary, latency_histogram(run.results))

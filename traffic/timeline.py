@@ -1,7 +1,9 @@
 """What happened over time: requests, failures, latency and each backend's share, bucket by bucket.
 
 ``build_timeline`` buckets results by when they were started (or scheduled,
-in open loop). Buckets are one second wide for runs of ten seconds or more;
+in open loop). Buckets are one second wide for runs of ten seconds or more
+(the run's duration, ``span_s``, not its last start: a ten-second run's last
+request starts before 10 s);
 shorter runs get the widest sub-second bucket that still gives ten of them
 (``bucket_width``), so a two-second run draws twenty points, not two.
 ``attach_balancer`` adds what the balancer's ``/metrics`` said during each
@@ -34,8 +36,9 @@ def span_of(results: Sequence[Result]) -> float:
     return max((r.started_s for r in results), default=0.0)
 
 
-def build_timeline(results: Sequence[Result], width_s: float | None = None) -> list[dict]:
-    width = width_s or bucket_width(span_of(results))
+def build_timeline(results: Sequence[Result], width_s: float | None = None, *, span_s: float = 0.0) -> list[dict]:
+    """Rows of ``width_s``, or of ``bucket_width`` of the run's duration ``span_s`` (at least its last start)."""
+    width = width_s or bucket_width(max(span_s, span_of(results)))
     buckets: dict[int, list[Result]] = defaultdict(list)
     for result in results:
         buckets[int(result.started_s / width)].append(result)
