@@ -15,8 +15,13 @@ Routes
 * ``POST /_mock/health`` with body or ``?state=`` ``up``/``down``.
 * ``POST /_mock/latency?ms=MS`` or ``ms=LOW-HIGH``.
 * ``POST /_mock/error-rate?p=P``.
-* ``POST /_mock/crash``: answers, then closes the listener and every open
-  connection (WebSockets included), as if the process had died.
+* ``POST /_mock/crash``: closes the listener and every other open connection
+  (WebSockets included), as if the process had died, then answers on its own
+  connection and closes that too: nothing is served once the answer is out.
+
+A request counts as served (``requests`` in ``/_mock/state``) as its answer
+is written, and only if it could be: one cut off by a crash while it waited
+out its latency was never answered, and is not counted.
 * ``GET /_mock/state``: the current behaviour as JSON.
 
 With TLS, the handshake runs here, on the connection's own thread, never on
@@ -28,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -180,7 +184,6 @@ class MockHandler(BaseHTTPRequestHandler):
         delay, fail = self.mock.behaviour.draw()
         if delay:
             time.sleep(delay)
-        self.mock._count()
         payload = {
             "name": self.mock.name,
             "port": self.mock.port,
@@ -190,9 +193,8 @@ class MockHandler(BaseHTTPRequestHandler):
         }
         if fail:
             payload["error"] = "injected failure"
-            self._reply(500, payload)
-        else:
-            self._reply(200, payload)
+        with self.mock._serving():
+            self._reply(500 if fail else 200, payload)
 
     def health(self, query, body) -> None:
         if self.mock.behaviour.healthy:
@@ -216,8 +218,9 @@ class MockHandler(BaseHTTPRequestHandler):
             self._reply(400, {"error": str(exc)})
 
     def crash(self, query, body) -> None:
+        # Down first, then the answer: a request sent once it is read must find the port dead.
+        self.mock.crash(spare=self.connection)
         self._reply(200, {"name": self.mock.name, "status": "crashing"}, close=True)
-        threading.Thread(target=self.mock.crash, name=f"{self.mock.name} crash", daemon=True).start()
 
     def state(self, query, body) -> None:
         self._reply(200, self.mock.state())
@@ -231,9 +234,9 @@ class MockHandler(BaseHTTPRequestHandler):
         except HandshakeRefused as exc:
             self._reply(exc.status, {"error": str(exc)}, headers=exc.headers)
             return
-        self.mock._count()
-        self._write_head(101, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                               ("Sec-WebSocket-Accept", accept), ("X-Backend", self.mock.name)])
+        with self.mock._serving():
+            self._write_head(101, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                   ("Sec-WebSocket-Accept", accept), ("X-Backend", self.mock.name)])
         self.log_request(101)
         self.close_connection = True  # whatever happens, no HTTP follows on this connection
         session = EchoSession(self.connection, lambda: self.rfile.read1(64 * 1024),

@@ -150,8 +150,8 @@ class MockServer:
             self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop the listener and cut every open connection."""
+    def stop(self, spare: socket.socket | None = None) -> None:
+        """Stop the listener and cut every open connection (but ``spare``: the crash route answers on it)."""
         with self._lifecycle:
             if self._thread is not None:
                 self._httpd.shutdown()
@@ -162,7 +162,7 @@ class MockServer:
                 self._httpd = None
         with self._lock:
             self._cutting = True
-            connections = list(self._connections)
+            connections = [sock for sock in self._connections if sock is not spare]
         for sock in connections:
             _cut(sock)
 
@@ -208,9 +208,22 @@ class MockServer:
         if cut:
             _cut(sock)
 
-    def _count(self) -> None:
+    @contextlib.contextmanager
+    def _serving(self):
+        """Around writing a request's answer: counts it, unless the server has been stopped meanwhile.
+
+        Counted before the write, so that whoever reads the answer finds it counted; taken back if the
+        write fails (a crash cut the connection while the request waited out its latency).
+        """
         with self._lock:
-            self.requests += 1
+            counted = not self._cutting
+            self.requests += counted
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                self.requests -= counted
+            raise
 
     @contextlib.contextmanager
     def _websocket_open(self):
