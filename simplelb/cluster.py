@@ -46,6 +46,7 @@ from . import algorithms
 from .affinity import KeyFunction, StickyCookies, key_function
 from .backend import Backend, BackendEvents
 from .config import ClusterConfig
+from .files import read_regular
 from .health import HealthChecker
 from .limits import CapacityQueue
 from .outlier import OutlierDetector
@@ -61,8 +62,7 @@ def _file_version(path: str | None) -> bytes | None:
     if not path:
         return None
     try:
-        with open(path, "rb") as file:  # a few kB, read at a change of the cluster only
-            return hashlib.sha256(file.read()).digest()
+        return hashlib.sha256(read_regular(path)).digest()  # a few kB, read at a change of the cluster only
     except OSError:
         return None  # (checked readable when the configuration was loaded; gone since: no news)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import convert as c
 from .errors import ConfigError
+from .files import read_regular
 from .specs import BackendSpec, SourceSpec, check_unique, parse_backends
 
 LISTENER, CLUSTER = "listener", "cluster"
@@ -391,8 +392,7 @@ def build(settings: dict[str, Any], where: Callable[[str], str] | None = None, e
 
 def read_token(path: str) -> str:
     """The admin token in ``path`` (surrounding whitespace removed)."""
-    with open(path, encoding="utf-8") as file:
-        return file.read().strip()
+    return read_regular(path).decode("utf-8").strip()
 
 
 def defaults() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import OPTION_BY_FIELD, OPTIONS, Config, build
 from .errors import ConfigError
+from .files import read_regular
 from .specs import Entry, entry_from_table
 
 _OPTION_BY_KEY = {option.key: option for option in OPTIONS}
@@ -37,8 +38,7 @@ def _line_of(text: str, key: str) -> int | None:
 
 def _read(path: str) -> tuple[dict, str]:
     try:
-        with open(path, "rb") as file:
-            raw = file.read()
+        raw = read_regular(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:

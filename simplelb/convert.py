@@ -18,6 +18,7 @@ from typing import Any
 from .affinity import validate_key_spec
 from .algorithms import ALGORITHMS
 from .errors import ConfigError
+from .files import open_regular, read_regular
 from .http1 import is_token
 from .specs import HOSTNAME_RE, bracket, digits
 
@@ -164,8 +165,7 @@ def token_file(value: Any, what: str = "token") -> str:
     """A readable file with a token of at least 16 characters in it."""
     path = _path(value)
     try:
-        with open(path, encoding="utf-8") as file:
-            token = file.read().strip()
+        token = read_regular(path).decode("utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -206,7 +206,7 @@ def dns_server(value: Any) -> tuple[str, int]:
 def readable_file(value: Any) -> str:
     path = _path(value)
     try:
-        with open(path, "rb"):
+        with open_regular(path):
             pass
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None

@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from .errors import ConfigError
+from .files import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,7 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
 
 def certificate_names(cert: str) -> list[str]:
     """The DNS names (and IP addresses) the first certificate in ``cert`` is for, lower-cased."""
-    with open(cert, "rb") as file:
-        certificate = x509.load_pem_x509_certificate(file.read())
+    certificate = x509.load_pem_x509_certificate(read_regular(cert))
     names = []
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -1,5 +1,6 @@
 """``--config FILE`` and ``--check``: keys, tables, flags over the file, errors that say where."""
 
+import os
 import re
 
 import pytest
@@ -99,6 +100,29 @@ def test_a_file_name_with_a_nul_in_it_is_a_one_line_error(tmp_path, key):
     result = run_cli("-m", "simplelb", "--check", "--config", str(path))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"{path}:3: {key}: 'lb\\x00.log' is not a file name" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--config", "--admin-token-file", "--sticky-secret-file", "--backend-ca",
+                                  "--tls-cert", "--tls-key", "[[tls]] cert", "[[tls]] key"])
+def test_a_fifo_named_as_a_file_is_a_one_line_error_at_once(tmp_path, flag, tls_files):
+    # open() on a FIFO waits for a writer: --check used to hang, and so did a reload (see test_reload)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    server_pem, _ = tls_files
+    if flag == "--config":
+        args = ["--config", str(fifo)]
+    elif flag.startswith("[[tls]]"):
+        cert, key = (fifo, server_pem) if flag.endswith("cert") else (server_pem, fifo)
+        path = tmp_path / "lb.toml"
+        path.write_text(f'backends = "a:1"\n[[tls]]\ncert = "{cert}"\nkey = "{key}"\n')
+        args = ["--config", str(path)]
+    else:
+        pair = {"--tls-cert": ["--tls-key", str(server_pem)], "--tls-key": ["--tls-cert", str(server_pem)]}
+        args = ["--backends", "a:1", flag, str(fifo), *pair.get(flag, [])]
+    result = run_cli("-m", "simplelb", *args, "--check")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{fifo}: not a regular file (a FIFO)" in result.stderr or (
+        f"{fifo}: cannot read: not a regular file (a FIFO)" in result.stderr), result.stderr
 
 
 def test_a_backend_listed_twice_in_a_file_is_an_error_naming_the_file_and_line(tmp_path):

@@ -1,5 +1,6 @@
 """Reload: the file read again and applied whole, or not at all, under traffic, with zero client errors."""
 
+import os
 import signal
 import time
 
@@ -145,6 +146,24 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_old_configuration(process, mock
         "success": 1, "failure": 1,
         "last_error": [f"{path}:1: algorithm: unknown algorithm 'fastest'; choose one of: round-robin, "
                        "least-connections, random, power-of-two, peak-ewma, hash"]}
+    assert requests.get(url, timeout=5).status_code == 200
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0 and "Traceback" not in proc.stderr
+
+
+def test_a_config_file_replaced_by_a_fifo_fails_the_reload_at_once_and_sigterm_still_stops(process, mock_servers,
+                                                                                             tmp_path):
+    # open() on a FIFO waits for a writer: the reload used to hang holding the change lock, deaf to SIGTERM
+    mocks = mock_servers(1)
+    path = tmp_path / "simplelb.toml"
+    write_config(path, mocks, extra='admin = "127.0.0.1:0"')
+    proc, url, admin = start_lb_process(process, "--config", str(path), admin=True)
+    path.unlink()
+    os.mkfifo(path)
+    proc.proc.send_signal(signal.SIGHUP)
+    proc.wait_for_output("reload failed, keeping the running configuration")
+    status = requests.get(admin + "/status", timeout=5).json()
+    assert status["reloads"]["last_error"] == [f"{path}: cannot read: not a regular file (a FIFO)"]
     assert requests.get(url, timeout=5).status_code == 200
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.wait() == 0 and "Traceback" not in proc.stderr

@@ -82,6 +82,21 @@ def test_a_scenario_that_is_not_utf8_or_not_there_is_one_line(tmp_path):
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("flag", ["--scenario", "--replay", "--targets", "--data", "--cacert"])
+def test_a_fifo_named_as_an_input_file_is_a_one_line_error_at_once(recorder, tmp_path, flag):  # noqa: F811
+    # open() on a FIFO waits for a writer: traffic used to hang before sending anything
+    server = recorder()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    url = server.url.replace("http://", "https://") if flag == "--cacert" else server.url
+    args = {"--scenario": [flag, str(fifo)], "--replay": ["--url", url, flag, str(fifo)],
+            "--data": ["--url", url, "--n", "1", flag, f"@{fifo}"]}.get(flag, ["--url", url, "--n", "1", flag, str(fifo)])
+    result = run_cli(*TRAFFIC, *args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "not a regular file (a FIFO)" in result.stderr and "Traceback" not in result.stderr
+    assert server.received == []
+
+
 def test_a_closed_stdout_exits_quietly(recorder):  # noqa: F811
     server = recorder()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -22,9 +22,9 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from simplelb.files import read_regular
 from simplelb.specs import bracket, digits
 
 # RFC 9110 section 5.6.2: methods and field names are tokens.
@@ -123,7 +123,7 @@ def read_body(text: str) -> bytes:
     if not text.startswith("@"):
         return text.encode("utf-8")
     try:
-        return Path(text[1:]).read_bytes()
+        return read_regular(text[1:])
     except OSError as exc:
         raise TargetError(f"cannot read the body file {text[1:]}: {exc.strerror or exc}") from None
 
@@ -187,7 +187,7 @@ def parse_targets_file(path: str, *, headers: Sequence[tuple[str, str]] = (), bo
 def read_text(path: str, what: str, error: type[ValueError] = TargetError) -> str:
     """A UTF-8 text file (targets, scenario, access log), or ``error`` saying in one line why not."""
     try:
-        return Path(path).read_bytes().decode("utf-8")
+        return read_regular(path).decode("utf-8")
     except OSError as exc:
         raise error(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

@@ -24,6 +24,8 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from simplelb.files import open_regular
+
 from .outcome import Result
 from .request import Target
 
@@ -39,6 +41,8 @@ class Tls:
     insecure: bool = False
 
     def context(self) -> ssl.SSLContext:
+        if self.cacert:
+            open_regular(self.cacert).close()  # (OpenSSL would wait on a FIFO for a writer)
         context = ssl.create_default_context(cafile=self.cacert)
         if self.insecure:
             context.check_hostname = False
