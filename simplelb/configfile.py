@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,23 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, match.start()) + 1 if match else None
 
 
+def parse_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads``; a ``ValueError`` of one line saying why not.
+
+    Besides ``TOMLDecodeError`` (a ``ValueError``), tomllib lets out the bare ``ValueError`` of
+    ``int()``, which refuses an integer of more than 4300 digits ("Exceeds the limit ...").
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError as exc:
+        reason = str(exc).split(";")[0]  # (without its advice to call sys.set_int_max_str_digits())
+        long_number = re.search(rf"[0-9_]{{{sys.get_int_max_str_digits() + 1},}}", text)
+        where = f" (at line {text.count(chr(10), 0, long_number.start()) + 1})" if long_number else ""
+        raise ValueError(f"{reason}{where}") from None
+
+
 def _read(path: str) -> tuple[dict, str]:
     try:
         raw = read_regular(path)
@@ -46,8 +64,8 @@ def _read(path: str) -> tuple[dict, str]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        return tomllib.loads(text), text
-    except tomllib.TOMLDecodeError as exc:
+        return parse_toml(text), text
+    except ValueError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 

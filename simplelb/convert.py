@@ -9,6 +9,7 @@ case-insensitive (``Round-Robin``, ``WARNING``).
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import ssl
@@ -24,7 +25,8 @@ from .specs import HOSTNAME_RE, bracket, digits
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-_SIZE_RE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
+_SIZE_RE = re.compile(r"([0-9]+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
+MAX_SIZE = 2**63 - 1  # the largest file or offset there is: no size setting means more
 
 
 def number(low: float, high: float, *, integer: bool = False, above_low: bool = False, what: str = "") -> Callable:
@@ -36,6 +38,8 @@ def number(low: float, high: float, *, integer: bool = False, above_low: bool = 
             raise ConfigError(f"must be {kind}, not {value!r}")
         try:
             result = int(value) if integer else float(value)
+        except OverflowError:  # float() of a whole number past 1e308 (from TOML): past any bound
+            result = math.inf if value > 0 else -math.inf
         except (TypeError, ValueError):
             raise ConfigError(f"must be {kind}, not {value!r}") from None
         if (result <= low if above_low else result < low) or not result <= high:  # NaN fails too
@@ -81,12 +85,14 @@ def size(minimum: int = 0) -> Callable[[Any], int]:
             result = value
         else:
             match = _SIZE_RE.fullmatch(str(value).strip())
-            if not match or isinstance(value, (bool, float)):
+            if not match or not digits(match.group(1)) or isinstance(value, (bool, float)):
                 raise ConfigError(f"must be a size like 65536, 64K or 10M, not {value!r}")
             unit = (match.group(2) or "B")[0].upper()
             result = int(match.group(1)) * {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit]
         if result < minimum:
             raise ConfigError(f"must be at least {minimum} bytes, not {value!r}")
+        if result > MAX_SIZE:
+            raise ConfigError(f"must be at most {MAX_SIZE} bytes (8 EiB), not {value!r}")
         return result
 
     return convert
@@ -149,7 +155,7 @@ def admin_address(value: Any) -> tuple[str, int]:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         value = f"{bracket(str(value[0]))}:{value[1]}"
     host, sep, port = str(value).rpartition(":")
-    if not sep or not digits(port) or not 0 <= int(port) <= 65535:
+    if not sep or not digits(port, 5) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"must be HOST:PORT, e.g. 127.0.0.1:9000, not {value!r}")
     return listen_host(host), int(port)
 
@@ -198,7 +204,7 @@ def dns_server(value: Any) -> tuple[str, int]:
     host, port = text, "53"
     if text.startswith("[") and "]:" in text or text.count(":") == 1:
         host, _, port = text.rpartition(":")
-    if not _is_ip(host) or not digits(port) or not 1 <= int(port) <= 65535:
+    if not _is_ip(host) or not digits(port, 5) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"must be a resolver's IP[:PORT], e.g. 127.0.0.1:5353, not {value!r}")
     return host.strip("[]"), int(port)
 

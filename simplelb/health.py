@@ -69,7 +69,7 @@ def probe(host: str, port: int, path: str, timeout_s: float, tls: ssl.SSLContext
         return False, f"connection failed: {exc.strerror or exc}"
     status_line = received.split(b"\n", 1)[0].rstrip(b"\r")
     parts = status_line.split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit() or len(parts[1]) != 3:
         return False, f"not an HTTP response: {status_line[:40]!r}"
     status = int(parts[1])
     return 200 <= status < 300, f"HTTP {status}"

@@ -34,9 +34,14 @@ NAME_RE = re.compile(r"[A-Za-z0-9._~:\[\]@+-]{1,128}")
 DNS_NAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_\-.]*[A-Za-z0-9_.])?")
 
 
-def digits(text: str) -> bool:
-    """ASCII digits only: ``str.isdigit`` also takes "²" and "٣", which ``int`` refuses or reads."""
-    return text.isascii() and text.isdigit()
+def digits(text: str, most: int = 18) -> bool:
+    """1 to ``most`` ASCII digits: text that ``int`` reads as a whole number, and reads at once.
+
+    ``str.isdigit`` also takes "²" and "٣", which ``int`` refuses or reads; and ``int`` refuses
+    text of more than 4300 digits with a ``ValueError`` (``sys.set_int_max_str_digits``). A port
+    needs 5 digits, a weight 4; 18 (under 2**63) is more than any count or length here needs.
+    """
+    return len(text) <= most and text.isascii() and text.isdigit()
 
 
 def bracket(host: str) -> str:
@@ -114,7 +119,7 @@ def parse_dns_url(url: str) -> tuple[str, str, int | None]:
     scheme = scheme.lower()
     if scheme == "dns":
         name, sep, port_text = rest.rpartition(":")
-        if not sep or not digits(port_text) or not 1 <= int(port_text) <= 65535:
+        if not sep or not digits(port_text, 5) or not 1 <= int(port_text) <= 65535:
             raise ConfigError(f"backend {url!r}: expected dns://NAME:PORT")
     elif scheme == "dns+srv":
         name, port_text = rest, None
@@ -147,7 +152,7 @@ def parse_address(text: str, what: str = "backend") -> tuple[str, int, bool]:
         raise ConfigError(f"{what} {original!r}: expected host:port")
     if not HOSTNAME_RE.fullmatch(host):
         raise ConfigError(f"{what} {original!r}: {host!r} is not a valid host name")
-    if not digits(port_text) or not 1 <= int(port_text) <= 65535:
+    if not digits(port_text, 5) or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"{what} {original!r}: {port_text!r} is not a port number (1-65535)")
     return host.strip("[]"), int(port_text), tls
 
@@ -164,7 +169,8 @@ def parse_backend(text: str, *, backup: bool = False) -> BackendSpec | SourceSpe
     weight = 1
     if "=" in spec:
         spec, _, weight_text = spec.rpartition("=")
-        weight = check_weight(int(weight_text) if digits(weight_text) else weight_text, f"backend {text.strip()!r}")
+        weight = check_weight(int(weight_text) if digits(weight_text, len(str(MAX_WEIGHT))) else weight_text,
+                              f"backend {text.strip()!r}")
     if is_source(spec):
         return parse_source(spec, weight, backup)
     host, port, tls = parse_address(spec)

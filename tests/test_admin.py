@@ -75,6 +75,9 @@ def test_add_patch_and_delete_a_backend(admin_lb, mock_servers):
         ("POST", "/backends", JSON, b'{"address": "127.0.0.1:1", "colour": "red"}', 400, "unknown field 'colour'"),
         ("POST", "/backends", JSON, b'{"address": "127.0.0.1:1", "weight": 0}', 400, "weight must be"),
         ("POST", "/backends", JSON, '{"address": "127.0.0.1:\u00b2"}'.encode(), 400, "is not a port number"),
+        # more digits than int() reads (4300): it used to be a 500 and a traceback in the log
+        ("POST", "/backends", JSON, b'{"address": "127.0.0.1:%s"}' % (b"9" * 5000), 400, "is not a port number"),
+        ("POST", "/backends", JSON, b'{"address": "127.0.0.1:1", "weight": %s}' % (b"9" * 5000), 400, "malformed JSON"),
         ("PATCH", "/backends/nobody", JSON, b'{"weight": 2}', 404, "no backend named 'nobody'"),
         ("GET", "/backends/nobody", {}, None, 404, "no backend named 'nobody'"),
         ("DELETE", "/backends/nobody", JSON, None, 404, "no backend named 'nobody'"),
@@ -122,6 +125,19 @@ def test_a_malformed_request_line_is_a_json_400(admin_lb):
         while chunk := sock.recv(4096):  # it closes after a malformed request
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400") and b'"error"' in answer
+
+
+def test_a_content_length_of_more_digits_than_int_reads_is_a_400(admin_lb):
+    import socket
+
+    port = int(admin_lb[1].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %s\r\n\r\n" % (b"9" * 5000))
+        answer = b""
+        while chunk := sock.recv(4096):  # it closes: the body stays unread
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"invalid Content-Length" in answer
 
 
 def test_the_token_is_required_except_for_liveness_and_readiness(mock_servers, balancer, tmp_path):

@@ -31,6 +31,14 @@ from .conftest import free_port, run_cli, serve_forever_ok, wait_for
         (["--backends", "a:1", "--discovery", "etcd://[::1/app"], "expected etcd://HOST[:PORT]/PREFIX"),
         (["--backends", "a:1", "--hash-key", "header:"], "error: --hash-key: must be ip, path, header:NAME"),
         (["--backends", "a:1", "--host", "256.1.1.1"], "--host: must be a host name or IP address"),
+        # more digits than int() reads (4300): a ValueError traceback, exit 1
+        (["--backends", "a:1=" + "9" * 5000], "weight must be a whole number"),
+        (["--backends", "a:" + "9" * 5000], "is not a port number"),
+        (["--backends", "dns://web.test:" + "9" * 5000], "expected dns://NAME:PORT"),
+        (["--backends", "a:1", "--max-body", "9" * 5000], "--max-body: must be a size like"),
+        (["--backends", "a:1", "--max-body", "9" * 18 + "G"], "--max-body: must be at most"),
+        (["--backends", "a:1", "--admin", "127.0.0.1:" + "9" * 5000], "--admin"),
+        (["--backends", "a:1", "--dns-server", "127.0.0.1:" + "9" * 5000], "--dns-server"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, fragment):

@@ -37,6 +37,8 @@ def test_parse_backend_accepts(text, expected):
         ("host:80=1001", "weight"),
         ("ftp://host:21", "only http:// and https://"),
         ("ho st:80", "not a valid host"),
+        ("host:" + "0" * 5 + "80", "is not a port"),  # at most 5 digits, so int() never sees 4300
+        ("host:80=" + "0" * 4 + "1", "weight"),
     ],
 )
 def test_parse_backend_rejects_with_a_clear_message(text, fragment):

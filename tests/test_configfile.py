@@ -74,6 +74,21 @@ def test_a_file_that_is_not_utf8_or_not_there_is_one_line(tmp_path):
         load(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize("text, message", [
+    (f'backends = "a:1"\nport = {"9" * 5000}\n', "lb.toml: not valid TOML: Exceeds the limit (4300 digits) for "
+                                                  "integer string conversion: value has 5000 digits (at line 2)"),
+    (f'backends = "a:1"\nhealth-interval = {"9" * 400}\n', "lb.toml:2: health-interval: must be greater than 0 up to"),
+    (f'backends = "a:1"\nmax-body = {"9" * 400}\n', "lb.toml:2: max-body: must be at most 9223372036854775807 bytes"),
+])
+def test_a_number_too_long_to_read_is_a_one_line_error(tmp_path, text, message):
+    # tomllib lets int()'s ValueError out past 4300 digits, and float() overflows past 1e308
+    path = tmp_path / "lb.toml"
+    path.write_text(text)
+    result = run_cli("-m", "simplelb", "--config", str(path), "--check")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.replace(str(tmp_path) + "/", "").startswith(f"simplelb: error: {message}")
+
+
 def test_check_prints_one_summary_line_for_a_good_file():
     result = run_cli("-m", "simplelb", "--config", str(ROOT / "examples" / "simplelb.toml"), "--check")
     assert result.returncode == 0, result.stderr

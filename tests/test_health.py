@@ -29,6 +29,12 @@ def test_probe_of_garbage_fails(scripted):
     assert not ok and "not an HTTP response" in reason
 
 
+def test_probe_of_a_status_of_more_digits_than_int_reads_fails_as_garbage(scripted):
+    backend = scripted(lambda conn: conn.send(b"HTTP/1.1 " + b"2" * 5000 + b" OK\r\n\r\n"))
+    ok, reason = probe("127.0.0.1", backend.port, "/health", 1.0)  # (int() of it was a ValueError)
+    assert not ok and "not an HTTP response" in reason
+
+
 def test_hanging_probe_times_out_without_delaying_the_others(scripted, mock_servers):
     release = threading.Event()
     hanging = [scripted(lambda conn: release.wait(10)) for _ in range(4)]  # accept, never answer

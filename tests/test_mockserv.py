@@ -213,6 +213,16 @@ def test_a_bad_chunk_size_is_400_without_a_traceback(mock_servers, raw_client, c
     assert "Traceback" not in caplog.text
 
 
+def test_a_content_length_of_more_digits_than_int_reads_is_400_without_a_traceback(mock_servers, raw_client,
+                                                                                   caplog):
+    (mock,) = mock_servers(1)
+    client = raw_client(mock.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\nhello" % (b"9" * 5000))
+    response = client.read_response()
+    assert response.status == 400 and b"bad Content-Length" in response.body
+    assert "Traceback" not in caplog.text
+
+
 def test_a_chunked_body_is_counted_in_pieces(mock_servers, raw_client):
     (mock,) = mock_servers(1)
     client = raw_client(mock.port)

@@ -211,6 +211,7 @@ def test_bundled_scenarios_parse(name):
 
 BAD_SCENARIOS = {
     "not toml": ("phase = [", "not valid TOML"),
+    "number too long": ("servers = " + "9" * 5000, "not valid TOML: Exceeds the limit (4300 digits)"),  # not TOMLDecodeError
     "no phase": ("servers = 2", "needs at least one [[phase]]"),
     "bad rate": ("[[phase]]\nduration = 1\nrate = 'fast'", "phase 1: 'rate' must be a number"),
     "rate and concurrency": ("[[phase]]\nduration = 1\nrate = 5\nconcurrency = 2", "phase 1: give exactly one"),

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mockserv import parse_error_rate, parse_latency
 from mockserv.server import BehaviourError
+from simplelb.configfile import parse_toml
 
 from .request import TOKEN, TargetError, parse_target, read_text, request_path
 from .rig import Rig, algorithm_names, start_rig
@@ -160,8 +160,8 @@ def _event(where: str, table: dict, names: list[str], total_s: float) -> Event:
 
 def parse_scenario(text: str, source: str = "scenario") -> Scenario:
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = parse_toml(text)
+    except ValueError as exc:
         raise ScenarioError(f"{source}: not valid TOML: {exc}") from None
     _unknown(source, data, _TOP_KEYS)
     servers = _number(source, "servers", data.get("servers", 3), integer=True, low=1, high=20)
