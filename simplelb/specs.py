@@ -6,7 +6,11 @@ its live backends by ``name`` (by default the address), so a reload or an
 admin call that keeps a name keeps the backend's state.
 
 Addresses are written ``host:port``, ``http://host:port`` or ``[v6]:port``;
-``bracket`` is the one place that puts an IPv6 literal in brackets.
+``bracket`` is the one place that puts an IPv6 literal in brackets. A spec
+keeps its host lower-cased: DNS names are case-insensitive (RFC 4343) and an
+IPv6 literal is hex, so ``LOCALHOST:8081`` and ``localhost:8081`` are one
+address, with one default name, one sticky-cookie id and one place in the
+hash ring.
 
 A ``SourceSpec`` is not a backend but a discovery source written where
 backends are: ``dns://NAME:PORT`` (every A and AAAA record of NAME) or
@@ -69,6 +73,7 @@ class BackendSpec:
     tls: bool = False  # reached over HTTPS (given as https://host:port)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "host", self.host.lower())  # (first: the default name is made of it)
         if not self.name:
             object.__setattr__(self, "name", self.location)
 
@@ -97,13 +102,16 @@ class SourceSpec:
     SRV records carry their own weights, which take the place of ``weight``.
     """
 
-    url: str  # dns://NAME:PORT or dns+srv://_service._proto.NAME, as written
+    url: str  # dns://NAME:PORT or dns+srv://_service._proto.NAME, lower-cased (every part of it is case-insensitive)
     weight: int = 1
     backup: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", self.url.strip().lower())
+
     @property
     def kind(self) -> str:
-        return self.url.split("://", 1)[0].lower()
+        return self.url.split("://", 1)[0]
 
     def to_dict(self) -> dict:
         return {"address": self.url, "weight": self.weight, "backup": self.backup}

@@ -110,6 +110,18 @@ def test_conflicts_are_409(admin_lb):
     assert last.status_code == 409 and "last primary" in last.json()["error"]
 
 
+def test_a_host_name_in_another_case_is_the_same_backend(admin_lb):
+    lb, admin, mocks = admin_lb
+    port = mocks[0].port
+    first = requests.post(admin + "/backends", json={"address": f"localhost:{port}"}, timeout=5)
+    assert first.status_code == 201 and first.json()["name"] == f"localhost:{port}"
+    again = requests.post(admin + "/backends", json={"address": f"LOCALHOST:{port}"}, timeout=5)
+    assert again.status_code == 409 and "exists already" in again.json()["error"]
+    assert requests.get(admin + f"/backends/localhost:{port}", timeout=5).status_code == 200
+    # and the admin listener on 127.0.0.1 takes the name localhost in any case in Host
+    assert requests.get(admin + "/status", headers={"Host": f"LOCALHOST:{port}"}, timeout=5).status_code == 200
+
+
 def test_a_405_says_what_is_allowed(admin_lb):
     response = requests.put(admin_lb[1] + "/backends", timeout=5)
     assert response.status_code == 405 and response.headers["Allow"] == "GET, POST"

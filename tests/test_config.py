@@ -58,6 +58,24 @@ def test_a_spec_is_named_by_its_address_unless_named():
     assert backend_from_table({"address": "a:1", "name": "web-1", "weight": 2}, "t").name == "web-1"
 
 
+def test_host_names_and_ipv6_literals_are_one_address_whatever_their_case():
+    # RFC 4343: DNS names are case-insensitive; an IPv6 literal is hex. One address, one default name
+    # (and so one sticky-cookie id and one place in the hash ring, both made of the address).
+    upper, lower = parse_backend("LOCALHOST:8081"), parse_backend("localhost:8081")
+    assert upper == lower and upper.address == upper.name == "localhost:8081"
+    assert parse_backend("https://[::FFFF:7F00:1]:8443").location == "https://[::ffff:7f00:1]:8443"
+    assert BackendSpec("Web.Example", 80).address == "web.example:80"
+    assert backend_from_table({"address": "WEB:1", "name": "Web-1"}, "t").name == "Web-1"  # a name is as given
+    assert parse_backend("DNS://Web.Test:80") == parse_backend("dns://web.test:80")
+    assert parse_backend("dns+srv://_HTTP._tcp.Web.Test").url == "dns+srv://_http._tcp.web.test"
+    with pytest.raises(ConfigError, match="backend localhost:8081 is listed twice"):
+        Config.of(backends="localhost:8081,LOCALHOST:8081")
+    with pytest.raises(ConfigError, match="backend \\[::ffff:1\\]:80 is both a primary and a backup"):
+        Config.of(backends="[::ffff:1]:80", backups="[::FFFF:1]:80")
+    with pytest.raises(ConfigError, match="a dns:// backend is listed twice"):
+        Config.of(backends="dns://web.test:80,dns://WEB.test:80")
+
+
 @pytest.mark.parametrize(
     "table, fragment",
     [
@@ -165,6 +183,7 @@ def test_enumerated_values_are_case_insensitive():
 def test_admin_off_loopback_needs_a_token(tmp_path):
     assert Config.of(backends="a:1", admin="127.0.0.1:0").listener.admin == ("127.0.0.1", 0)
     assert Config.of(backends="a:1", admin="[::1]:9000").listener.admin == ("::1", 9000)
+    assert Config.of(backends="a:1", admin="LOCALHOST:0").listener.admin  # (a name is case-insensitive)
     with pytest.raises(ConfigError, match="needs --admin-token-file"):
         Config.of(backends="a:1", admin="0.0.0.0:9000")
     token = tmp_path / "token"

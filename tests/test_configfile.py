@@ -148,6 +148,14 @@ def test_a_backend_listed_twice_in_a_file_is_an_error_naming_the_file_and_line(t
     assert result.stderr == f"simplelb: error: {path}:2: backend: backend 127.0.0.1:9 is listed twice\n"
 
 
+def test_a_backend_listed_twice_in_two_cases_is_listed_twice(tmp_path):
+    path = tmp_path / "lb.toml"
+    path.write_text('port = 0\n[[backend]]\naddress = "localhost:8081"\n[[backend]]\naddress = "LOCALHOST:8081"\n')
+    result = run_cli("-m", "simplelb", "--check", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr == f"simplelb: error: {path}:2: backend: backend localhost:8081 is listed twice\n"
+
+
 def test_without_check_a_bad_file_is_one_line_with_a_count(tmp_path):
     path = tmp_path / "lb.toml"
     path.write_text('port = 80000\nalgorithm = "fastest"\nbackends = "a:1"\n')
