@@ -362,7 +362,9 @@ def test_two_workers_serve_tls_and_both_take_new_certificates_on_sighup(pki, moc
     fresh.cert_chain_pems[0].write_to_path(cert)
     fresh.private_key_pem.write_to_path(key)
     proc.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: requests.get(admin + "/status", timeout=5).json()["generation"] == 2, what="the reload")
+    # (The generation is the parent's as soon as it sends it; "applied" once every worker runs it.)
+    wait_for(lambda: (lambda s: s["generation"] == 2 and s["applied"])(requests.get(admin + "/status", timeout=5).json()),
+             what="the reload in every worker")
     # New connections land on either worker: every one shows the new certificate.
     assert all("rotated.example" in served_names(port, "localhost", ca_file) for _ in range(12))
     proc.proc.terminate()
