@@ -205,11 +205,10 @@ def test_ctrl_c_while_the_processes_start_prints_no_traceback_and_exits_at_once(
         took = time.monotonic() - pressed
     assert proc.returncode == 0 and b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()
     # Each process waiting for a start that would never come was given a second of its own: 4 s here.
-    # (Only when the Ctrl-C was seen: one that lands just as the last process starts is sometimes
-    # lost, and the run goes on to its end -- a known bug, which would make this test a flake.)
-    if b"stopping" in err:
-        assert took < 3.0, f"took {took:.2f}s"
-        assert server.received == []
+    # And a Ctrl-C landing while the last one started was lost (taken by the signal-watcher thread
+    # while the main thread ignored it), and the run went on to its end: about 6 s.
+    assert took < 3.0, f"took {took:.2f}s"
+    assert server.received == []
 
 
 def test_sigterm_to_the_process_group_with_processes_reports_what_was_sent(recorder):  # noqa: F811

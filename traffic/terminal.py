@@ -135,6 +135,10 @@ def stop_on_signals(stop: threading.Event, console: Console) -> Iterator[None]:
             pass
 
     def watch() -> None:
+        # Signals sent to the process go to a thread that does not block them. This one blocks them,
+        # so they always reach the main thread, and wait there while it blocks them too: else one
+        # came here while --processes briefly ignores them to start a child, and was lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         if os.read(read_fd, 1):  # (b"": the block ended without a signal)
             stop.set()
             console.err("\ntraffic: stopping; reporting what was done (Ctrl-C again to quit at once)")
