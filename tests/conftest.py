@@ -254,12 +254,12 @@ def serve_forever_ok(conn: ScriptedConnection) -> None:
         conn.respond()
 
 
-def holding(path: str, release: threading.Event) -> Callable:
-    """A script answering 200 'ok', but requests for ``path`` only once ``release`` is set (or 10 s passed)."""
+def holding(release: threading.Event, path: str | None = None, most_s: float = 10) -> Callable:
+    """A script answering 200 'ok', but requests (for ``path``, or all) only once ``release`` is set (or ``most_s`` passed)."""
     def script(conn: ScriptedConnection) -> None:
         while (request := conn.read_request()) is not None:
-            if request.target == path:
-                release.wait(10)
+            if path is None or request.target == path:
+                release.wait(most_s)
             conn.respond()
     return script
 

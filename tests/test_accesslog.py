@@ -204,7 +204,7 @@ def test_a_client_refused_at_max_clients_is_logged(scripted, balancer, tmp_path)
     release = threading.Event()
 
     log = tmp_path / "access.json"
-    lb = balancer([scripted(holding("/slow", release))], max_clients=2, access_log=str(log), access_log_format="json")
+    lb = balancer([scripted(holding(release, "/slow"))], max_clients=2, access_log=str(log), access_log_format="json")
     busy = [RawClient(lb.port) for _ in range(2)]
     try:
         for client in busy:  # both connections forwarding: nothing to evict

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from .conftest import JSON, ROOT, run_cli, start_lb_process, wait_for
+from .conftest import JSON, ROOT, holding, run_cli, start_lb_process, wait_for
 
 
 def write_config(path, mocks, extra=""):
@@ -289,17 +289,10 @@ def test_sighup_with_a_bad_file_keeps_the_fleet_serving(process, mock_servers, t
 
 def test_a_name_moved_to_another_address_is_listed_beside_the_old_one_while_it_drains(
         process, mock_servers, scripted, tmp_path):
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     release = threading.Event()
-
-    def slow(conn):
-        while conn.read_request() is not None:
-            release.wait(20)
-            conn.respond()
-
-    old = scripted(slow)
+    old = scripted(holding(release, most_s=20))
     (new,) = mock_servers(1)
     path = tmp_path / "lb.toml"
 

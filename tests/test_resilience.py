@@ -15,7 +15,7 @@ from simplelb.outlier import OutlierDetector
 from simplelb.retry import RetryBudget, RetryPolicy
 from simplelb.specs import BackendSpec
 
-from .conftest import free_port, read_then_reset, serve_forever_ok, state, wait_for
+from .conftest import free_port, holding, read_then_reset, serve_forever_ok, state, wait_for
 
 
 class FakeClock:
@@ -380,13 +380,7 @@ def test_max_conns_and_the_queue_hold_under_a_burst(scripted, balancer):
 
 def test_queue_timeout_and_full_queue_give_503(scripted, balancer):
     release = threading.Event()
-
-    def hold(conn):
-        while conn.read_request() is not None:
-            release.wait(10)
-            conn.respond()
-
-    backend = scripted(hold)
+    backend = scripted(holding(release))
     lb = balancer([backend], max_conns=1, queue_timeout_s=0.2, max_queue=1)
     first = threading.Thread(target=lambda: requests.get(lb.url, timeout=30))
     first.start()

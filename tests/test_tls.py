@@ -458,7 +458,7 @@ def test_a_tls_client_over_max_clients_is_closed_not_sent_plain_text(pki, script
 
     ca, ca_file, issue = pki
     cert, key = issue("localhost", "127.0.0.1")
-    lb = balancer([scripted(holding("/slow", release))], tls_cert=cert, tls_key=key, max_clients=2, health_interval_s=60)
+    lb = balancer([scripted(holding(release, "/slow"))], tls_cert=cert, tls_key=key, max_clients=2, health_interval_s=60)
     context = ssl.create_default_context(cafile=ca_file)
     busy = [context.wrap_socket(socket.create_connection(("127.0.0.1", lb.port), timeout=5),
                                 server_hostname="localhost") for _ in range(2)]
