@@ -225,7 +225,7 @@ class Supervisor:
             with self._lock:
                 self.workers[number] = worker
             try:
-                worker.channel.send({"listener": {**_listener_dict(self.config), "tls": tls}, "cluster": cluster.to_dict(),
+                worker.channel.send({"listener": _listener_dict(self.config, tls), "cluster": cluster.to_dict(),
                                      "generation": generation, "secret": self._secret.hex()})
             except ChannelClosed:
                 pass
@@ -290,12 +290,14 @@ class Supervisor:
             worker.channel.close()
 
 
-def _listener_dict(config: Config) -> dict:
+def _listener_dict(config: Config, tls: tuple | None) -> dict:
     from dataclasses import asdict
 
     # A worker serves the port it is given and has no admin listener of its own.
-    # The redirect listener, like the admin one, is the parent's.
-    return {**asdict(config.listener), "workers": 1, "admin": None, "admin_token_file": None, "redirect_http": None}
+    # The redirect listener, like the admin one, is the parent's. ``tls``: the certificate files in
+    # force, which a reload may have changed since the start.
+    return {**asdict(config.listener), "workers": 1, "admin": None, "admin_token_file": None, "redirect_http": None,
+            "tls": tls}
 
 
 def _signal(pid: int, signum: int) -> None:
