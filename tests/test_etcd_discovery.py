@@ -113,7 +113,9 @@ def test_a_killed_registering_process_leaves_when_its_lease_expires(etcd, lb_on,
     assert requests.get(lb.url, timeout=5).status_code == 200
     mocks.proc.send_signal(signal.SIGKILL)
     mocks.proc.wait(5)
-    took = within(4.0, lambda: all(s in (None, "removing") for s in (states(lb).get("reg-1"), states(lb).get("reg-2"))),
+    # The lease lasts 2 s; etcd revokes it on its own schedule, which a loaded CI machine once
+    # stretched to 9 s. The point is that the keys go with the process, not how soon etcd gets to it.
+    took = within(15.0, lambda: all(s in (None, "removing") for s in (states(lb).get("reg-1"), states(lb).get("reg-2"))),
                   "the expired keys to remove the backends")
     logging.getLogger(__name__).info("lease expiry seen after %.2fs", took)
     assert requests.get(lb.url, timeout=5).status_code == 503  # nothing left: said at once, not a hang
