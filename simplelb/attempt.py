@@ -209,6 +209,7 @@ def _read_head(
 ) -> ResponseHead:
     """The final response head (or a 101 the client asked for); interim ones are relayed or dropped."""
     max_bytes, max_fields = max_head
+    conn.reader.between_parts = client.raise_if_gone  # a client that gave up is not waited for (pool.release clears it)
     interim_seen = False  # an interim head came: the connection was alive, and sending again is a duplicate
     while True:
         try:

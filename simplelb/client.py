@@ -10,6 +10,7 @@ makes a system call only when a limit changes (``sockio``).
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,10 @@ from .sockio import SCRATCH, SocketReader
 
 if TYPE_CHECKING:
     from .request import ClientRequest
+
+
+# What poll() reports of a client that closed or reset its connection (POLLHUP and POLLERR come unasked).
+_POLL_CLOSED = getattr(select, "POLLRDHUP", None)
 
 
 class ClientConnection:
@@ -58,6 +63,24 @@ class ClientConnection:
             return self.reader.fill()
         except OSError:  # timeout, reset, or shut down by the server
             return False
+
+    def raise_if_gone(self) -> None:
+        """Raise ``ClientDisconnected`` if the client has closed its end of the connection, or reset it.
+
+        Asked while a backend is slow to answer. A client that closed has given
+        up waiting (as nginx and Go's server read it, a half-close too): it is
+        logged as 499, and its request's backend connection is closed rather
+        than left working for nobody. Bytes of a next request do not count.
+        """
+        fd = self.sock.fileno()
+        if fd < 0:
+            raise ClientDisconnected("connection closed")
+        if _POLL_CLOSED is None:
+            return  # (no POLLRDHUP on this system: the client's leaving shows when its answer is sent)
+        poller = select.poll()
+        poller.register(fd, _POLL_CLOSED)
+        if poller.poll(0):
+            raise ClientDisconnected("the client closed the connection while the backend was answering")
 
     def send(self, data: bytes) -> None:
         self.reader.send_timeout(self.send_timeout_s)

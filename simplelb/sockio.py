@@ -15,16 +15,20 @@ reader turns into the ``TimeoutError`` a Python timeout would have raised.
 TLS sockets keep Python's timeouts: the ``ssl`` module retries a blocking
 socket's ``EAGAIN`` forever, so a kernel limit would never fire. Either way
 the reader remembers what is set, so a limit costs a system call only when
-it changes.
+it changes. A kernel receive limit can be waited out in parts, with a check
+between them (``every_s``, ``between_parts``): a backend's long silence then
+notices a client that left, while a prompt answer costs nothing more.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 # Bodies are copied in pieces of at most this size: large enough that a big
@@ -63,16 +67,26 @@ class SocketReader:
             sock.settimeout(None)  # blocking: the kernel's limits apply, and no poll() precedes a call
         # The limits in force (-1: not known, so the first setting is always made).
         self._recv_s = self._send_s = -1.0
+        # A receive limit waited out in parts (``recv_timeout``): how many, and what runs between them.
+        self._parts = 1
+        self.between_parts: Callable[[], None] | None = None
 
-    def recv_timeout(self, seconds: float) -> None:
-        """Limit each receive to ``seconds`` from now on; a system call only when the limit changes."""
-        if seconds != self._recv_s:
+    def recv_timeout(self, seconds: float, *, every_s: float | None = None) -> None:
+        """Limit each receive to ``seconds`` from now on; a system call only when the limit changes.
+
+        ``every_s`` (kernel limits only): wait the limit out in equal parts of
+        at most that long, calling ``between_parts`` after each part that
+        brought nothing -- a way to notice something else (the client leaving)
+        during a long wait, at no cost to a receive that is answered sooner.
+        """
+        parts = max(1, math.ceil(seconds / every_s - 1e-9)) if every_s and self._kernel else 1
+        if seconds != self._recv_s or parts != self._parts:
             if self._kernel:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds / parts))
             else:
                 self.sock.settimeout(seconds)
                 self._send_s = seconds  # a Python timeout serves both directions
-            self._recv_s = seconds
+            self._recv_s, self._parts = seconds, parts
 
     def send_timeout(self, seconds: float) -> None:
         """Limit each send to ``seconds`` from now on; a system call only when the limit changes."""
@@ -117,7 +131,7 @@ class SocketReader:
         try:
             data = self.sock.recv(size)
         except BlockingIOError:  # SO_RCVTIMEO ran out (a blocking socket fails only so with EAGAIN)
-            raise TimeoutError("timed out") from None
+            data = self._wait_out(self.sock.recv, size)
         if not data:
             return False
         self._buf += data
@@ -131,7 +145,7 @@ class SocketReader:
         try:
             return self.sock.recv(limit)
         except BlockingIOError:
-            raise TimeoutError("timed out") from None
+            return self._wait_out(self.sock.recv, limit)
 
     def read_into(self, scratch: bytearray, limit: int = COPY_CHUNK) -> memoryview:
         """Like ``read``, into ``scratch``: the view is valid until the next read into it."""
@@ -145,7 +159,18 @@ class SocketReader:
         try:
             return view[: self.sock.recv_into(scratch, limit)]
         except BlockingIOError:
-            raise TimeoutError("timed out") from None
+            return view[: self._wait_out(self.sock.recv_into, scratch, limit)]
+
+    def _wait_out(self, receive, *args):
+        """The rest of a receive whose first part of the limit ran out: the remaining parts, then ``TimeoutError``."""
+        for _ in range(self._parts - 1):
+            if self.between_parts is not None:
+                self.between_parts()
+            try:
+                return receive(*args)
+            except BlockingIOError:
+                continue
+        raise TimeoutError("timed out")
 
     def read_exact(self, n: int) -> bytes:
         """Read exactly ``n`` bytes or raise ``EOFError``."""

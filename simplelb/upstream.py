@@ -29,6 +29,11 @@ from .sockio import SocketReader
 
 _PEEK_NOW = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
+# A receive from a backend that has said nothing for this long checks whether the request's client
+# is still there (``SocketReader.between_parts``), as nginx notices a client that gave up: once a
+# second costs nothing next to a slow backend, and a response that comes sooner never checks.
+CLIENT_CHECK_S = 1.0
+
 
 class _WithReader:
     """A urllib3 connection that also carries the ``SocketReader`` of its socket.
@@ -170,7 +175,7 @@ class BackendPool:
 
     def _limit(self, conn: PooledConnection) -> None:
         """The read timeout, for each receive and each send (as a Python socket timeout did before)."""
-        conn.reader.recv_timeout(self.read_timeout_s)
+        conn.reader.recv_timeout(self.read_timeout_s, every_s=CLIENT_CHECK_S)
         conn.reader.send_timeout(self.read_timeout_s)
         conn.timeout_s = self.read_timeout_s
 
@@ -183,6 +188,7 @@ class BackendPool:
         """
         if (reusable and conn.sent_whole and conn.reader is not None and conn.reader.pending == 0
                 and not (isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending())):
+            conn.reader.between_parts = None  # (the check of this request's client)
             self._pool._put_conn(conn)
         else:
             conn.close()

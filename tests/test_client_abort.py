@@ -1,0 +1,77 @@
+"""A client that gives up while its backend is slow: 499 in the log, and the backend's connection closed."""
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+
+from .conftest import RawClient, wait_for
+
+
+def _until_closed(closed: dict, answer_after_s: float | None = None):
+    """A script that reads one request, then answers after ``answer_after_s`` (never: None), noting when it saw EOF."""
+    def script(conn) -> None:
+        if conn.read_request() is None:
+            return
+        conn.sock.settimeout(answer_after_s if answer_after_s is not None else 20)
+        try:
+            if conn.sock.recv(1) == b"":  # the balancer closed its connection to us
+                closed["at"] = time.monotonic()
+        except TimeoutError:
+            if answer_after_s is not None:
+                conn.respond(200, b"late but here")
+        closed.setdefault("done", threading.Event()).set()
+    return script
+
+
+def test_a_client_that_gives_up_is_logged_499_and_its_backend_connection_closed(scripted, balancer, tmp_path):
+    closed: dict = {}
+    backend = scripted(_until_closed(closed))
+    log = tmp_path / "access.json"
+    lb = balancer([backend], access_log=str(log), access_log_format="json", read_timeout_s=30)
+    client = RawClient(lb.port)
+    client.send(b"GET /report HTTP/1.1\r\nHost: h\r\n\r\n")
+    wait_for(lambda: len(backend.received) == 1, what="the request at the backend")
+    gave_up = time.monotonic()
+    client.close()
+    wait_for(lambda: "at" in closed, timeout_s=10, what="the backend's connection closed")
+    assert closed["at"] - gave_up < 5  # within a few checks, not the 30 s read timeout
+    wait_for(lambda: log.exists() and log.read_text().strip(), what="the access log line")
+    record = json.loads(log.read_text().splitlines()[0])
+    assert (record["target"], record["status"], record["backend"], record["backend_status"]) == (
+        "/report", 499, backend.address, None)
+
+
+def test_a_half_closed_client_also_counts_as_gone(scripted, balancer):
+    closed: dict = {}
+    backend = scripted(_until_closed(closed))
+    lb = balancer([backend], read_timeout_s=30)
+    with socket.create_connection(("127.0.0.1", lb.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        wait_for(lambda: len(backend.received) == 1, what="the request at the backend")
+        sock.shutdown(socket.SHUT_WR)  # as nginx and Go's server read it: the client is not waiting any more
+        wait_for(lambda: "at" in closed, timeout_s=10, what="the backend's connection closed")
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # and it is not answered
+
+
+def test_a_client_that_waits_gets_a_slow_answer_over_several_checks(scripted, balancer):
+    closed: dict = {}
+    backend = scripted(_until_closed(closed, answer_after_s=2.5))
+    lb = balancer([backend], read_timeout_s=30)
+    response = httpx.get(lb.url + "/slow", timeout=20)
+    assert (response.status_code, response.text) == (200, "late but here")
+    assert "at" not in closed
+
+
+def test_the_read_timeout_still_counts_the_whole_wait(scripted, balancer):
+    closed: dict = {}
+    backend = scripted(_until_closed(closed))
+    lb = balancer([backend], read_timeout_s=2.5, retries=0)
+    started = time.monotonic()
+    response = httpx.get(lb.url + "/stuck", timeout=20)
+    waited = time.monotonic() - started
+    assert response.status_code == 504
+    assert 2.4 <= waited < 10  # three checks of the client on the way, not a timeout at the first
