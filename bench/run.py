@@ -125,7 +125,7 @@ def main() -> int:
         lbs = [n for n in ("simplelb", "simplelb-w2", "before", "before-w2", "haproxy", "nginx") if n in bench.targets]
         if "syscalls" in args.parts:
             results["syscalls"] = {f"{name}@{c}": syscalls_per_request(bench, name, c)
-                                   for name in ("simplelb", "before", "haproxy") if name in bench.targets
+                                   for name in ("simplelb", "before", "floor", "haproxy") if name in bench.targets
                                    for c in (1, 10)}
         if "idle" in args.parts:
             results["idle_first_response"] = {name: idle_first_response(bench, name) for name in lbs}
