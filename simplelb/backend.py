@@ -132,6 +132,9 @@ class Backend:
         self._responses = dict.fromkeys(STATUS_CLASSES, 0)  # responses it gave, by status class
         self._response_time = Histogram()  # from sending to it to its response head
         self._failures = dict.fromkeys(FAILURE_REASONS, 0)
+        # Attempts finished, and those that failed or answered 5xx, each once (one that failed after
+        # its response head is both a response and a failure: the error rate must not count it twice).
+        self._attempts = self._errors = 0
         self._retries = 0
         self._ejections = 0
         self._probes = {"pass": 0, "fail": 0}
@@ -370,6 +373,9 @@ class Backend:
             failure, reason = f"HTTP {attempt.status}", "5xx"
         with self._lock:
             self._in_flight -= 1
+            self._attempts += 1
+            if failure or attempt.status >= 500:
+                self._errors += 1
             if attempt.responded_at is not None:
                 self._responses[STATUS_CLASS_BY_HUNDREDS[attempt.status // 100]] += 1
                 self._response_time.observe(attempt.responded_at - attempt.started_at)
@@ -405,6 +411,8 @@ class Backend:
                 "in_flight": self._in_flight,
                 "requests": sum(self._responses.values()),
                 "failures": sum(self._failures.values()),
+                "attempts": self._attempts,
+                "errors": self._errors,
                 "ejections": self._ejections,
                 "latency_ms": None if latency is None else round(latency * 1000, 3),
                 "retries": self._retries,

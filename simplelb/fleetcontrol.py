@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 APPLY_TIMEOUT_S = 1.0  # a change reaches every worker within a second, or that worker is replaced
 
 # Per backend: these add up over the workers; the rest is the backend's description.
-BACKEND_SUMS = ("in_flight", "requests", "failures", "ejections", "retries", "responses", "response_time",
-                "failure_reasons", "probes")
+BACKEND_SUMS = ("in_flight", "requests", "failures", "attempts", "errors", "ejections", "retries", "responses",
+                "response_time", "failure_reasons", "probes")
 # Gauges: what a worker holds now. A dead worker's gauges are gone with it; its counters stay.
 GAUGES = {"connections", "queue.waiting", "in_flight", "tunnels"}
 # When workers disagree and the vote is tied, the state shown is the first of these.

@@ -438,3 +438,22 @@ def test_a_5xx_counted_as_a_failure_too_counts_once_in_the_error_rate(stand_in, 
     # 100 attempts: 40 answered 2xx, 20 answered 5xx, 40 failed to connect; 60 of them errors.
     assert (cells["Req/s"], cells["Errors"]) == ("60", "60%")  # not (40 + 20 + 20) / (60 + 60) = 67%
     assert page.problems() == []
+
+
+def test_a_response_cut_off_after_its_head_is_one_error_not_two(stand_in, page):
+    # A 200 head, then the backend resets mid-body: a response (2xx) and a failure (reset), one attempt.
+    backend = Backend(BackendSpec("127.0.0.1", 9, name="mock-1"))
+    before = backend.status()
+    for cut in [False] * 6 + [True] * 4:
+        with contextlib.suppress(BadGateway), backend.track() as attempt:
+            attempt.responded(200)
+            if cut:
+                raise BadGateway("connection reset mid-body", reason="reset")
+    after = backend.status()
+    assert (after["requests"], after["failures"]) == (10, 4)
+    stand_in.answer = answer(10, [before])
+    open_page(page, stand_in.url, 1)
+    stand_in.answer = answer(11, [after])
+    wait_for(lambda: rows(page)["mock-1"]["cells"]["Req/s"] != "\u2013", 3, "the second answer measured")
+    assert rows(page)["mock-1"]["cells"]["Errors"] == "40%"  # not 4 / (10 + 4) = 29%
+    assert page.problems() == []
