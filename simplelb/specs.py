@@ -88,8 +88,14 @@ class BackendSpec:
         return f"https://{self.address}" if self.tls else self.address
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "address": self.location, "weight": self.weight,
-                "backup": self.backup, "state": self.state}
+        """Plain values ``backend_from_table`` reads back as this spec (a ``[[backend]]`` table).
+
+        A name that is the default (the location) is left out: read back, it is made again. Given,
+        it would be checked as a chosen name is, and ``https://host:port`` or a host name of more than
+        128 characters is none (a worker would refuse every configuration holding such a backend).
+        """
+        values = {"address": self.location, "weight": self.weight, "backup": self.backup, "state": self.state}
+        return values if self.name == self.location else {"name": self.name, **values}
 
     def but(self, **changes) -> BackendSpec:
         return replace(self, **changes)

@@ -209,6 +209,18 @@ def test_cluster_config_round_trips_through_plain_values():
     assert cluster_from_dict(config.to_dict()) == config
 
 
+@pytest.mark.parametrize("backends", ["https://127.0.0.1:8443", "h" * 130 + ".example:80"])
+def test_a_backend_named_by_an_address_no_name_could_be_round_trips(backends):
+    # A worker of --workers reads its configuration back from these values: the default name
+    # (https://..., or a host name longer than a name may be) must not be checked as a chosen one.
+    from simplelb.config import cluster_from_dict
+
+    config = Config.of(backends=backends).cluster
+    assert cluster_from_dict(config.to_dict()) == config
+    named = config.with_backends((config.backends[0].but(name="web-1"),))
+    assert cluster_from_dict(named.to_dict()) == named
+
+
 def test_workers_auto_is_one_per_cpu():
     import os
 

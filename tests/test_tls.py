@@ -371,6 +371,23 @@ def test_two_workers_serve_tls_and_both_take_new_certificates_on_sighup(pki, moc
     assert proc.wait(30) == 0
 
 
+def test_two_workers_serve_https_backends_given_by_address_alone(pki, https_backend, process):
+    import signal
+
+    _, ca_file, _ = pki
+    first, second = https_backend("127.0.0.1"), https_backend("127.0.0.1")
+    # Named by their address, https://127.0.0.1:PORT: each worker reads that back as the default name.
+    proc, url, admin = start_lb_process(process, "--backends", f"https://127.0.0.1:{first.port}",
+                                        "--backend-ca", ca_file, "--workers", "2", "--admin", "127.0.0.1:0")
+    assert all(requests.get(url, timeout=5).status_code == 200 for _ in range(6))
+    added = requests.post(admin + "/backends", json={"address": f"https://127.0.0.1:{second.port}"}, timeout=5)
+    assert added.status_code == 201, added.text
+    assert added.json()["name"] == f"https://127.0.0.1:{second.port}"
+    wait_for(lambda: requests.get(admin + "/status", timeout=5).json()["applied"], what="the change in every worker")
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0 and "Traceback" not in proc.stderr
+
+
 def test_a_replaced_worker_serves_the_certificate_a_reload_named(pki, mock_servers, tmp_path, process):
     import signal
 
