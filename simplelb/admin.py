@@ -145,6 +145,8 @@ class AdminHandler(DeadlineHandler):
             status, payload, headers = getattr(self, handler)(body=body, **args)
         except HTTPError as exc:
             status, payload, headers = exc.status, {"error": exc.message}, exc.headers
+        except ConfigError as exc:  # a change whose result the control refused (a fleet's workers would): nothing moved
+            status, payload, headers = 400, {"error": str(exc)}, []
         except Exception:  # a bug: answer, log it, keep serving
             log.exception("admin request %s %s failed", self.command, self.path)
             status, payload, headers = 500, {"error": "internal error (logged)"}, []

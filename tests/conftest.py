@@ -430,6 +430,16 @@ def start_lb_process(process, *args: str, admin: bool = False, timeout_s: float 
 JSON = {"Content-Type": "application/json"}
 
 
+class NoWorkers:
+    """A fleet's supervisor without workers, for a ``FleetControl`` in the test: what it sends reaches nobody."""
+
+    def live_workers(self):
+        return []
+
+    def all_workers(self):
+        return []
+
+
 # --- steady traffic ----------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import requests
 
-from .conftest import JSON, dripped_until_closed, free_port, run_cli, wait_for
+from .conftest import JSON, NoWorkers, dripped_until_closed, free_port, run_cli, wait_for
 
 
 @pytest.fixture
@@ -314,3 +314,24 @@ def test_a_request_dripped_slowly_is_cut_off_at_the_deadline(admin_lb, monkeypat
 
     monkeypatch.setattr(admin_module, "HEAD_DEADLINE_S", 0.5)
     assert dripped_until_closed(int(admin_lb[1].rsplit(":", 1)[1]), first, drip) < 3
+
+
+def test_a_change_the_fleet_refuses_is_a_400_saying_why(monkeypatch):
+    # The parent of --workers checks a change's result as every worker will read it; what it
+    # refuses is the caller's to fix, answered as such (it was a 500 and a traceback).
+    from simplelb import Config, fleetcontrol
+    from simplelb.admin import AdminServer
+    from simplelb.errors import ConfigError
+
+    def refused(values):
+        raise ConfigError("backend: 'name' must be 1-128 letters")
+
+    control = fleetcontrol.FleetControl(NoWorkers(), None, Config.of(backends="127.0.0.1:9", workers=2))
+    admin = AdminServer(("127.0.0.1", 0), control).start()
+    try:
+        monkeypatch.setattr(fleetcontrol, "cluster_from_dict", refused)
+        answer = requests.patch(admin.url + "/backends/127.0.0.1:9", json={"weight": 2}, timeout=5)
+        assert answer.status_code == 400 and "must be 1-128 letters" in answer.json()["error"]
+        assert control.current()[0] == 1
+    finally:
+        admin.stop()
