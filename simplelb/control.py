@@ -20,15 +20,17 @@ listener and SIGHUP need:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from .cluster import Cluster
 from .config import ClusterConfig, Config, read_token
-from .discovery import Discovery
+from .discovery import Discovery, Prepared
 from .errors import ConfigError
 from .stats import BOUNDS_S
 from .tls import Certificates, load_certificates
@@ -52,34 +54,57 @@ class ReloadCounter:
     def as_dict(self) -> dict:
         return {"success": self.success, "failure": self.failure, "last_error": self.last_error}
 
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
+        """One reload, from reading the file to applying the result: a success if the block ends.
 
-def load_for_reload(source, running: Config, reloads: ReloadCounter) -> tuple[Config, Certificates | None]:
-    """The new configuration from ``source`` and its certificates, loaded; or ``ConfigError`` (logged, counted).
+        Whatever fails in it, the loading or the applying (a fleet refusing the merged result), is a
+        failed reload: counted, kept as the last error, logged and raised as a ``ConfigError``.
+        """
+        try:
+            yield
+        except ConfigError as exc:
+            self._failed(exc.messages)
+            log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.messages))
+            raise
+        except Exception as exc:  # a bug in a check: still a failed reload, counted and said, not a crash
+            self._failed([f"internal error while reloading: {exc!r} (see the log)"])
+            log.exception("reload failed unexpectedly, keeping the running configuration")
+            raise ConfigError(self.last_error[0]) from exc
+        self.success += 1
+        self.last_error = None
+
+    def _failed(self, messages: list[str]) -> None:
+        self.failure += 1
+        self.last_error = messages
+
+
+class Reloaded(NamedTuple):
+    """A configuration read again, with what else a reload takes from it, all read before anything is applied."""
+
+    config: Config
+    certificates: Certificates | None  # None: no TLS front end to give them to
+    admin_token: str | None
+
+
+def load_for_reload(source, running: Config) -> Reloaded:
+    """The new configuration from ``source``, its certificates and admin token, loaded; or ``ConfigError``.
 
     Certificates are read again at every reload, whoever named them; a
     balancer that started without TLS (or with) needs a restart to change that.
+    Call it inside ``ReloadCounter.counted()``, which counts and logs a failure.
     """
-    try:
-        config = source.load()
-        certificates = None
-        if running.listener.tls and config.listener.tls:
-            certificates = load_certificates(config.listener.tls)
-    except ConfigError as exc:
-        reloads.failure += 1
-        reloads.last_error = exc.messages
-        log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.messages))
-        raise
-    except Exception as exc:  # a bug in a check: still a failed reload, counted and said, not a crash
-        reloads.failure += 1
-        reloads.last_error = [f"internal error while loading the configuration: {exc!r} (see the log)"]
-        log.exception("reload failed unexpectedly, keeping the running configuration")
-        raise ConfigError(reloads.last_error[0]) from exc
+    config = source.load()
+    certificates = None
+    if running.listener.tls and config.listener.tls:
+        certificates = load_certificates(config.listener.tls)
+    token = admin_token(config)
     for flag in running.changed_listener_settings(config):
         log.warning("reload: %s changed; it needs a restart and is not applied", flag)
     if bool(running.listener.tls) != bool(config.listener.tls):
         log.warning("reload: TLS was turned %s; that needs a restart and is not applied",
                     "on" if config.listener.tls else "off")
-    return config, certificates
+    return Reloaded(config, certificates, token)
 
 
 def admin_token(config: Config) -> str | None:
@@ -122,22 +147,22 @@ class LocalControl:
         with self._changing:
             before = self.cluster.view.config
             after = edit(before)
-            if operator:
-                after = self.discovery.edited(before, after)
-            generation = self.cluster.update(after).generation
+            prepared = self.discovery.prepare_edit(before, after) if operator else Prepared(after)
+            generation = self.cluster.update(prepared.merged).generation
+            prepared.commit()  # only now: a change that failed leaves discovery as it was
             if then is not None:
                 then()
             return generation
 
     def reload(self) -> int:
-        with self._changing:
-            config, certificates = load_for_reload(self.source, self.running, self.reloads)
-            generation = self.cluster.update(self.discovery.configure(config.cluster)).generation
-            if certificates is not None and self.tls is not None:
-                self.tls.install(certificates)
-            self.admin_token = admin_token(config)
-            self.reloads.success += 1
-            self.reloads.last_error = None
+        with self._changing, self.reloads.counted():
+            reloaded = load_for_reload(self.source, self.running)
+            prepared = self.discovery.prepare(reloaded.config.cluster)
+            generation = self.cluster.update(prepared.merged).generation
+            prepared.commit()  # sources started and stopped only once the cluster runs what they lead to
+            if reloaded.certificates is not None and self.tls is not None:
+                self.tls.install(reloaded.certificates)
+            self.admin_token = reloaded.admin_token
         log.info("reloaded: generation %d", generation)
         return generation
 

@@ -24,15 +24,20 @@ with ``--workers`` it is one generation sent to every worker. A discovered
 backend whose name or address is taken already (by a static backend, or by
 an earlier source) is left out, and logged.
 
-The control calls ``configure()`` with each configuration it loads (at
-start and at every reload): sources that stay keep running and keep their
-lists, new ones start, gone ones stop, and the operator's overrides end (a
-reload replaces runtime changes, as it always has). When a reload starts new
-sources, the lists of those it stopped stay in the merge until every new one
-has listed once: a changed or mistyped URL does not empty the set. It calls ``edited()``
-with the result of each operator's change (not of the watcher's): backends the sources did not find become
-the static part, and a discovered backend's weight or state that differs
-from its source's becomes an override, kept across updates until a reload.
+The control calls ``prepare()`` with each configuration it loads (at
+every reload; ``configure()`` at start): sources that stay keep running and
+keep their lists, new ones start, gone ones stop, and the operator's
+overrides end (a reload replaces runtime changes, as it always has). When a
+reload starts new sources, the lists of those it stopped stay in the merge
+until every new one has listed once: a changed or mistyped URL does not
+empty the set. It calls ``prepare_edit()`` with the result of each
+operator's change (not of the watcher's): backends the sources did not find
+become the static part, and a discovered backend's weight or state that
+differs from its source's becomes an override, kept across updates until a
+reload. Both only work the change out (``Prepared``): the control validates
+and applies the merged result, then commits it. A change it refuses (with
+``--workers``, one that a worker would not read back) leaves every source,
+list and override as it was, so the next update merges from what runs.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from .config import ClusterConfig, Config, read_token
 from .errors import ConfigError, Conflict
@@ -164,6 +170,32 @@ def plan(cluster: ClusterConfig, publish) -> list[tuple[tuple, Callable[[], Sour
     return wanted
 
 
+class Layout(NamedTuple):
+    """What a merge reads: the static part, the sources' lists, the carried lists, the overrides."""
+
+    base: ClusterConfig  # settings and backends not discovered
+    lists: list[tuple[str, Specs]]  # (url, latest list) of each running source, in configuration order
+    carried: list[tuple[str, Specs]]  # (url, last list) of sources a reload stopped, until the new ones list
+    overrides: dict[str, dict]  # backend name -> {"weight": ..., "state": ...}
+
+
+class Prepared:
+    """A change of discovery worked out but not made: ``merged`` is where it leads, ``commit()`` makes it.
+
+    The control validates and applies ``merged`` first and commits only then, so a change it
+    refuses (one a worker would not take, say) leaves discovery as it was.
+    """
+
+    def __init__(self, merged: ClusterConfig, commit: Callable[[], None] | None = None):
+        self.merged = merged
+        self._commit = commit
+
+    def commit(self) -> ClusterConfig:
+        if self._commit is not None:
+            self._commit()
+        return self.merged
+
+
 class Discovery:
     """Runs a configuration's sources and merges their lists into it; ``change`` is the control's."""
 
@@ -189,24 +221,43 @@ class Discovery:
     # --- what the control calls (holding its change lock) -------------------------------
 
     def configure(self, cluster: ClusterConfig) -> ClusterConfig:
-        """A configuration as loaded: sources started, kept or stopped; overrides end. The merged result."""
+        """A configuration as loaded, made at once (at start): see ``prepare``. The merged result."""
+        return self.prepare(cluster).commit()
+
+    def edited(self, before: ClusterConfig, after: ClusterConfig) -> ClusterConfig:
+        """An operator's change, made at once: see ``prepare_edit``. The merged result."""
+        return self.prepare_edit(before, after).commit()
+
+    def prepare(self, cluster: ClusterConfig) -> Prepared:
+        """A configuration as loaded: which sources stay, start and stop, and the merged result; overrides end.
+
+        Nothing moves until ``commit()``: no source is started or stopped, no list carried, no
+        override dropped. A control that refuses the result leaves discovery as it was.
+        """
         wanted = plan(cluster, self._updates_put) if self._enabled else []
         with self._lock:
-            self._base = cluster
-            self._overrides.clear()
-            self._order = [identity for identity, _ in wanted]
-            gone = [self._sources.pop(i) for i in list(self._sources) if i not in self._order]
+            sources = {identity: self._sources[identity] if identity in self._sources else factory()
+                       for identity, factory in wanted}
+            gone = [source for identity, source in self._sources.items() if identity not in sources]
+            new = [source for identity, source in sources.items() if identity not in self._sources]
+            carried, _ = self._carried_after([(source, self._lists.get(source.identity, ())) for source in gone],
+                                             {source.identity for source in new}, sources)
+            lists = [(source.url, () if source in new else self._lists.get(identity, ()))
+                     for identity, source in sources.items()]
+            merged = self._merge(Layout(cluster, lists, list(carried.values()), {}))
+        return Prepared(merged, lambda: self._reconfigure(cluster, sources, gone, new))
+
+    def _reconfigure(self, cluster: ClusterConfig, sources: dict[tuple, Source], gone: list[Source],
+                     new: list[Source]) -> None:
+        """Make what ``prepare`` worked out: the sources' lists as they are by now (the watcher may have had one since)."""
+        with self._lock:
+            self._base, self._overrides = cluster, {}
+            self._order, self._sources = list(sources), sources
             self._retired = [source for source in self._retired if source.alive()] + gone
-            new = []
-            for identity, factory in wanted:
-                if identity not in self._sources:
-                    self._sources[identity] = source = factory()
-                    self._lists[identity] = ()
-                    new.append(source)
-            self._carry([(source, self._lists.pop(source.identity, ())) for source in gone],
-                        {source.identity for source in new})
+            stopped = [(source, self._lists.pop(source.identity, ())) for source in gone]
+            self._lists.update({source.identity: () for source in new})
+            self._carried, self._awaited = self._carried_after(stopped, {source.identity for source in new}, sources)
             running = self._running
-            merged = self._merged()
         # Told, not waited for: the control's lock is held here, and a lookup in flight can take
         # seconds. What a retired source still sends is ignored (see _apply).
         for source in gone:
@@ -215,24 +266,30 @@ class Discovery:
         if running:
             for source in new:
                 source.start()
-        return merged
 
-    def _carry(self, stopped: list[tuple[Source, Specs]], started: set[tuple]) -> None:
-        # (lock held) Only a reload that starts sources carries: one that just drops a source drops its
-        # backends, whatever an earlier reload still carries until the sources it started list.
-        self._awaited = (self._awaited & set(self._order)) | started
-        if not self._awaited:
-            self._carried.clear()
-        elif started:
-            self._carried.update({source.identity: (source.url, specs) for source, specs in stopped if specs})
+    def _carried_after(self, stopped: list[tuple[Source, Specs]], started: set[tuple],
+                       order) -> tuple[dict[tuple, tuple[str, Specs]], set[tuple]]:
+        # (lock held) What _carried and _awaited become. Only a reload that starts sources carries: one
+        # that just drops a source drops its backends, whatever an earlier reload still carries until
+        # the sources it started list.
+        awaited = (self._awaited & set(order)) | started
+        if not awaited:
+            return {}, awaited
+        carried = dict(self._carried)
+        if started:
+            carried.update({source.identity: (source.url, specs) for source, specs in stopped if specs})
+        return carried, awaited
 
-    def edited(self, before: ClusterConfig, after: ClusterConfig) -> ClusterConfig:
-        """An operator's change: split into static backends and overrides of discovered ones; the merged result."""
+    def prepare_edit(self, before: ClusterConfig, after: ClusterConfig) -> Prepared:
+        """An operator's change: split into static backends and overrides of discovered ones; the merged result.
+
+        Nothing moves until ``commit()``: a change the control then refuses leaves the static
+        backends and the overrides as they were, for the next update to merge.
+        """
         with self._lock:
             if not self._order:
-                self._base = after
-                return after
-            discovered = {spec.name: spec for spec in self._discovered()}
+                return Prepared(after, lambda: self._edit(after, {}))
+            discovered = {spec.name: spec for spec in self._discovered(self._layout())}
             # Discovered when the running configuration was merged; its source may have dropped it
             # since (its update waits for the lock this change holds): it goes with that update.
             static_names = {spec.name for spec in self._base.backends}
@@ -252,23 +309,33 @@ class Discovery:
                 differs = {key: getattr(spec, key) for key in OVERRIDABLE if getattr(spec, key) != getattr(found, key)}
                 if differs:
                     overrides[spec.name] = differs
-            self._overrides = overrides
-            self._base = after.with_backends(tuple(static))
-            return self._merged()
+            base = after.with_backends(tuple(static))
+            merged = self._merge(self._layout()._replace(base=base, overrides=overrides))
+        return Prepared(merged, lambda: self._edit(base, overrides))
+
+    def _edit(self, base: ClusterConfig, overrides: dict[str, dict]) -> None:
+        with self._lock:
+            self._base, self._overrides = base, overrides
 
     def merged(self) -> ClusterConfig:
         with self._lock:
-            return self._merged()
+            return self._merge(self._layout())
 
     # --- merging (lock held) ---------------------------------------------------------------
 
-    def _discovered(self) -> list[BackendSpec]:
+    def _layout(self) -> Layout:
+        """What the merge reads now."""
+        return Layout(self._base, [(self._sources[identity].url, self._lists.get(identity, ()))
+                                   for identity in self._order],
+                      list(self._carried.values()), self._overrides)
+
+    def _discovered(self, layout: Layout) -> list[BackendSpec]:
         """Every source's latest specs that are not taken already, in order, before overrides."""
-        names = {s.name for s in self._base.backends}
-        addresses = {s.address for s in self._base.backends}
-        lists = [(self._sources[identity].url, self._lists.get(identity, ()), False) for identity in self._order]
+        names = {s.name for s in layout.base.backends}
+        addresses = {s.address for s in layout.base.backends}
         kept = []
-        for url, specs, carried in lists + [(url, specs, True) for url, specs in self._carried.values()]:
+        for url, specs, carried in ([(url, specs, False) for url, specs in layout.lists]
+                                    + [(url, specs, True) for url, specs in layout.carried]):
             for spec in specs:
                 if spec.name in names or spec.address in addresses:
                     if not carried and (url, spec.name) not in self._skipped:  # (a carried one is expected to be)
@@ -280,12 +347,12 @@ class Discovery:
                 kept.append(spec)
         return kept
 
-    def _merged(self) -> ClusterConfig:
-        specs = [spec.but(**self._overrides[spec.name]) if spec.name in self._overrides else spec
-                 for spec in self._discovered()]
+    def _merge(self, layout: Layout) -> ClusterConfig:
+        specs = [spec.but(**layout.overrides[spec.name]) if spec.name in layout.overrides else spec
+                 for spec in self._discovered(layout)]
         if not specs:
-            return self._base
-        return self._base.with_backends(self._base.backends + tuple(specs))
+            return layout.base
+        return layout.base.with_backends(layout.base.backends + tuple(specs))
 
     # --- running ---------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from .channel import ChannelClosed
 from .config import ClusterConfig, Config, cluster_from_dict
 from .configfile import FixedSource
 from .control import ReloadCounter, admin_token, find_backend, load_for_reload
-from .discovery import Discovery
+from .discovery import Discovery, Prepared
 from .stats import BOUNDS_S, add_counts, zeroed
 
 log = logging.getLogger(__name__)
@@ -168,28 +168,26 @@ class FleetControl:
         with self._changing:
             before = self._current[1]
             after = edit(before)
-            if operator:
-                after = self.discovery.edited(before, after)
-            generation = self._apply(after)
+            generation = self._apply(self.discovery.prepare_edit(before, after) if operator else Prepared(after))
             if then is not None:
                 then()
             return generation
 
     def reload(self) -> int:
-        with self._changing:
-            config, certificates = load_for_reload(self.source, self.running, self.reloads)
-            tls = config.listener.tls if certificates is not None else None
-            generation = self._apply(self.discovery.configure(config.cluster), tls)
-            self.admin_token = admin_token(config)
-            self.reloads.success += 1
-            self.reloads.last_error = None
+        with self._changing, self.reloads.counted():
+            reloaded = load_for_reload(self.source, self.running)
+            tls = reloaded.config.listener.tls if reloaded.certificates is not None else None
+            generation = self._apply(self.discovery.prepare(reloaded.config.cluster), tls)
+            self.admin_token = reloaded.admin_token
         log.info("reloaded: generation %d sent to every worker", generation)
         return generation
 
-    def _apply(self, cluster: ClusterConfig, tls: tuple | None = None) -> int:
+    def _apply(self, prepared: Prepared, tls: tuple | None = None) -> int:
         # Caller holds _changing. ``tls``: certificate files every worker reads again (checked here already).
+        cluster = prepared.merged
         as_sent = cluster.to_dict()
         cluster_from_dict(as_sent)  # what every worker will do with it: a ConfigError here, not in each of them
+        prepared.commit()  # only once it is valid: a refused change leaves discovery's sources and lists as they were
         generation = self._current[0] + 1
         self._current = (generation, cluster)
         if tls is not None:

@@ -13,7 +13,7 @@ from simplelb.errors import ConfigError, Conflict
 from simplelb.etcddiscovery import parse_entry
 from simplelb.specs import BackendSpec, SourceSpec
 
-from .conftest import run_cli
+from .conftest import NoWorkers, run_cli
 
 # --- the configuration --------------------------------------------------------------------
 
@@ -189,6 +189,76 @@ def test_a_change_that_races_its_sources_removal_does_not_make_the_backend_stati
     control.discovery._change = operator_first
     control.found(0, spec("10.0.0.2:80"))
     assert [(name, weight) for name, weight, _ in control.names()] == [("static:1", 5), ("10.0.0.2:80", 5)]
+
+
+# --- a change the control refuses --------------------------------------------------------
+
+
+def fleet_control():
+    from simplelb.fleetcontrol import FleetControl
+
+    return FleetControl(NoWorkers(), None, Config.of(backends="static:1,dns://a.test:80", workers=2))
+
+
+def local_control():
+    from simplelb.cluster import Cluster
+    from simplelb.control import LocalControl
+
+    config = Config.of(backends="static:1,dns://a.test:80")
+    return LocalControl(Cluster(config.cluster), None, config)
+
+
+def refuse_in_fleet(control, monkeypatch):
+    """What a worker would not read back: the fleet's check of the merged result fails."""
+    from simplelb import fleetcontrol
+
+    def refused(values):
+        raise ConfigError("refused (as a worker would)")
+
+    monkeypatch.setattr(fleetcontrol, "cluster_from_dict", refused)
+
+
+def refuse_in_cluster(control, monkeypatch):
+    """The cluster of this process fails to take the merged result (a CA file broken meanwhile, a bug)."""
+
+    def refused(config):
+        raise ConfigError("refused by the cluster")
+
+    monkeypatch.setattr(control.cluster, "update", refused)
+
+
+def backends_of(control):
+    return [(s.name, s.state) for s in control.config().backends]
+
+
+@pytest.mark.parametrize("make, refuse", [(fleet_control, refuse_in_fleet), (local_control, refuse_in_cluster)],
+                         ids=["fleet", "local"])
+def test_a_change_or_reload_that_is_refused_leaves_discovery_as_it_was(make, refuse, monkeypatch):
+    from simplelb import changes
+    from simplelb.configfile import FixedSource
+
+    control = make()
+    source = control.discovery._sources[control.discovery._order[0]]
+    control.discovery._apply([(source, (spec("10.0.0.1:80"),))])  # what the watcher does with a list
+    control.change(lambda c: changes.patch_backend(c, "10.0.0.1:80", {"state": "drain"}))
+    running = backends_of(control)
+    assert running == [("static:1", "ready"), ("10.0.0.1:80", "drain")]
+
+    control.source = FixedSource(Config.of(backends="static:1,dns://b.test:80", workers=2))
+    with monkeypatch.context() as patched:
+        refuse(control, patched)
+        with pytest.raises(ConfigError, match="refused"):
+            control.change(lambda c: changes.add_backend(c, spec("added:2")))
+        with pytest.raises(ConfigError, match="refused"):
+            control.reload()
+    assert backends_of(control) == running
+    # The refused reload neither stopped a.test nor started b.test, and counts as failed.
+    assert not source.stopping.is_set() and [s["source"] for s in control.discovery.status()] == ["dns://a.test:80"]
+    assert control.reloads.failure == 1 and "refused" in control.reloads.last_error[0]
+
+    # The next update merges from what runs: no refused backend, the operator's drain kept.
+    control.discovery._apply([(source, (spec("10.0.0.1:80"), spec("10.0.0.2:80")))])
+    assert backends_of(control) == [("static:1", "ready"), ("10.0.0.1:80", "drain"), ("10.0.0.2:80", "ready")]
 
 
 def test_a_source_that_fails_with_a_bug_runs_again(monkeypatch):
