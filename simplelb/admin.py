@@ -40,7 +40,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from . import changes
 from .convert import is_loopback
@@ -235,7 +235,8 @@ class AdminHandler(DeadlineHandler):
     def add_backend(self, body=None):
         spec = changes.new_backend(body)
         generation, backend = self._change(lambda config: changes.add_backend(config, spec), spec.name)
-        return 201, {**backend, "generation": generation}, [("Location", f"/backends/{spec.name}")]
+        # A name may be an address with a scheme (https://host:port): escaped, its slashes stay in one segment.
+        return 201, {**backend, "generation": generation}, [("Location", f"/backends/{quote(spec.name, safe=':@+')}")]
 
     def patch_backend(self, name: str, body=None):
         generation, backend = self._change(lambda config: changes.patch_backend(config, name, body), name)

@@ -122,6 +122,14 @@ def test_a_host_name_in_another_case_is_the_same_backend(admin_lb):
     assert requests.get(admin + "/status", headers={"Host": f"LOCALHOST:{port}"}, timeout=5).status_code == 200
 
 
+def test_the_location_of_a_backend_named_by_an_https_address_leads_to_it(admin_lb):
+    lb, admin, mocks = admin_lb
+    added = requests.post(admin + "/backends", json={"address": "https://127.0.0.1:1"}, timeout=5)
+    assert added.status_code == 201 and added.json()["name"] == "https://127.0.0.1:1"
+    found = requests.get(admin + added.headers["Location"], timeout=5)  # its slashes escaped: one path segment
+    assert found.status_code == 200 and found.json()["name"] == "https://127.0.0.1:1"
+
+
 def test_a_405_says_what_is_allowed(admin_lb):
     response = requests.put(admin_lb[1] + "/backends", timeout=5)
     assert response.status_code == 405 and response.headers["Allow"] == "GET, POST"
