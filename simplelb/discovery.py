@@ -311,6 +311,13 @@ class Discovery:
                     overrides[spec.name] = differs
             base = after.with_backends(tuple(static))
             merged = self._merge(self._layout()._replace(base=base, overrides=overrides))
+        # A static backend that a source lists too (left out as taken) comes back as the source's once
+        # the static one goes: a DELETE would answer "removing" and remove nothing.
+        back = [spec.name for spec in before.backends if after.spec(spec.name) is None
+                and merged.spec(spec.name) is not None]
+        if back:
+            raise Conflict(f"{back[0]!r} is discovered too: removed here, it stays as its source's; remove it at its "
+                           "source as well, or drain it or put it in maintenance here")
         return Prepared(merged, lambda: self._edit(base, overrides))
 
     def _edit(self, base: ClusterConfig, overrides: dict[str, dict]) -> None:

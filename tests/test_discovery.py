@@ -5,7 +5,7 @@ import queue
 
 import pytest
 
-from simplelb import Config, discovery
+from simplelb import Config, changes, discovery
 from simplelb.config import cluster_from_dict
 from simplelb.configfile import ConfigSource
 from simplelb.discovery import Discovery, Source
@@ -150,6 +150,19 @@ def test_a_discovered_backend_cannot_be_deleted_here(control):
         control.change(lambda c: c.with_backends(tuple(s for s in c.backends if s.name != "10.0.0.1:80")))
 
 
+def test_a_static_backend_a_source_lists_too_cannot_be_deleted_here(control):
+    # Left out of the source's list as taken; deleted, it would come back at once as the source's,
+    # and the DELETE would have answered "removing" for a backend that stays.
+    control.change(lambda c: c.with_backends((*c.backends, spec("10.0.0.1:80", weight=3))))
+    control.found(0, spec("10.0.0.1:80"), spec("10.0.0.2:80"))
+    running = control.names()
+    with pytest.raises(Conflict, match="'10.0.0.1:80' is discovered too"):
+        control.change(lambda c: changes.remove_backend(c, "10.0.0.1:80"))
+    assert control.names() == running
+    control.change(lambda c: changes.remove_backend(c, "static:1"))  # one no source lists goes as asked
+    assert [name for name, _, _ in control.names()] == ["10.0.0.1:80", "10.0.0.2:80"]
+
+
 def test_a_reload_that_drops_a_source_drops_its_backends(control):
     control.found(0, spec("10.0.0.1:80"))
     control.found(1, spec("10.0.0.2:80"))
@@ -234,7 +247,6 @@ def backends_of(control):
 @pytest.mark.parametrize("make, refuse", [(fleet_control, refuse_in_fleet), (local_control, refuse_in_cluster)],
                          ids=["fleet", "local"])
 def test_a_change_or_reload_that_is_refused_leaves_discovery_as_it_was(make, refuse, monkeypatch):
-    from simplelb import changes
     from simplelb.configfile import FixedSource
 
     control = make()
