@@ -31,7 +31,7 @@ import dns.exception
 import dns.resolver
 
 from .config import ClusterConfig
-from .discovery import Source
+from .source import Source
 from .specs import MAX_WEIGHT, BackendSpec, SourceSpec, parse_dns_url
 
 log = logging.getLogger(__name__)

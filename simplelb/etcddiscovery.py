@@ -30,9 +30,9 @@ import secrets
 import threading
 import time
 
-from .discovery import Source
 from .errors import ConfigError
 from .etcd import EtcdClient, EtcdError, Watch, parse_etcd_url
+from .source import Source
 from .specs import NAME_RE, BackendSpec, backend_from_table
 
 log = logging.getLogger(__name__)

@@ -5,12 +5,13 @@ import queue
 
 import pytest
 
-from simplelb import Config, changes, discovery
+from simplelb import Config, changes
 from simplelb.config import cluster_from_dict
 from simplelb.configfile import ConfigSource
-from simplelb.discovery import Discovery, Source
+from simplelb.discovery import Discovery
 from simplelb.errors import ConfigError, Conflict
 from simplelb.etcddiscovery import parse_entry
+from simplelb.source import Source
 from simplelb.specs import BackendSpec, SourceSpec
 
 from .conftest import NoWorkers, run_cli
@@ -274,7 +275,7 @@ def test_a_change_or_reload_that_is_refused_leaves_discovery_as_it_was(make, ref
 
 
 def test_a_source_that_fails_with_a_bug_runs_again(monkeypatch):
-    monkeypatch.setattr(discovery, "RESTART_S", 0.05)
+    monkeypatch.setattr("simplelb.source.RESTART_S", 0.05)
     lists = queue.SimpleQueue()
 
     class FailsOnce(Source):
