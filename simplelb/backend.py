@@ -8,6 +8,8 @@ changes only through the methods here -- the request path through
 detector through ``eject()``, the cluster through ``reconfigure()`` and
 ``mark_removing()`` -- so the algorithms can read it from any thread
 without tearing. ``Cluster`` creates and retires backends; nothing else does.
+The handle ``track()`` returns (``Attempt``) and what a backend reports to
+its owner (``BackendEvents``) are in ``tracking.py``.
 
 States (``state``, in order of precedence): ``removing`` (taken out of the
 configuration, finishing its in-flight requests), ``maint`` (the operator
@@ -29,11 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from .errors import BackendFull, BackendGone, ClientSideError
+from .errors import BackendFull, BackendGone
 from .health import HealthChange
 from .latency import PeakEwma
 from .specs import BackendSpec
 from .stats import STATUS_CLASS_BY_HUNDREDS, STATUS_CLASSES, Histogram
+from .tracking import Attempt, BackendEvents
 
 log = logging.getLogger(__name__)
 
@@ -52,48 +55,6 @@ def takes_new_in(state: str) -> bool:
     ``--workers`` (``fleetcontrol``), so ``up`` and ``state`` never disagree.
     """
     return state == "up"
-
-
-class Attempt:
-    """One request attempt against a backend: the context manager ``Backend.track`` returns.
-
-    A plain class rather than a generator-based context manager: it is entered
-    and left once per request, and a generator costs a frame and a few calls more.
-    """
-
-    __slots__ = ("_backend", "_clock", "started_at", "responded_at", "status")
-
-    def __init__(self, backend: Backend, clock: Callable[[], float]):
-        self._backend = backend
-        self._clock = clock
-        self.started_at = clock()
-        self.responded_at: float | None = None
-        self.status = 0
-
-    def responded(self, status: int) -> None:
-        """The response head arrived: the latency sample ends here."""
-        self.responded_at = self._clock()
-        self.status = status
-
-    def __enter__(self) -> Attempt:
-        return self  # (counted in flight already, by ``Backend.track``)
-
-    def __exit__(self, exc_type, exc, traceback) -> bool:
-        if exc is None or isinstance(exc, ClientSideError):  # the client's doing counts for nothing
-            self._backend._finish(self, "", "")
-        else:
-            self._backend._finish(self, str(exc) or exc_type.__name__, getattr(exc, "reason", "protocol"))
-        return False
-
-
-class BackendEvents:
-    """What a backend reports to its owner. The defaults do nothing (a backend on its own)."""
-
-    def released(self, backend: Backend) -> None:
-        """An in-flight slot was freed."""
-
-    def failed(self, backend: Backend, streak: int, reason: str) -> None:
-        """An attempt failed; ``streak`` failures in a row so far."""
 
 
 class Backend:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from . import algorithms
 from .affinity import KeyFunction, StickyCookies, key_function
-from .backend import Backend, BackendEvents
+from .backend import Backend
 from .config import ClusterConfig
 from .files import read_regular
 from .health import HealthChecker
@@ -52,6 +52,7 @@ from .limits import CapacityQueue
 from .outlier import OutlierDetector
 from .retry import RetryBudget, RetryPolicy
 from .tls import backend_context
+from .tracking import BackendEvents
 from .upstream import BackendPool
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,12 @@ from collections import Counter
 import pytest
 import requests
 
-from simplelb.backend import Backend, BackendEvents
+from simplelb.backend import Backend
 from simplelb.config import ClusterConfig
 from simplelb.outlier import OutlierDetector
 from simplelb.retry import RetryBudget, RetryPolicy
 from simplelb.specs import BackendSpec
+from simplelb.tracking import BackendEvents
 
 from .conftest import free_port, holding, read_then_reset, serve_forever_ok, state, wait_for
 
