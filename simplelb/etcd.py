@@ -1,16 +1,10 @@
 """A small etcd v3 client over etcd's JSON gateway, with ``requests``.
 
 etcd serves its gRPC API as JSON over HTTP too (the grpc-gateway, ``/v3/...``
-in etcd 3.4 and later), so no gRPC stack is needed. The gateway's rules,
-which every method here follows:
-
-* keys and values are bytes, sent and received as base64 strings;
-* 64-bit integers (revisions, lease ids, TTLs) are JSON strings;
-* fields at their zero value are left out of answers (no ``kvs`` when nothing
-  matched, no ``type`` on a PUT event, no ``TTL`` for a lease that is gone);
-* a prefix is the range ``[prefix, prefix_range_end(prefix))``;
-* a failed call answers a non-200 status with ``{"error", "message", "code"}``
-  (``code`` is the gRPC status: 5 is NOT_FOUND).
+in etcd 3.4 and later), so no gRPC stack is needed. Every method here follows
+the gateway's rules; they, the values (``KeyValue``, ``WatchEvent``,
+``Lease``), ``EtcdError`` and the encoding of requests and answers are in
+``etcdwire.py``, and this module re-exports what its callers use.
 
 Every failure (no connection, no answer in time, an error answer, a watch
 that breaks or is compacted) raises ``EtcdError`` with a message naming the
@@ -19,69 +13,41 @@ in revision order, can start at any revision still in etcd's history (so a
 watcher that lost its stream resumes without missing a change), and
 ``Watch.stop()`` ends it from another thread.
 
-This module imports nothing else from simplelb: the balancer's discovery and
-mockserv's registration both use it.
+This module imports nothing else from simplelb but ``etcdwire``: the
+balancer's discovery and mockserv's registration both use it.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
 import requests
 import requests.adapters
 from urllib3.connection import HTTPConnection
 
+from .etcdwire import (
+    NOT_FOUND,
+    EtcdError,
+    KeyValue,
+    Lease,
+    WatchEvent,
+    answer_of,
+    b64,
+    error_of,
+    key_value,
+    prefix_range_end,
+    reason_of,
+)
+
 __all__ = ["EtcdClient", "EtcdError", "KeyValue", "Lease", "Watch", "WatchEvent", "parse_etcd_url",
            "prefix_range_end"]
 
 DEFAULT_PORT = 2379
-NOT_FOUND = 5  # gRPC status code
-
-
-class EtcdError(Exception):
-    """An etcd operation failed. ``grpc_code`` is etcd's status code when it answered one."""
-
-    def __init__(self, message: str, grpc_code: int | None = None):
-        super().__init__(message)
-        self.grpc_code = grpc_code
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: str
-    value: bytes
-    create_revision: int = 0
-    mod_revision: int = 0
-    version: int = 0
-    lease: int = 0
-
-    @property
-    def text(self) -> str:
-        return self.value.decode("utf-8")
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    type: str  # "PUT" or "DELETE"
-    kv: KeyValue  # for a DELETE: the key and the revision of the deletion, no value
-
-    @property
-    def revision(self) -> int:
-        return self.kv.mod_revision
-
-
-@dataclass(frozen=True)
-class Lease:
-    id: int
-    ttl_s: int
-
 
 _USER_INFO = re.compile(r"(?<=//)[^/?#]*@")  # "user:password@" in scheme://user:password@host/...
 
@@ -129,31 +95,6 @@ def _etcd_url_problem(url: str, parts: SplitResult) -> str | None:
     return None
 
 
-def prefix_range_end(prefix: bytes) -> bytes:
-    """The end of the key range holding every key that starts with ``prefix`` (etcd's GetPrefixRangeEnd)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\x00"  # every key
-
-
-def _b64(data: str | bytes) -> str:
-    return base64.b64encode(data.encode("utf-8") if isinstance(data, str) else data).decode("ascii")
-
-
-def _key_value(raw: dict) -> KeyValue:
-    return KeyValue(
-        key=base64.b64decode(raw.get("key", "")).decode("utf-8", "replace"),
-        value=base64.b64decode(raw.get("value", "")),
-        create_revision=int(raw.get("create_revision", 0)),
-        mod_revision=int(raw.get("mod_revision", 0)),
-        version=int(raw.get("version", 0)),
-        lease=int(raw.get("lease", 0)),
-    )
-
 
 # A watch waits without a read timeout (a quiet prefix sends nothing), so an etcd that vanished
 # without a word -- a crashed host, a partition -- would never be noticed. TCP keepalive notices:
@@ -187,28 +128,28 @@ class EtcdClient:
 
     def put(self, key: str, value: str | bytes, lease: int = 0) -> int:
         """Set ``key``; the revision it was written at. With ``lease``, it goes when the lease does."""
-        body = {"key": _b64(key), "value": _b64(value)}
+        body = {"key": b64(key), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
         return int(self._call("put", "/v3/kv/put", body)["header"]["revision"])
 
     def get(self, key: str) -> KeyValue | None:
-        kvs = self._call("get", "/v3/kv/range", {"key": _b64(key)}).get("kvs", [])
-        return _key_value(kvs[0]) if kvs else None
+        kvs = self._call("get", "/v3/kv/range", {"key": b64(key)}).get("kvs", [])
+        return key_value(kvs[0]) if kvs else None
 
     def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key starting with ``prefix``, in key order, and the revision they were read at."""
         raw = prefix.encode("utf-8")
-        answer = self._call("get", "/v3/kv/range", {"key": _b64(raw), "range_end": _b64(prefix_range_end(raw))})
-        return [_key_value(kv) for kv in answer.get("kvs", [])], int(answer["header"]["revision"])
+        answer = self._call("get", "/v3/kv/range", {"key": b64(raw), "range_end": b64(prefix_range_end(raw))})
+        return [key_value(kv) for kv in answer.get("kvs", [])], int(answer["header"]["revision"])
 
     def delete(self, key: str) -> int:
         """Delete ``key``; how many keys were deleted (0 or 1)."""
-        return int(self._call("delete", "/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", 0))
+        return int(self._call("delete", "/v3/kv/deleterange", {"key": b64(key)}).get("deleted", 0))
 
     def delete_prefix(self, prefix: str) -> int:
         raw = prefix.encode("utf-8")
-        body = {"key": _b64(raw), "range_end": _b64(prefix_range_end(raw))}
+        body = {"key": b64(raw), "range_end": b64(prefix_range_end(raw))}
         return int(self._call("delete", "/v3/kv/deleterange", body).get("deleted", 0))
 
     def create_if_absent(self, key: str, value: str | bytes, lease: int = 0) -> tuple[bool, KeyValue]:
@@ -217,13 +158,13 @@ class EtcdClient:
         Returns (whether this call created it, the value now stored): of many
         callers racing, exactly one creates it and all get the same value.
         """
-        put = {"key": _b64(key), "value": _b64(value)}
+        put = {"key": b64(key), "value": b64(value)}
         if lease:
             put["lease"] = str(lease)
         body = {
-            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+            "compare": [{"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
             "success": [{"request_put": put}],
-            "failure": [{"request_range": {"key": _b64(key)}}],
+            "failure": [{"request_range": {"key": b64(key)}}],
         }
         answer = self._call("create", "/v3/kv/txn", body)
         if answer.get("succeeded"):
@@ -233,7 +174,7 @@ class EtcdClient:
         kvs = answer["responses"][0]["response_range"].get("kvs", [])
         if not kvs:  # deleted between the compare and now: cannot happen inside one transaction
             raise EtcdError(f"etcd at {self.endpoint}: create of {key!r} found neither the key nor room for it")
-        return False, _key_value(kvs[0])
+        return False, key_value(kvs[0])
 
     # --- leases ---------------------------------------------------------------
 
@@ -279,39 +220,9 @@ class EtcdClient:
         except requests.Timeout:
             raise EtcdError(f"etcd at {self.endpoint}: no answer within {timeout_s:g}s to {what}") from None
         except requests.RequestException as exc:
-            raise EtcdError(f"etcd at {self.endpoint}: cannot {what}: {_reason(exc)}") from None
-        return _answer(response, f"etcd at {self.endpoint}: cannot {what}")
+            raise EtcdError(f"etcd at {self.endpoint}: cannot {what}: {reason_of(exc)}") from None
+        return answer_of(response, f"etcd at {self.endpoint}: cannot {what}")
 
-
-def _reason(exc: BaseException) -> str:
-    """The innermost cause of a requests error: requests wraps urllib3's error, which wraps the socket's."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = exc.__cause__ or exc.__context__ or next((a for a in exc.args if isinstance(a, BaseException)), None)
-        if inner is None:
-            break
-        exc = inner
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-
-
-def _answer(response: requests.Response, failure: str) -> dict:
-    try:
-        answer = response.json()
-    except ValueError:
-        raise EtcdError(f"{failure}: HTTP {response.status_code} with a body that is not JSON") from None
-    if response.status_code == 200 and "error" not in answer:
-        return answer
-    raise _failure(failure, answer, response.status_code)
-
-
-def _failure(failure: str, answer: dict, status: int) -> EtcdError:
-    error = answer.get("error")
-    if isinstance(error, dict):  # the shape of an error inside a stream
-        message, code = error.get("message"), error.get("grpc_code")
-    else:
-        message, code = answer.get("message") or error, answer.get("code")
-    return EtcdError(f"{failure}: {message} (HTTP {status})", code)
 
 
 class Watch:
@@ -326,7 +237,7 @@ class Watch:
     def __init__(self, client: EtcdClient, prefix: str, start_revision: int | None):
         self._client = client
         raw = prefix.encode("utf-8")
-        self._request = {"key": _b64(raw), "range_end": _b64(prefix_range_end(raw))}
+        self._request = {"key": b64(raw), "range_end": b64(prefix_range_end(raw))}
         if start_revision:
             self._request["start_revision"] = str(start_revision)
         self.next_revision = start_revision
@@ -350,14 +261,14 @@ class Watch:
                     self.next_revision = int(result["header"]["revision"]) + 1
                 events = result.get("events", [])
                 for raw in events:
-                    event = WatchEvent(raw.get("type", "PUT"), _key_value(raw["kv"]))
+                    event = WatchEvent(raw.get("type", "PUT"), key_value(raw["kv"]))
                     self.next_revision = event.revision  # this revision may not be fully delivered yet
                     yield event
                 if events:
                     self.next_revision += 1
         except requests.RequestException as exc:
             if not self._stopped.is_set():
-                raise EtcdError(f"{failure} lost: {_reason(exc)}") from None
+                raise EtcdError(f"{failure} lost: {reason_of(exc)}") from None
         except ValueError:
             raise EtcdError(f"{failure}: etcd sent a message that is not JSON") from None
         finally:
@@ -375,7 +286,7 @@ class Watch:
             response = self._session.post(self._client.endpoint + "/v3/watch", json={"create_request": self._request},
                                           timeout=(self._client.timeout_s, self._client.timeout_s), stream=True)
         except requests.RequestException as exc:
-            raise EtcdError(f"{failure}: {_reason(exc)}") from None
+            raise EtcdError(f"{failure}: {reason_of(exc)}") from None
         with self._lock:
             self._response = response
         if self._stopped.is_set():  # stop() came while it was sent, and found no response to cut
@@ -383,14 +294,14 @@ class Watch:
         if (sock := _socket_of(response)) is not None:
             sock.settimeout(None)  # no read timeout from here: a quiet prefix sends nothing while it stays quiet
         if response.status_code != 200:
-            _answer(response, failure)
+            answer_of(response, failure)
         for line in response.iter_lines():
             if self._stopped.is_set():
                 return
             if line:
                 message = json.loads(line)
                 if "error" in message:
-                    raise _failure(f"etcd at {self._client.endpoint}: watch failed", message,
+                    raise error_of(f"etcd at {self._client.endpoint}: watch failed", message,
                                    self._response.status_code)
                 yield message
 
