@@ -1,6 +1,6 @@
 """``python -m simplelb``: flags and an optional config file -> ``Config`` -> a running balancer.
 
-Every flag comes from ``config.OPTIONS``; ``--config FILE`` reads the same
+Every flag comes from ``options.OPTIONS``; ``--config FILE`` reads the same
 settings from TOML, and flags given on the command line override it. Bad
 input ends in a one-line error and exit status 2; ``--check`` prints every
 problem found (or one summary line) and starts nothing.
@@ -13,10 +13,11 @@ import logging
 import sys
 
 from . import __version__
-from .config import OPTIONS, Config, defaults
+from .config import Config, defaults
 from .configfile import ConfigSource
 from .errors import ConfigError, ListenError
 from .fleet import Supervisor, WorkerFailed
+from .options import OPTIONS
 from .specs import describe
 
 

@@ -22,9 +22,10 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import OPTION_BY_FIELD, OPTIONS, Config, build
+from .config import Config, build
 from .errors import ConfigError
 from .files import read_regular
+from .options import OPTION_BY_FIELD, OPTIONS
 from .specs import Entry, entry_from_table
 
 _OPTION_BY_KEY = {option.key: option for option in OPTIONS}

@@ -5,9 +5,10 @@ import re
 
 import pytest
 
-from simplelb.config import OPTIONS, defaults
+from simplelb.config import defaults
 from simplelb.configfile import ConfigSource
 from simplelb.errors import ConfigError
+from simplelb.options import OPTIONS
 
 from .conftest import ROOT, run_cli
 
