@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # What poll() reports of a client that closed or reset its connection (POLLHUP and POLLERR come unasked).
 _POLL_CLOSED = getattr(select, "POLLRDHUP", None)
+# A reset (or both directions shut): nothing can be answered, whatever the client sent before.
+_POLL_BROKEN = select.POLLHUP | select.POLLERR
 
 
 class ClientConnection:
@@ -44,6 +46,9 @@ class ClientConnection:
         self.body_timeout_s = body_timeout_s
         self.send_timeout_s = send_timeout_s
         self.max_body_bytes = max_body_bytes
+        # The client sent a request before its previous answer was complete: its half-close then
+        # means "that is all I ask", not "I gave up" (``raise_if_gone``).
+        self.pipelined = False
         self.begin_request()
 
     def begin_request(self) -> None:
@@ -56,7 +61,8 @@ class ClientConnection:
 
     def wait_for_request(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the next request's first bytes; False if none came."""
-        if self.reader.pending:
+        if self.reader.pending:  # (sent before the previous answer was complete: read with it, or by a check)
+            self.pipelined = True
             return True
         self.reader.recv_timeout(timeout_s)
         try:
@@ -70,7 +76,9 @@ class ClientConnection:
         Asked while a backend is slow to answer. A client that closed has given
         up waiting (as nginx and Go's server read it, a half-close too): it is
         logged as 499, and its request's backend connection is closed rather
-        than left working for nobody. Bytes of a next request do not count.
+        than left working for nobody. Bytes of a next request do not count;
+        nor does a half-close from a client that pipelined: it said all it
+        will ask, and reads the answers (as Go's server sees it).
         """
         fd = self.sock.fileno()
         if fd < 0:
@@ -79,8 +87,23 @@ class ClientConnection:
             return  # (no POLLRDHUP on this system: the client's leaving shows when its answer is sent)
         poller = select.poll()
         poller.register(fd, _POLL_CLOSED)
-        if poller.poll(0):
-            raise ClientDisconnected("the client closed the connection while the backend was answering")
+        for _, events in poller.poll(0):
+            if events & _POLL_BROKEN or not self._pipelines():
+                raise ClientDisconnected("the client closed the connection while the backend was answering")
+
+    def _pipelines(self) -> bool:
+        """Whether the client sent a request before its previous answer was complete (asked once its sending side shut).
+
+        Bytes after the request being answered are read into the reader, where
+        the next head is read from: over TLS only a read tells them from a
+        goodbye, and after the client's FIN a read never waits.
+        """
+        if not self.pipelined:
+            try:
+                self.pipelined = bool(self.reader.pending) or self.reader.fill()
+            except OSError:  # reset, or a broken TLS record: gone
+                pass
+        return self.pipelined
 
     def send(self, data: bytes) -> None:
         self.reader.send_timeout(self.send_timeout_s)

@@ -6,6 +6,9 @@ import threading
 import time
 
 import httpx
+import pytest
+
+from simplelb import upstream
 
 from .conftest import RawClient, wait_for
 
@@ -75,3 +78,44 @@ def test_the_read_timeout_still_counts_the_whole_wait(scripted, balancer):
     waited = time.monotonic() - started
     assert response.status_code == 504
     assert 2.4 <= waited < 10  # three checks of the client on the way, not a timeout at the first
+
+
+def _answers_after(delay_s: float, closed: dict):
+    """A script answering each request ``delay_s`` after it came (a slow backend), noting an EOF while it waits."""
+    def script(conn) -> None:
+        while (request := conn.read_request()) is not None:
+            conn.sock.settimeout(delay_s)
+            try:
+                if conn.sock.recv(1) == b"":
+                    closed["at"] = time.monotonic()
+                    return
+            except TimeoutError:
+                pass
+            conn.respond(200, request.target.encode())
+    return script
+
+
+@pytest.mark.parametrize("pipelined, half_close", [("after", False), ("after", True), ("together", True)])
+def test_a_client_that_pipelined_its_next_request_still_waits_for_the_answers(
+        scripted, balancer, monkeypatch, pipelined, half_close):
+    # The next request waits in the socket ("after": sent while the first was at the backend), or was
+    # read with the first ("together"). Shutting its sending side down then says "that is all I ask",
+    # not "I gave up": it still reads both answers (HTTP/1.1 pipelining; Go's server reads it so).
+    monkeypatch.setattr(upstream, "CLIENT_CHECK_S", 0.1)  # several checks during each slow answer
+    closed: dict = {}
+    backend = scripted(_answers_after(0.6, closed))
+    lb = balancer([backend], read_timeout_s=30)
+    client = RawClient(lb.port)
+    first, second = b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n", b"GET /second HTTP/1.1\r\nHost: h\r\n\r\n"
+    if pipelined == "together":
+        client.send(first + second)
+    else:
+        client.send(first)
+        wait_for(lambda: len(backend.received) == 1, what="the first request at the backend")
+        client.send(second)
+    if half_close:
+        client.sock.shutdown(socket.SHUT_WR)
+    answers = [client.read_response(), client.read_response()]
+    assert [(a.status, a.body) for a in answers] == [(200, b"/first"), (200, b"/second")]
+    assert "at" not in closed
+    client.close()
