@@ -85,7 +85,8 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reset_on_close = False  # a close-delimited response was cut off: the connection ends with a reset (see finish)
+        # A response was cut off (its body read to the close, or its client taken for gone): end with a reset (see finish).
+        self.reset_on_close = False
 
     def _start(self) -> bool:
         """The connection's TLS handshake, if any (here, on its own thread); False if it failed."""
@@ -208,6 +209,9 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         except ClientDisconnected as exc:
             log.debug("client %s disconnected: %s", self.client_address[0], exc)
             keep_alive, record.status = False, CLIENT_CLOSED_REQUEST
+            # A response cut off after its head ends with a reset, as an aborted one does: a client that
+            # only half-closed (taken for gone) may still read, and a close would end a close-delimited body.
+            self.reset_on_close = bool(self.client.status_sent)
             if record.method == "-":
                 return False  # it left before saying anything: nothing to log
         except OSError as exc:

@@ -119,3 +119,34 @@ def test_a_client_that_pipelined_its_next_request_still_waits_for_the_answers(
     assert [(a.status, a.body) for a in answers] == [(200, b"/first"), (200, b"/second")]
     assert "at" not in closed
     client.close()
+
+
+def test_a_body_cut_off_because_the_client_half_closed_never_looks_whole(scripted, balancer, monkeypatch):
+    # An HTTP/1.0 client that shut its sending side down (as nc -N or socat do) is taken for gone when
+    # the backend stalls mid-body; it may still be reading, and learns the body's end from the close:
+    # a plain close after half the body would look like all of it.
+    monkeypatch.setattr(upstream, "CLIENT_CHECK_S", 0.1)
+    closed: dict = {}
+
+    def stalls_mid_body(conn) -> None:
+        if conn.read_request() is None:
+            return
+        conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst half, ")
+        conn.sock.settimeout(10)
+        try:
+            if conn.sock.recv(1) == b"":
+                closed["at"] = time.monotonic()
+        except TimeoutError:
+            conn.send(b"second half")
+
+    backend = scripted(stalls_mid_body)
+    lb = balancer([backend], read_timeout_s=30)
+    with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        with pytest.raises(ConnectionResetError):
+            while data := sock.recv(65536):
+                received += data
+    assert received.endswith(b"\r\n\r\nfirst half, ")
+    wait_for(lambda: "at" in closed, what="the backend's connection closed")
