@@ -316,7 +316,8 @@ class Backend:
         gets an ``Attempt``; its ``responded()`` marks the end of the latency
         sample (else the whole block is timed) and the status. The block
         reports a backend failure by raising; ``ClientSideError`` is the
-        client's doing and counts for nothing. Failed attempts add no latency
+        client's doing and counts for nothing (before the answer, not even as a
+        success: the streak stays, no latency sample). Failed attempts add no latency
         sample, so a backend that fails fast never looks fast; consecutive
         failures (and, if configured, 5xx answers) feed passive health.
         """
@@ -328,7 +329,8 @@ class Backend:
             self._in_flight += 1
         return Attempt(self, self._clock)
 
-    def _finish(self, attempt: Attempt, failure: str, reason: str) -> None:
+    def _finish(self, attempt: Attempt, failure: str, reason: str, *, judged: bool = True) -> None:
+        """The attempt is over: a failure, a success, or (not ``judged``) neither."""
         now = self._clock()
         if not failure and self._count_5xx and attempt.status >= 500:
             failure, reason = f"HTTP {attempt.status}", "5xx"
@@ -344,7 +346,7 @@ class Backend:
                 self._failures[reason if reason in self._failures else "protocol"] += 1
                 self._streak += 1
                 streak = self._streak
-            else:
+            elif judged:
                 self._streak = 0
                 self._latency.observe((attempt.responded_at or now) - attempt.started_at, now)
         self.events.released(self)

@@ -44,8 +44,12 @@ class Attempt:
         return self  # (counted in flight already, by ``Backend.track``)
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
-        if exc is None or isinstance(exc, ClientSideError):  # the client's doing counts for nothing
+        if exc is None:
             self._backend._finish(self, "", "")
+        elif isinstance(exc, ClientSideError):  # the client's doing counts for nothing
+            # Before the answer it says nothing of the backend either way: a client that gave up on a
+            # hung one must not wipe its streak of failures, nor make it look as fast as its leaving.
+            self._backend._finish(self, "", "", judged=self.responded_at is not None)
         else:
             self._backend._finish(self, str(exc) or exc_type.__name__, getattr(exc, "reason", "protocol"))
         return False

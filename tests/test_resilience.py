@@ -11,6 +11,7 @@ import requests
 
 from simplelb.backend import Backend
 from simplelb.config import ClusterConfig
+from simplelb.errors import ClientDisconnected
 from simplelb.outlier import OutlierDetector
 from simplelb.retry import RetryBudget, RetryPolicy
 from simplelb.specs import BackendSpec
@@ -114,6 +115,32 @@ def test_a_success_breaks_the_streak():
         fail_once(pool[0])
         with pool[0].track():
             pass
+    assert not pool[0].ejected
+
+
+def test_a_client_that_leaves_before_the_answer_neither_fails_the_backend_nor_breaks_its_streak():
+    # A backend that hangs, with a client that gives up before --read-timeout between two that wait:
+    # that client's leaving says nothing of the backend, and must not wipe the failures around it.
+    pool = [Backend(BackendSpec("a", 1)), Backend(BackendSpec("b", 1))]
+    detector_for(pool)
+    fail_once(pool[0])
+    fail_once(pool[0])
+    with pytest.raises(ClientDisconnected), pool[0].track():
+        raise ClientDisconnected("the client closed the connection while the backend was answering")
+    assert pool[0].status()["failures"] == 2 and not pool[0].ejected
+    fail_once(pool[0])
+    assert pool[0].ejected
+
+
+def test_a_client_that_leaves_mid_answer_still_breaks_the_streak():
+    pool = [Backend(BackendSpec("a", 1)), Backend(BackendSpec("b", 1))]
+    detector_for(pool)
+    for _ in range(5):
+        fail_once(pool[0])
+        fail_once(pool[0])
+        with pytest.raises(ClientDisconnected), pool[0].track() as attempt:
+            attempt.responded(200)  # the backend answered: the client left while it was relayed
+            raise ClientDisconnected("broken pipe")
     assert not pool[0].ejected
 
 
