@@ -15,9 +15,13 @@ reader turns into the ``TimeoutError`` a Python timeout would have raised.
 TLS sockets keep Python's timeouts: the ``ssl`` module retries a blocking
 socket's ``EAGAIN`` forever, so a kernel limit would never fire. Either way
 the reader remembers what is set, so a limit costs a system call only when
-it changes. A kernel receive limit can be waited out in parts, with a check
+it changes. A receive limit can be waited out in parts, with a check
 between them (``every_s``, ``between_parts``): a backend's long silence then
-notices a client that left, while a prompt answer costs nothing more.
+notices a client that left, while a prompt answer costs nothing more. A TLS
+socket can do so when it is a ``PartedSSLSocket`` (what ``wrap_socket``
+makes for a context whose ``sslsocket_class`` it is), whose one timeout,
+both directions', is then a part: the reader retries its receives, the
+socket its sends, so a send may still wait the whole limit.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class SocketReader:
         self.sock = sock
         self._buf = bytearray()
         self._kernel = kernel_timeouts and not isinstance(sock, ssl.SSLSocket)
+        self._parted = isinstance(sock, PartedSSLSocket)  # (a TLS socket that can wait its limits out in parts)
         if self._kernel and sock.gettimeout() is not None:
             sock.settimeout(None)  # blocking: the kernel's limits apply, and no poll() precedes a call
         # The limits in force (-1: not known, so the first setting is always made).
@@ -74,17 +79,20 @@ class SocketReader:
     def recv_timeout(self, seconds: float, *, every_s: float | None = None) -> None:
         """Limit each receive to ``seconds`` from now on; a system call only when the limit changes.
 
-        ``every_s`` (kernel limits only): wait the limit out in equal parts of
-        at most that long, calling ``between_parts`` after each part that
-        brought nothing -- a way to notice something else (the client leaving)
-        during a long wait, at no cost to a receive that is answered sooner.
+        ``every_s`` (kernel limits, or a ``PartedSSLSocket``): wait the limit
+        out in equal parts of at most that long, calling ``between_parts``
+        after each part that brought nothing -- a way to notice something else
+        (the client leaving) during a long wait, at no cost to a receive that
+        is answered sooner.
         """
-        parts = max(1, math.ceil(seconds / every_s - 1e-9)) if every_s and self._kernel else 1
+        parts = max(1, math.ceil(seconds / every_s - 1e-9)) if every_s and (self._kernel or self._parted) else 1
         if seconds != self._recv_s or parts != self._parts:
             if self._kernel:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds / parts))
             else:
-                self.sock.settimeout(seconds)
+                self.sock.settimeout(seconds / parts)
+                if parts > 1:
+                    self.sock.send_parts = parts  # (its sends wait the parts out too)
                 self._send_s = seconds  # a Python timeout serves both directions
             self._recv_s, self._parts = seconds, parts
 
@@ -95,7 +103,7 @@ class SocketReader:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
             else:
                 self.sock.settimeout(seconds)
-                self._recv_s = seconds
+                self._recv_s, self._parts = seconds, 1
             self._send_s = seconds
 
     def has_head(self) -> bool:
@@ -130,7 +138,7 @@ class SocketReader:
     def _fill(self, size: int = COPY_CHUNK) -> bool:
         try:
             data = self.sock.recv(size)
-        except BlockingIOError:  # SO_RCVTIMEO ran out (a blocking socket fails only so with EAGAIN)
+        except _PART_RAN_OUT:  # SO_RCVTIMEO ran out (a blocking socket fails only so with EAGAIN), or a TLS timeout
             data = self._wait_out(self.sock.recv, size)
         if not data:
             return False
@@ -144,7 +152,7 @@ class SocketReader:
             return data
         try:
             return self.sock.recv(limit)
-        except BlockingIOError:
+        except _PART_RAN_OUT:
             return self._wait_out(self.sock.recv, limit)
 
     def read_into(self, scratch: bytearray, limit: int = COPY_CHUNK) -> memoryview:
@@ -158,7 +166,7 @@ class SocketReader:
             return view[:count]
         try:
             return view[: self.sock.recv_into(scratch, limit)]
-        except BlockingIOError:
+        except _PART_RAN_OUT:
             return view[: self._wait_out(self.sock.recv_into, scratch, limit)]
 
     def _wait_out(self, receive, *args):
@@ -168,7 +176,7 @@ class SocketReader:
                 self.between_parts()
             try:
                 return receive(*args)
-            except BlockingIOError:
+            except _PART_RAN_OUT:
                 continue
         raise TimeoutError("timed out")
 
@@ -236,6 +244,36 @@ class SocketReader:
                 if not self._buf:
                     return None
                 raise EOFError("connection closed in the middle of a message head")
+
+
+# How a receive says its limit (or a part of it) ran out: EAGAIN under SO_RCVTIMEO, or a Python timeout.
+_PART_RAN_OUT = (BlockingIOError, TimeoutError)
+
+
+class PartedSSLSocket(ssl.SSLSocket):
+    """A TLS socket whose timeout can be a part of the limit (``SocketReader.recv_timeout`` ``every_s``).
+
+    A Python timeout serves both directions: set to a part, a send that runs
+    out of it is tried again here, ``send_parts`` times in all, so it may
+    still wait the whole limit, as before. (OpenSSL wants a write that ran
+    out called again with the same bytes: it is.) A receive is tried again by
+    the reader, with its check between parts. ``settimeout`` from anyone else
+    (a tunnel) is one part again.
+    """
+
+    send_parts = 1
+
+    def settimeout(self, value: float | None) -> None:
+        self.send_parts = 1
+        super().settimeout(value)
+
+    def send(self, data, flags: int = 0) -> int:
+        for _ in range(self.send_parts - 1):
+            try:
+                return super().send(data, flags)
+            except TimeoutError:
+                continue
+        return super().send(data, flags)
 
 
 def _timeval(seconds: float) -> bytes:

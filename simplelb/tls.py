@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 
 from .errors import ConfigError
 from .files import read_regular
+from .sockio import PartedSSLSocket
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def backend_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
     """How HTTPS backends are verified: system CAs or ``ca_file``, host names checked; or not at all."""
     context = ssl.create_default_context(cafile=ca_file)
     context.set_alpn_protocols(["http/1.1"])
+    context.sslsocket_class = PartedSSLSocket  # a backend's silence is waited out in parts (a client that left is noticed)
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -1,7 +1,9 @@
 """A client that gives up while its backend is slow: 499 in the log, and the backend's connection closed."""
 
+import hashlib
 import json
 import socket
+import ssl
 import threading
 import time
 
@@ -9,8 +11,9 @@ import httpx
 import pytest
 
 from simplelb import upstream
+from simplelb.sockio import SocketReader
 
-from .conftest import RawClient, wait_for
+from .conftest import RawClient, ScriptedConnection, wait_for
 
 
 def _until_closed(closed: dict, answer_after_s: float | None = None):
@@ -150,3 +153,72 @@ def test_a_body_cut_off_because_the_client_half_closed_never_looks_whole(scripte
                 received += data
     assert received.endswith(b"\r\n\r\nfirst half, ")
     wait_for(lambda: "at" in closed, what="the backend's connection closed")
+
+
+# --- https:// backends: their sockets keep Python timeouts, waited out in parts too ------------------------------
+
+
+@pytest.fixture
+def https_scripted(scripted, tmp_path):
+    """``scripted`` backends speaking TLS (the script gets the TLS connection); and the CA file that trusts them."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca_file = tmp_path / "backend-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+
+    def make(script):
+        def over_tls(conn) -> None:
+            tls = context.wrap_socket(conn.sock, server_side=True)
+            script(ScriptedConnection(tls, SocketReader(tls), conn.backend))
+        backend = scripted(over_tls)
+        return backend, f"https://{backend.address}"
+
+    return make, str(ca_file)
+
+
+def test_an_https_backend_is_closed_too_when_its_client_gives_up(https_scripted, balancer, tmp_path, monkeypatch):
+    monkeypatch.setattr(upstream, "CLIENT_CHECK_S", 0.2)
+    make, ca_file = https_scripted
+    closed: dict = {}
+    backend, url = make(_until_closed(closed))
+    log = tmp_path / "access.json"
+    lb = balancer(url, backend_ca=ca_file, access_log=str(log), access_log_format="json", read_timeout_s=30)
+    client = RawClient(lb.port)
+    client.send(b"GET /report HTTP/1.1\r\nHost: h\r\n\r\n")
+    wait_for(lambda: len(backend.received) == 1, what="the request at the backend")
+    client.close()
+    wait_for(lambda: "at" in closed, timeout_s=10, what="the backend's connection closed")
+    wait_for(lambda: log.exists() and log.read_text().strip(), what="the access log line")
+    assert json.loads(log.read_text().splitlines()[0])["status"] == 499
+
+
+def test_an_https_backend_still_has_the_whole_read_timeout(https_scripted, balancer, monkeypatch):
+    monkeypatch.setattr(upstream, "CLIENT_CHECK_S", 0.2)
+    make, ca_file = https_scripted
+    backend, url = make(_until_closed({}))
+    lb = balancer(url, backend_ca=ca_file, read_timeout_s=1.5, retries=0)
+    started = time.monotonic()
+    response = httpx.get(lb.url + "/stuck", timeout=20)
+    assert response.status_code == 504
+    assert 1.4 <= time.monotonic() - started < 10  # the whole silence, not one part of it
+
+
+def test_a_send_to_an_https_backend_still_waits_the_whole_read_timeout(https_scripted, balancer, monkeypatch):
+    # The TLS socket's one timeout is a part of the limit now: a send to a backend that stops reading
+    # for several parts (but less than --read-timeout) must still go through, whole.
+    monkeypatch.setattr(upstream, "CLIENT_CHECK_S", 0.2)
+    make, ca_file = https_scripted
+    body = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than the sockets between us hold
+
+    def reads_late(conn) -> None:
+        conn.reader.read_head(1 << 20)
+        time.sleep(1.5)  # (the backend's own pause, the thing under test: not a wait for a condition)
+        received = conn.reader.read_exact(len(body))
+        conn.respond(200, hashlib.sha256(received).hexdigest().encode())
+
+    backend, url = make(reads_late)
+    lb = balancer(url, backend_ca=ca_file, read_timeout_s=10, retries=0)
+    response = httpx.post(lb.url + "/upload", content=body, timeout=30)
+    assert (response.status_code, response.text) == (200, hashlib.sha256(body).hexdigest())
