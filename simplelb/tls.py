@@ -152,7 +152,10 @@ class TLSFrontEnd:
                 sock.sendall(PLAIN_HTTP_ON_TLS)
                 raise HandshakeFailed("plain HTTP on the TLS port")
             raise HandshakeFailed("not a TLS handshake")
-        tls = self._entry.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls = self._entry.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:  # (ssl.SSLError too) reset already: "Closed before TLS handshake with data"
+            raise HandshakeFailed(f"connection failed before the TLS handshake: {exc}") from None
         if on_wrapped is not None:
             on_wrapped(tls)
         tls.setblocking(False)

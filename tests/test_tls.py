@@ -1,10 +1,12 @@
 """TLS: termination with SNI and reload, checked with requests, httpx and openssl; HTTPS backends, verified."""
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -167,6 +169,25 @@ def test_plain_http_and_garbage_on_the_tls_port(tls_lb, caplog):
     garbage.send(b"\x00\x01\x02 not tls at all")
     assert garbage.is_closed()
     assert "Traceback" not in caplog.text
+
+
+def test_a_client_that_resets_after_the_start_of_its_handshake_leaves_no_traceback(tls_lb, caplog):
+    # Reset before the handshake starts, with bytes unread: wrapping the socket raised an SSLError
+    # ("Closed before TLS handshake with data in recv buffer") that reached the server's error log.
+    lb, ca_file, _ = tls_lb
+    caplog.set_level(logging.DEBUG, logger="simplelb.handler")
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", lb.port))
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00")  # the start of a ClientHello
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # with a reset
+
+    def ended() -> int:  # each connection ends in one line: a failed handshake, or an unexpected error
+        return sum(r.message.startswith("client 127.0.0.1:") or "unexpected error" in r.message for r in caplog.records)
+
+    wait_for(lambda: ended() == 20, what="twenty connections to end")
+    assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
+    assert requests.get(lb.url, verify=ca_file, timeout=5).status_code == 200
 
 
 def test_silent_clients_block_nobody_and_are_closed_at_the_deadline(tls_lb):
