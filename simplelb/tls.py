@@ -15,7 +15,8 @@ that accepts connections, with a total deadline (``--client-header-timeout``):
 a client that connects and says nothing, or sends a byte a second, delays
 nobody else and is closed when the deadline passes. A plain HTTP request on
 the TLS port gets a plain ``400`` saying so (as nginx does); anything else
-that is not a TLS handshake is closed.
+that is not a TLS handshake is closed, and so is a ClientHello whose server
+name is not ASCII (with an ``internal_error`` alert, as nginx's), quietly.
 
 ``backend_context`` is the client side: how backends given as
 ``https://host:port`` are verified (system CAs or ``--backend-ca``; SNI and
@@ -28,7 +29,9 @@ import logging
 import select
 import socket
 import ssl
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -117,9 +120,42 @@ def load_certificates(pairs: tuple[tuple[str, str], ...]) -> Certificates:
     return Certificates(tuple(contexts), tuple(names))
 
 
+def _is_undecodable_server_name(unraisable) -> bool:
+    """Whether an unraisable exception is the ``ssl`` module failing to decode a client's SNI as ASCII."""
+    exc = unraisable.exc_value
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    return (isinstance(exc, UnicodeDecodeError) and isinstance(unraisable.object, bytes)
+            and bool(frames) and frames[-1].name == "do_handshake" and frames[-1].filename == ssl.__file__)
+
+
+def _quiet_undecodable_server_names() -> None:
+    """Keep a client's non-ASCII server name (SNI) out of the error output: it is the client's mistake.
+
+    The ``ssl`` module decodes the name as ASCII before our SNI callback runs; when that fails it
+    refuses the handshake (an ``internal_error`` alert, as nginx answers a server name it rejects)
+    and reports the ``UnicodeDecodeError`` through ``sys.unraisablehook``: a traceback on stderr for
+    every such ClientHello. The hook is wrapped, not replaced, and only while it is not ours already
+    (a test runner may have put its own in place since).
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "simplelb_sni", False):
+        return
+
+    def hook(unraisable) -> None:
+        if _is_undecodable_server_name(unraisable):
+            log.debug("TLS handshake refused: the client's server name (SNI) is not ASCII: %r",
+                      unraisable.object[:100])
+            return
+        previous(unraisable)
+
+    hook.simplelb_sni = True
+    sys.unraisablehook = hook
+
+
 class TLSFrontEnd:
     def __init__(self, pairs: tuple[tuple[str, str], ...]):
         self._certificates = load_certificates(pairs)
+        _quiet_undecodable_server_names()
         # The context every handshake starts with; its SNI callback switches to the chosen one.
         self._entry = self._entry_context()
 

@@ -8,6 +8,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -109,6 +110,22 @@ def test_openssl_s_client_sees_tls13_alpn_and_resumes_a_session(tls_lb, tmp_path
     assert "No ALPN negotiated" in h2_only
     old = s_client("-tls1_1")
     assert "HTTP/1.1 200" not in old  # TLS 1.2 and 1.3 only
+
+
+@needs_openssl
+def test_a_server_name_that_is_not_ascii_is_refused_without_a_traceback(pki, mock_servers, balancer, monkeypatch):
+    # The ssl module fails to decode such an SNI before our callback and reports it as unraisable:
+    # a traceback on stderr for every such ClientHello.
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost", "127.0.0.1")
+    lb = balancer(mock_servers(1), tls_cert=cert, tls_key=key)
+    result = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{lb.port}", "-servername", "ünï.example"],
+                            input=b"", capture_output=True, timeout=20)
+    assert b"alert internal error" in result.stderr  # refused, as nginx refuses a server name it rejects
+    assert reported == []
+    assert requests.get(lb.url, verify=ca_file, timeout=5).status_code == 200
 
 
 def test_sni_chooses_among_three_certificates_and_a_wildcard(pki, mock_servers, balancer):
