@@ -222,6 +222,10 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
 
     def _send_error(self, exc: HTTPError, close: bool, request, head_only: bool = False) -> None:
         extra = [request.request_id] if request is not None and request.request_id is not None else []
+        if not close and request is not None and request.head.version < (1, 1):
+            # An HTTP/1.0 client assumes a close unless told otherwise (as relay tells it): without
+            # this, ab -k waits for a close that comes only at --keepalive-timeout.
+            extra.append(("Connection", "keep-alive"))
         try:
             self.client.send_head(exc.status, *error_response(exc, close=close, extra=extra, head_only=head_only))
         except ClientDisconnected:

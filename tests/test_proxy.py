@@ -302,6 +302,18 @@ def test_an_error_answer_to_head_has_no_body_and_the_connection_goes_on(balancer
     assert after.status == 502 and after.body.startswith(b"502 Bad Gateway: could not connect to the backend")
 
 
+def test_an_error_answer_to_an_http10_keep_alive_request_says_keep_alive(balancer, raw_client):
+    # As a relayed answer does: an HTTP/1.0 client (ab -k) takes a response without it to end at the
+    # close, and waited for one that came only at --keepalive-timeout.
+    lb = balancer([f"127.0.0.1:{free_port()}"], retries=0)
+    client = raw_client(lb.port)
+    for _ in range(2):
+        response = client.request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert response.status == 502 and response.header("Connection") == "keep-alive"
+    closing = client.request(b"GET / HTTP/1.0\r\n\r\n")
+    assert closing.status == 502 and closing.header("Connection") == "close" and client.is_closed()
+
+
 def test_post_is_never_resent_after_the_backend_failed(scripted, balancer):
 
     first = scripted(read_then_reset)
