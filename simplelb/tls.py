@@ -55,21 +55,46 @@ class HandshakeFailed(Exception):
     """The client did not complete a TLS handshake (timed out, spoke plain HTTP, sent garbage)."""
 
 
+class _KeyHasPassphrase(Exception):
+    """The private key is encrypted: OpenSSL asked for its passphrase."""
+
+
+def _refuse_passphrase() -> bytes:
+    # Without a password callback OpenSSL asks for the passphrase on the terminal ("Enter PEM pass
+    # phrase:"), and waits: at start, or in the middle of a reload, with signals unanswered meanwhile.
+    raise _KeyHasPassphrase
+
+
 def server_context(cert: str, key: str) -> ssl.SSLContext:
     """A server context for one certificate chain and key; ``ConfigError`` saying why it is unusable."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=_refuse_passphrase)
+    except _KeyHasPassphrase:
+        raise ConfigError(f"key {key} is encrypted: simplelb takes no passphrase, give it the key without one "
+                          f"(openssl pkey -in {key} -out PLAIN.key)") from None
     except FileNotFoundError as exc:
         raise ConfigError(f"cannot read {exc.filename}: no such file") from None
     except ssl.SSLError as exc:
-        reason = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else exc.reason or str(exc)
-        raise ConfigError(f"certificate {cert} with key {key}: {reason}") from None
+        raise ConfigError(_unusable_pair(cert, key, exc)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {cert} or {key}: {exc.strerror or exc}") from None
     return context
+
+
+def _unusable_pair(cert: str, key: str, exc: ssl.SSLError) -> str:
+    """Which file is wrong, and how: OpenSSL says only "PEM lib" for either file that is not PEM."""
+    if "KEY_VALUES_MISMATCH" in str(exc):
+        return f"certificate {cert} with key {key}: the key does not match the certificate"
+    try:
+        x509.load_pem_x509_certificates(read_regular(cert))
+    except (ValueError, OSError):
+        return f"certificate {cert}: no PEM certificate in it"
+    if exc.reason == "PEM lib" or "PEM" in str(exc):
+        return f"key {key}: no PEM private key in it"
+    return f"certificate {cert} with key {key}: {exc.reason or exc}"
 
 
 def certificate_names(cert: str) -> list[str]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,6 +19,8 @@ import requests
 from cryptography import x509
 
 from mockserv import MockServer
+from simplelb.errors import ConfigError
+from simplelb.tls import load_certificates
 
 from .conftest import (
     JSON,
@@ -268,6 +271,40 @@ def test_a_bad_certificate_pair_at_start_is_one_line(pki):
     assert "the key does not match the certificate" in result.stderr
     only = run_cli("-m", "simplelb", "--backends", "127.0.0.1:9", "--tls-cert", cert)
     assert only.returncode == 2 and "--tls-cert and --tls-key go together" in only.stderr
+
+
+def test_an_encrypted_key_is_refused_at_once_and_never_asks_for_its_passphrase(pki, tmp_path):
+    # OpenSSL asked for the passphrase on the terminal and waited there: at start, or in a reload
+    # (SIGHUP, /reload) with the change lock held and signals unanswered.
+    from cryptography.hazmat.primitives import serialization
+
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost")
+    plain = serialization.load_pem_private_key(open(key, "rb").read(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(plain.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.BestAvailableEncryption(b"secret")))
+    result = subprocess.run(  # (a session of its own: a terminal of ours is not its terminal)
+        [sys.executable, "-m", "simplelb", "--backends", "127.0.0.1:9", "--tls-cert", cert,
+         "--tls-key", str(encrypted), "--check"],
+        capture_output=True, text=True, timeout=20, start_new_session=True, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"key {encrypted} is encrypted" in result.stderr and "pass phrase" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("broken", ["cert", "key"])
+def test_a_file_that_is_not_pem_is_named_with_what_it_lacks(pki, tmp_path, broken):
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not PEM at all\n")
+    pair = (str(garbage), key) if broken == "cert" else (cert, str(garbage))
+    with pytest.raises(ConfigError) as refused:
+        load_certificates((pair,))
+    # (OpenSSL says "PEM lib" for either, and the message named both files.)
+    expected = f"certificate {garbage}: no PEM certificate in it" if broken == "cert" else f"key {garbage}: no PEM private key in it"
+    assert str(refused.value) == expected
 
 
 # --- HTTPS backends ----------------------------------------------------------------------
