@@ -10,7 +10,8 @@ is being forwarded). Two things need this:
   cannot lock out a client with a real request. Only when every connection is
   busy is the newcomer refused with a 503.
 * Shutdown. Idle connections are closed at once; busy ones get the grace
-  period (``wait_quiet``), then are cut.
+  period (``wait_quiet``), then are cut, and their threads get a moment to
+  end and log them (``wait_closed``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ConnectionTracker:
     def __init__(self, max_clients: int = 1024) -> None:
         self.max_clients = max_clients
         self._lock = threading.Lock()  # guards _state and closing
-        self._quiet = threading.Condition(self._lock)  # signalled when a connection stops being busy
+        self._quiet = threading.Condition(self._lock)  # signalled when a connection stops being busy, or ends
         self._state: dict[socket.socket, tuple[str, float]] = {}  # socket -> (state, since)
         self.closing = False
 
@@ -107,6 +108,11 @@ class ConnectionTracker:
             return self._quiet.wait_for(
                 lambda: all(state == IDLE for state, _ in self._state.values()), timeout_s
             )
+
+    def wait_closed(self, timeout_s: float) -> bool:
+        """Wait until every connection has ended (its thread done with it); False if the timeout came first."""
+        with self._lock:
+            return self._quiet.wait_for(lambda: not self._state, timeout_s)
 
     def close_all(self) -> None:
         with self._lock:

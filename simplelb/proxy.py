@@ -44,8 +44,7 @@ from .gate import NO_TURN, Turn
 from .relay import relay
 from .request import ClientRequest, ForwardOptions
 from .retry import IDEMPOTENT_METHODS
-from .stats import Gauge
-from .tunnel import switch_protocols
+from .tunnel import OpenTunnels, switch_protocols
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +61,10 @@ class Outcome:
 class Forwarder:
     """Forwards requests to the backends of a cluster."""
 
-    def __init__(self, cluster: Cluster, options: ForwardOptions | None = None, tunnels: Gauge | None = None):
+    def __init__(self, cluster: Cluster, options: ForwardOptions | None = None, tunnels: OpenTunnels | None = None):
         self.cluster = cluster
         self.options = options or ForwardOptions()
-        self.tunnels = tunnels or Gauge()  # upgraded connections open now
+        self.tunnels = tunnels or OpenTunnels()  # upgraded connections open now
 
     def forward(
         self, request: ClientRequest, client: ClientConnection, *, closing: bool = False, turn: Turn = NO_TURN
@@ -181,12 +180,11 @@ class Forwarder:
     def _tunnel(self, conn, backend, request, head, client, named, turn: Turn) -> Outcome:
         """The backend switched protocols: join the two connections until both are done."""
         turn.release()  # a tunnel only waits on sockets
-        self.tunnels.add(1)
         try:
-            switch_protocols(conn, backend, request, head, client, backend_header=named,
-                             idle_timeout_s=self.options.tunnel_timeout_s)
+            with self.tunnels.opened(client.sock, conn.sock):
+                switch_protocols(conn, backend, request, head, client, backend_header=named,
+                                 idle_timeout_s=self.options.tunnel_timeout_s)
         finally:
-            self.tunnels.add(-1)
             backend.pool.release(conn, reusable=False)
         return Outcome(101, backend.name, keep_alive=False)
 

@@ -39,10 +39,17 @@ from .redirect import RedirectServer
 from .request import ForwardOptions
 from .sockio import take_ipv4_too
 from .specs import bracket
-from .stats import Gauge, ServerStats
+from .stats import ServerStats
 from .tls import TLSFrontEnd
+from .tunnel import OpenTunnels
 
 log = logging.getLogger(__name__)
+
+# How long a stop waits, once the grace period is over and the rest is cut, for the cut connections
+# to end. A request waiting on a silent plain backend notices its client is gone within a second
+# (upstream.CLIENT_CHECK_S); one stuck longer is not waited for.
+CLOSED_WAIT_S = 2.0
+
 
 def _forward_options(config: Config) -> ForwardOptions:
     listener = config.listener
@@ -88,7 +95,7 @@ class LoadBalancer(ThreadingHTTPServer):
         if sticky_secret is None and discover:
             sticky_secret = shared_secret(config)
         self.cluster = Cluster(config.cluster, sticky_secret=sticky_secret, algorithm=algorithm)
-        self.tunnels = Gauge()  # upgraded connections open now
+        self.tunnels = OpenTunnels()  # upgraded connections open now
         self.forwarder = Forwarder(self.cluster, _forward_options(config), self.tunnels)
         self.tls = TLSFrontEnd(listener.tls) if listener.tls else None
         self.control = LocalControl(self.cluster, source or FixedSource(config), config, snapshot=self.snapshot,
@@ -181,7 +188,11 @@ class LoadBalancer(ThreadingHTTPServer):
         drained = self.connections.wait_quiet(grace)
         if not drained:
             log.warning("grace period over with %d request(s) in flight; closing them", self.connections.in_flight)
+        self.tunnels.close_all()  # (first: nothing a client sent after this reaches a backend)
         self.connections.close_all()
+        # The connections just cut end on their threads: give them a moment to log and count their
+        # requests (a 499, a tunnel's 101), which a process ending at once would lose.
+        self.connections.wait_closed(CLOSED_WAIT_S)
         self.cluster.stop()
         if self.admin is not None:
             self.admin.stop()

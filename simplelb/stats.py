@@ -44,18 +44,6 @@ class Histogram:
         return {"counts": list(self.counts), "sum": round(self.total, 6)}
 
 
-class Gauge:
-    """A number that goes up and down (tunnels open now), changed under a lock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.value = 0
-
-    def add(self, amount: int) -> None:
-        with self._lock:
-            self.value += amount
-
-
 class ServerStats:
     """What the traffic port answered: responses by status class, and how long each request took."""
 

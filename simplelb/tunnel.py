@@ -16,6 +16,9 @@ would deadlock a single copier).
 
 Copying goes through one reusable buffer per direction (``recv_into``), so
 a tunnel holds 2 x ``BUFFER`` however much passes through it.
+
+``OpenTunnels`` counts the tunnels open now and ends them all, both ways,
+when a shutdown's grace period is over.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 from .headers import encode_head, response_headers_for_client, upgrade_headers
 from .http1 import comma_tokens, header_values
@@ -38,6 +42,42 @@ class _Activity:
 
     def idle_s(self) -> float:
         return time.monotonic() - self.last
+
+
+class OpenTunnels:
+    """The tunnels open now: how many (``/status``, the metrics), and a way to end them all at once.
+
+    A shutdown closes the client connections once its grace period is over. A tunnel's backend side
+    must go then too: a backend that keeps its half open would otherwise keep the tunnel's copier
+    waiting (up to ``--tunnel-timeout``), and the process end before the tunnel was logged.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _open
+        self._open: set[tuple[socket.socket, socket.socket]] = set()
+
+    @property
+    def value(self) -> int:
+        return len(self._open)
+
+    @contextmanager
+    def opened(self, client: socket.socket, backend: socket.socket):
+        """Count the tunnel between ``client`` and ``backend`` as open for the ``with`` block."""
+        pair = (client, backend)
+        with self._lock:
+            self._open.add(pair)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open.discard(pair)
+
+    def close_all(self) -> None:
+        """End every open tunnel, both ways: their copiers return and their requests are logged."""
+        with self._lock:
+            pairs = list(self._open)
+        for client, backend in pairs:
+            _close_both(client, backend)
 
 
 def _close_both(*socks: socket.socket) -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import threading
@@ -178,6 +179,7 @@ def test_sigterm_gives_tunnels_the_grace_period_then_closes_them(process, mock_s
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=5)
     assert proc.wait() == 0 and "Traceback" not in proc.stderr
+    assert "GET /ws 101" in proc.stderr  # logged before the process ended
 
 
 # --- raw sockets: the rules ------------------------------------------------------------
@@ -217,6 +219,33 @@ def test_a_raw_tunnel_passes_early_bytes_and_half_closes(scripted, balancer):
     while data := client.reader.read(4096):
         received += data
     assert received == b"earlyHELLO|after the client's half-close"
+
+
+def test_tunnels_cut_at_the_end_of_the_grace_period_are_closed_both_ways_and_logged(scripted, balancer, caplog):
+    # The client side was closed, but the backend side of a tunnel whose backend keeps its half open
+    # was left to --tunnel-timeout, and the stop returned (and the process exited) before the
+    # tunnel's access-log line: most tunnels cut by a SIGTERM were never logged.
+    def silent_after_101(conn):
+        if conn.read_request() is None:
+            return
+        conn.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        while conn.sock.recv(4096):  # read to the end, and never close our half
+            pass
+        conn.backend.event("backend closed").wait(10)
+
+    backend = scripted(silent_after_101)
+    lb = balancer([backend], tunnel_timeout_s=60)
+    caplog.set_level(logging.INFO, logger="simplelb.access")
+    clients = [RawClient(lb.port) for _ in range(3)]
+    for client in clients:
+        assert client.request(UPGRADE).status == 101
+    wait_for(lambda: lb.tunnels.value == 3, what="three tunnels")
+    started = time.monotonic()
+    assert lb.stop(grace_s=0.2) is False
+    assert time.monotonic() - started < 5
+    assert caplog.text.count("GET /chat 101") == 3  # each one logged before the stop returned
+    for client in clients:
+        assert client.is_closed()
 
 
 @pytest.mark.parametrize("upgrade", [None, "h2c"])
