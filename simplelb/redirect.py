@@ -54,12 +54,24 @@ class RedirectHandler(DeadlineHandler):
         body = text.encode()
         if self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers:
             self.close_connection = True  # its body is never read: it must not be taken for a request
+        headers = [*headers, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                   *self._connection_header()]
         self.send_response(status)
-        for name, value in [*headers, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]:
+        for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _connection_header(self) -> list[tuple[str, str]]:
+        """Say what becomes of the connection where the client would not assume it.
+
+        A close: the client must not send its next request on it. Kept for an HTTP/1.0 client: it
+        assumes a close unless told (ab -k waited for one until the listener's timeout).
+        """
+        if self.close_connection:
+            return [("Connection", "close")]
+        return [("Connection", "keep-alive")] if self.request_version == "HTTP/1.0" else []
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
         log.debug("redirect %s: " + format, self.client_address[0], *args)

@@ -251,6 +251,24 @@ def test_redirect_listener_sends_308_to_https(pki, mock_servers, balancer):
     assert absolute.header("Location") == f"https://shop.example:{lb.port}/x?y"  # RFC 9112 3.2.2
 
 
+def test_the_redirect_listener_says_whether_it_keeps_the_connection(pki, mock_servers, balancer):
+    # An HTTP/1.0 keep-alive client (ab -k) got no "Connection: keep-alive", took the answer to end at
+    # the close, and waited the listener's 10 s for it; a connection closed for an unread body said
+    # nothing of it either.
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost")
+    lb = balancer(mock_servers(1), tls_cert=cert, tls_key=key, redirect_http=0)
+    client = RawClient(lb.redirect.port)
+    for _ in range(2):
+        response = client.request(b"GET /a HTTP/1.0\r\nHost: shop.example\r\nConnection: keep-alive\r\n\r\n")
+        assert response.status == 308 and response.header("Connection") == "keep-alive"
+    with_body = RawClient(lb.redirect.port).request(b"POST /a HTTP/1.1\r\nHost: shop.example\r\n"
+                                                     b"Content-Length: 4\r\n\r\nbody")
+    assert with_body.status == 308 and with_body.header("Connection") == "close"
+    plain = RawClient(lb.redirect.port).request(b"GET /a HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+    assert plain.status == 308 and plain.header("Connection") is None  # HTTP/1.1: kept, as the default is
+
+
 def test_a_redirect_head_dripped_slowly_is_cut_off_at_the_deadline(pki, mock_servers, balancer, monkeypatch):
     from simplelb import redirect
 
