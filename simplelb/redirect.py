@@ -38,7 +38,8 @@ class RedirectHandler(DeadlineHandler):
 
     def _redirect(self) -> None:
         host, target = self.headers.get("Host", ""), self.path
-        if target[:7].lower() == "http://":  # absolute form (RFC 9112 3.2.2): its authority is the host
+        if target[:7].lower() == "http://" or target[:8].lower() == "https://":  # absolute form (RFC 9112
+            # 3.2.2), either scheme as on the traffic port: its authority is the host, its path the target
             host, path = split_absolute(target)
             target = path if path.startswith("/") else "/" + path
         if (not host or len(self.headers.get_all("Host", [])) > 1 or not HOST_RE.fullmatch(host)

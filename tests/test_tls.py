@@ -249,6 +249,8 @@ def test_redirect_listener_sends_308_to_https(pki, mock_servers, balancer):
     assert RawClient(lb.redirect.port).request(b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n").status == 400  # no host in it
     absolute = RawClient(lb.redirect.port).request(b"GET http://shop.example/x?y HTTP/1.1\r\nHost: a\r\n\r\n")
     assert absolute.header("Location") == f"https://shop.example:{lb.port}/x?y"  # RFC 9112 3.2.2
+    secure = RawClient(lb.redirect.port).request(b"GET https://shop.example/x?y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert secure.header("Location") == f"https://shop.example:{lb.port}/x?y"  # (it went to https://a/)
 
 
 def test_the_redirect_listener_says_whether_it_keeps_the_connection(pki, mock_servers, balancer):
