@@ -47,7 +47,7 @@ from .convert import is_loopback
 from .errors import ConfigError, HTTPError, NotFound
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render as render_metrics
-from .sideserver import DeadlineHandler, SideServer
+from .sideserver import DeadlineHandler, SideServer, printable
 from .specs import digits, host_of
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class AdminHandler(DeadlineHandler):
             pass
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
-        log.debug("admin %s: " + format, self.client_address[0], *args)
+        log.debug("admin %s: %s", self.client_address[0], printable(format % args))
 
 
 class AdminServer(SideServer):

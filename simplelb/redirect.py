@@ -10,14 +10,18 @@ Nothing is forwarded from here.
 from __future__ import annotations
 
 import logging
+import re
 
 from .request import HOST_RE, split_absolute
-from .sideserver import DeadlineHandler, SideServer
+from .sideserver import DeadlineHandler, SideServer, printable
 from .specs import bracket, host_of
 
 log = logging.getLogger(__name__)
 
 HEAD_DEADLINE_S = 10.0  # for a whole request head
+
+# RFC 9112 3.2: a request target is made of URI characters, visible ASCII (as http1's parser has it).
+TARGET_RE = re.compile(r"[\x21-\x7e]+")
 
 
 class RedirectHandler(DeadlineHandler):
@@ -38,6 +42,9 @@ class RedirectHandler(DeadlineHandler):
 
     def _redirect(self) -> None:
         host, target = self.headers.get("Host", ""), self.path
+        if not TARGET_RE.fullmatch(target):  # (http.server takes any byte but spaces; the traffic port does not)
+            self._answer(400, "a request target is visible ASCII characters only\n")
+            return
         if target[:7].lower() == "http://" or target[:8].lower() == "https://":  # absolute form (RFC 9112
             # 3.2.2), either scheme as on the traffic port: its authority is the host, its path the target
             host, path = split_absolute(target)
@@ -75,7 +82,7 @@ class RedirectHandler(DeadlineHandler):
         return [("Connection", "keep-alive")] if self.request_version == "HTTP/1.0" else []
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
-        log.debug("redirect %s: " + format, self.client_address[0], *args)
+        log.debug("redirect %s: %s", self.client_address[0], printable(format % args))
 
 
 class RedirectServer(SideServer):

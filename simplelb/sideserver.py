@@ -40,6 +40,16 @@ class DeadlineHandler(BaseHTTPRequestHandler):
             self.server.expire_at(self.connection, None)
 
 
+# Control characters (C0, DEL, C1) and the backslash, written as escapes: a request line is the
+# client's bytes, and raw in a log it could forge lines or drive the terminal that shows it.
+_ESCAPES = str.maketrans({c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {ord("\\"): "\\\\"})
+
+
+def printable(text: str) -> str:
+    """``text`` for a log line: control characters escaped, as http.server's own ``log_message`` does."""
+    return text.translate(_ESCAPES)
+
+
 def _shut(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)

@@ -271,6 +271,21 @@ def test_the_redirect_listener_says_whether_it_keeps_the_connection(pki, mock_se
     assert plain.status == 308 and plain.header("Connection") is None  # HTTP/1.1: kept, as the default is
 
 
+def test_a_redirect_target_with_control_characters_is_400_and_logged_escaped(pki, mock_servers, balancer, caplog):
+    # http.server takes such a request line: its bytes went raw into the Location field (a control
+    # character in a header), and raw into the debug log (where they drove the terminal showing it).
+    ca, ca_file, issue = pki
+    cert, key = issue("localhost")
+    lb = balancer(mock_servers(1), tls_cert=cert, tls_key=key, redirect_http=0)
+    caplog.set_level(logging.DEBUG, logger="simplelb.redirect")
+    client = RawClient(lb.redirect.port)
+    for target in (b"/\x1b[2J\x00", b"/caf\xe9"):  # (the traffic port refuses both: visible ASCII only)
+        assert client.request(b"GET %b HTTP/1.1\r\nHost: a\r\n\r\n" % target).status == 400
+    wait_for(lambda: caplog.text.count(" 400 ") == 2, what="the requests logged")
+    assert "\x1b" not in caplog.text and "\x00" not in caplog.text
+    assert "GET /\\x1b[2J\\x00 HTTP/1.1" in caplog.text
+
+
 def test_a_redirect_head_dripped_slowly_is_cut_off_at_the_deadline(pki, mock_servers, balancer, monkeypatch):
     from simplelb import redirect
 
