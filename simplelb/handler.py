@@ -116,15 +116,20 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         tracker = self.server.connections
-        keepalive_s = self.server.config.listener.keepalive_timeout_s
+        listener = self.server.config.listener
+        # A new connection's first request must begin within the head's limit, as HAProxy's
+        # "timeout http-request" and nginx's client_header_timeout have it: a client that connects
+        # and says nothing holds a thread that long, not a keep-alive period. Later ones may idle.
+        wait_s = min(listener.client_header_timeout_s, listener.keepalive_timeout_s)
         try:
             if not self._start():
                 return
-            while tracker.idle(self.connection) and self.client.wait_for_request(keepalive_s):
+            while tracker.idle(self.connection) and self.client.wait_for_request(wait_s):
                 if not self.reader.has_head():  # (a head already here goes from idle to busy at once)
                     tracker.reading(self.connection)
                 if not self._serve_one():
                     break
+                wait_s = listener.keepalive_timeout_s
         finally:
             tracker.remove(self.connection)
 

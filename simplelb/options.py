@@ -104,7 +104,7 @@ OPTIONS: tuple[Option, ...] = (
            "name the backend that answered in this response header, e.g. X-Upstream (off: nothing is added)", L, "NAME"),
     Option("--allow-underscore-headers", "allow_underscore_headers", c.switch,
            "forward request header fields whose names contain an underscore (dropped by default)", L, switch=True),
-    Option("--client-header-timeout", "client_header_timeout_s", c.seconds(), "seconds a client has to send a whole request head", L, "S"),
+    Option("--client-header-timeout", "client_header_timeout_s", c.seconds(), "seconds a client has to send a whole request head (and, on a new connection, to begin it)", L, "S"),
     Option("--keepalive-timeout", "keepalive_timeout_s", c.seconds(), "seconds an idle client connection is kept open", L, "S"),
     Option("--client-body-timeout", "client_body_timeout_s", c.seconds(), "seconds a client may pause while sending a request body", L, "S"),
     Option("--send-timeout", "send_timeout_s", c.seconds(), "seconds a client may stop reading a response before it is cut off", L, "S"),

@@ -250,6 +250,23 @@ def test_idle_keepalive_connection_is_closed(setup, raw_client):
     assert client.is_closed(timeout_s=5)
 
 
+def test_a_new_connection_that_says_nothing_is_closed_at_the_head_timeout(setup, raw_client):
+    # Its first request must begin within --client-header-timeout, not --keepalive-timeout.
+    lb, backend = setup(client_header_timeout_s=0.5, keepalive_timeout_s=60)
+    silent = raw_client(lb.port)
+    started = time.monotonic()
+    assert silent.is_closed(timeout_s=5)
+    assert time.monotonic() - started < 3  # the head's 0.5 s, not the keep-alive's 60
+
+
+def test_a_kept_alive_connection_may_idle_longer_than_the_head_timeout(setup, raw_client):
+    lb, backend = setup(client_header_timeout_s=0.3, keepalive_timeout_s=60)
+    client = raw_client(lb.port)
+    assert client.request(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n").status == 200
+    assert not client.is_closed(timeout_s=1.0)  # idle three head timeouts, and still open
+    assert client.request(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n").status == 200
+
+
 def test_idle_flood_cannot_lock_out_a_real_client(setup):
     lb, backend = setup(max_clients=10)
     idle = [socket.create_connection(("127.0.0.1", lb.port)) for _ in range(30)]
