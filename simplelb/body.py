@@ -19,6 +19,9 @@ from .sockio import COPY_CHUNK, SocketReader, sendall_parts
 # A chunk-size line is hex digits plus optional extensions; nobody needs more.
 MAX_CHUNK_LINE = 4096
 
+# Whole chunks already received are passed on together, up to this many data bytes.
+GATHER_LIMIT = 64 * 1024
+
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
 # A trailer field line (its CRLF, or bare LF as in heads, removed): a token, a colon, a value without controls.
 _TRAILER_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
@@ -46,42 +49,105 @@ def iter_body(reader: SocketReader, framing: Framing, scratch: bytearray | None 
             remaining -= len(data)
             yield data
     elif framing.kind == "chunked":
-        yield from _iter_chunked(reader, read)
+        yield from _iter_chunked(reader, read, scratch)
     elif framing.kind == "close":
         while data := read(COPY_CHUNK):
             yield data
 
 
-def _iter_chunked(reader: SocketReader, read):
+def _iter_chunked(reader: SocketReader, read, scratch: bytearray | None):
     try:
         while True:
-            line = reader.readline(MAX_CHUNK_LINE)
-            match = _CHUNK_SIZE_RE.fullmatch(line[:-2]) if line.endswith(b"\r\n") else None  # (as the prefix check)
-            if not match:
-                raise BodyError(f"malformed chunk size line {line[:40]!r}")
-            size = int(match.group(1), 16)
+            if scratch is not None and (gathered := _gather(reader, scratch, 0)):
+                yield memoryview(scratch)[:gathered]
+                continue  # (at a chunk-size line again)
+            size = _chunk_size(reader.readline(MAX_CHUNK_LINE))
             if size == 0:
                 break
-            while size:
-                data = read(min(size, COPY_CHUNK))
-                if not data:
-                    raise BodyError("connection closed inside a chunk")
-                size -= len(data)
-                yield data
-            if reader.read_exact(2) != b"\r\n":
-                raise BodyError("chunk data not followed by CRLF")
-        # Trailer section: read and dropped, never merged into the headers.
-        total = 0
-        while (line := reader.readline(MAX_CHUNK_LINE)) not in (b"\r\n", b"\n"):
-            if not _TRAILER_RE.fullmatch(line[:-2] if line.endswith(b"\r\n") else line[:-1]):
-                raise BodyError(f"malformed trailer line {line[:40]!r}")
-            total += len(line)
-            if total > 64 * 1024:
-                raise BodyError("trailer section too large")
+            yield from _chunk_data(reader, read, size, scratch)
+        _skip_trailers(reader)
     except ValueError as exc:
         raise BodyError("chunk size line too long") from exc
     except EOFError as exc:
         raise BodyError(str(exc)) from exc
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size a chunk-size line announces (its extensions dropped); ``BodyError`` if it is malformed."""
+    match = _CHUNK_SIZE_RE.fullmatch(line[:-2]) if line.endswith(b"\r\n") else None  # (as the prefix check)
+    if not match:
+        raise BodyError(f"malformed chunk size line {line[:40]!r}")
+    return int(match.group(1), 16)
+
+
+def _chunk_data(reader: SocketReader, read, size: int, scratch: bytearray | None):
+    """Yield one chunk's data as it arrives, then check its CRLF.
+
+    With ``scratch``, a last piece whose CRLF is already buffered is not
+    sent alone: the whole chunks buffered after it join it (``_gather``).
+    Nothing waits for bytes that have not arrived, so a stream still flows
+    chunk by chunk.
+    """
+    while size:
+        data = read(min(size, COPY_CHUNK))
+        if not data:
+            raise BodyError("connection closed inside a chunk")
+        size -= len(data)
+        # (A wrong CRLF is left to ``_end_chunk``, after the data went on, as without gathering.)
+        if not size and scratch is not None and reader.buffered().startswith(b"\r\n"):
+            reader.discard(2)
+            yield memoryview(scratch)[: _gather(reader, scratch, len(data))]  # (``read`` filled it from its start)
+            return
+        yield data
+    _end_chunk(reader)
+
+
+def _end_chunk(reader: SocketReader) -> None:
+    if reader.read_exact(2) != b"\r\n":
+        raise BodyError("chunk data not followed by CRLF")
+
+
+def _gather(reader: SocketReader, scratch: bytearray, filled: int) -> int:
+    """Copy the data of the whole chunks already buffered to ``scratch[filled:]``; return where it ends.
+
+    Chunk boundaries mean nothing (RFC 9112 §7.1), but a send per tiny
+    chunk costs a system call each: what is already here goes on as one
+    piece, up to ``GATHER_LIMIT``. Only complete, well-formed, non-final
+    chunks are taken, with no system call; anything else (a malformed line,
+    a chunk not all here, the last chunk) is left to the ordinary path, so
+    the framing checks and their errors stay what they are.
+    """
+    buf = reader.buffered()
+    limit = min(GATHER_LIMIT, len(scratch))
+    pos = 0
+    with memoryview(buf) as source:  # (released before ``discard`` resizes the buffer)
+        while filled < limit:
+            end = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE + 1)
+            if end <= pos or buf[end - 1] != 13:
+                break
+            match = _CHUNK_SIZE_RE.fullmatch(buf, pos, end - 1)
+            if not match:
+                break
+            size, start = int(match.group(1), 16), end + 1
+            if not size or filled + size > limit or buf[start + size : start + size + 2] != b"\r\n":
+                break
+            scratch[filled : filled + size] = source[start : start + size]
+            filled += size
+            pos = start + size + 2
+    if pos:
+        reader.discard(pos)
+    return filled
+
+
+def _skip_trailers(reader: SocketReader) -> None:
+    """Read the trailer section and drop it: never merged into the headers."""
+    total = 0
+    while (line := reader.readline(MAX_CHUNK_LINE)) not in (b"\r\n", b"\n"):
+        if not _TRAILER_RE.fullmatch(line[:-2] if line.endswith(b"\r\n") else line[:-1]):
+            raise BodyError(f"malformed trailer line {line[:40]!r}")
+        total += len(line)
+        if total > 64 * 1024:
+            raise BodyError("trailer section too large")
 
 
 def check_chunked_prefix(data: bytes) -> str | None:

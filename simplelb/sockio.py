@@ -119,6 +119,17 @@ class SocketReader:
         """The received bytes nobody has read yet, left in place."""
         return bytes(self._buf)
 
+    def buffered(self) -> bytearray:
+        """The received bytes nobody has read yet, in place: to parse without copying, then ``discard``.
+
+        Valid until the next read; hold no view of it across one (a resize would fail).
+        """
+        return self._buf
+
+    def discard(self, count: int) -> None:
+        """Drop the first ``count`` unread bytes (already parsed from ``buffered``)."""
+        del self._buf[:count]
+
     def take(self, limit: int) -> bytes:
         """Remove and return up to ``limit`` of the received bytes nobody has read yet (no system call)."""
         data = bytes(self._buf[:limit])
