@@ -242,7 +242,7 @@ def _read_head(
     while True:
         head = _receive_head(conn, backend, max_head, interim_seen)
         interim_seen = True
-        if _is_final(head, request, backend):
+        if head.status >= 200 or _is_final(head, request, backend):  # (the usual answer, without a call)
             return head
         _interim(head, request, client)
 
