@@ -134,10 +134,6 @@ class Discovery:
         """A configuration as loaded, made at once (at start): see ``prepare``. The merged result."""
         return self.prepare(cluster).commit()
 
-    def edited(self, before: ClusterConfig, after: ClusterConfig) -> ClusterConfig:
-        """An operator's change, made at once: see ``prepare_edit``. The merged result."""
-        return self.prepare_edit(before, after).commit()
-
     def prepare(self, cluster: ClusterConfig) -> Prepared:
         """A configuration as loaded: which sources stay, start and stop, and the merged result; overrides end.
 

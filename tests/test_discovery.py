@@ -95,7 +95,7 @@ class FakeControl:
 
     def change(self, edit, *, operator=True):
         after = edit(self.running)
-        self.running = self.discovery.edited(self.running, after) if operator else after
+        self.running = self.discovery.prepare_edit(self.running, after).commit() if operator else after
         self.generations += 1
         return self.generations
 
